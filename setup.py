@@ -1,0 +1,29 @@
+"""Install tfadv: `pip install -e .[test]` (tools/setup.sh does all set-up)."""
+
+import setuptools
+
+setuptools.setup(
+    name="tfadv",
+    version="0.1.0",
+    description="Efficient adversarial training for Keras 3 / TensorFlow 2.",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["tfadv", "tfadv.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        # tensorflow-cpu is the lighter wheel; with a GPU install `tensorflow`
+        # (same version range) instead.
+        "tensorflow-cpu>=2.16,<2.22",
+        "keras>=3.8",
+        "tensorflow-datasets>=4.9",
+        "tensorboard",
+        "absl-py",
+        "gin-config>=0.5",
+        "numpy",
+        # tensorflow-datasets needs it to download or prepare data.
+        "importlib_resources",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "pytest-xdist", "ruff"],
+    },
+)

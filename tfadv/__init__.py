@@ -1,0 +1,21 @@
+"""tfadv: efficient adversarial training for Keras 3 / TensorFlow 2.
+
+Library use: wrap any Keras classifier (images in [0, 1] -> logits) in a
+method from `tfadv.methods`, compile and fit it with your own data:
+
+    pgd10 = tfadv.attacks.ProjectedGradient(
+        epsilon=0.1, step_size=0.025, num_steps=10)
+    trainer = tfadv.methods.PGDAT(classifier, train_attack=pgd10)
+    trainer.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+    trainer.fit(train_ds, validation_data=val_ds, epochs=5)
+"""
+
+from tfadv import attacks
+from tfadv import callbacks
+from tfadv import data
+from tfadv import evaluation
+from tfadv import methods
+from tfadv import models
+from tfadv import schedules
+
+__version__ = "0.1.0"

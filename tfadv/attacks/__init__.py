@@ -1,0 +1,10 @@
+"""Attacks: threat models, objectives and the attack drivers."""
+
+from tfadv.attacks import base
+from tfadv.attacks import objectives
+from tfadv.attacks import threat_models
+from tfadv.attacks.base import Attack
+from tfadv.attacks.pgd import ProjectedGradient
+from tfadv.attacks.threat_models import L2ThreatModel
+from tfadv.attacks.threat_models import LinfThreatModel
+from tfadv.attacks.threat_models import ThreatModel

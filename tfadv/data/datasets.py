@@ -1,0 +1,344 @@
+"""Named datasets as `tf.data` pipelines in [0, 1] pixel space.
+
+`make_datasets` is the one entry point: it finds the data
+(`tfadv.data.sources`), checks it, and returns training, validation and
+test pipelines plus a `DatasetInfo`. Every pipeline yields float32 images
+[B, H, W, C] in [0, 1] and int32 labels [B]; normalisation belongs inside
+the classifier (DESIGN.md, "Contracts: Pixel space").
+
+Example:
+
+    data = make_datasets(name="fashion_mnist", batch_size=128)
+    method.fit(data.train, validation_data=data.validation, epochs=10)
+    method.evaluate(data.test)
+"""
+
+import dataclasses
+import numbers
+
+import gin
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from tfadv.data import augment as augment_lib
+from tfadv.data import sources
+
+# Images per chunk when computing channel statistics: bounds the float32
+# temporary to a few MB instead of a float64 copy of the whole split.
+_STATS_CHUNK = 4096
+
+# Datasets whose images must not be mirrored (digits change meaning).
+_NO_FLIP = frozenset({"svhn_cropped", "svhn", "mnist", "kmnist", "emnist"})
+
+# Image shape that gets crop+flip augmentation by default (CIFAR, SVHN).
+_AUGMENTED_SHAPE = (32, 32, 3)
+
+_CROP_PADDING = 4  # pixels, as `transforms.RandomCrop(32, padding=4)`.
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What a pipeline holds and where it came from.
+
+    Attributes:
+        name: canonical dataset name, e.g. "fashion_mnist" (the basename
+            when the dataset was given as a directory).
+        num_classes: number of classes; labels lie in [0, num_classes).
+        image_shape: (H, W, C).
+        mean: per-channel mean in [0, 1] pixel units over the training
+            examples used.
+        std: per-channel standard deviation, same units.
+        source: human-readable description of where the data came from.
+        num_train: examples of the train split used for training.
+        num_test: examples the `test` pipeline yields.
+    """
+
+    name: str
+    num_classes: int
+    image_shape: tuple
+    mean: tuple
+    std: tuple
+    source: str
+    num_train: int
+    num_test: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Datasets:
+    """The pipelines of one experiment.
+
+    Attributes:
+        train: shuffled (seeded, reshuffled each epoch), batched with
+            `drop_remainder=True`, augmented if requested, prefetched.
+        validation: the first `validation_examples` examples of the test
+            split in stored order, batched without `drop_remainder`; None
+            when `validation_examples == 0`. It overlaps `test`: it is a
+            cheap monitor during training, not a held-out split.
+        test: the first `eval_examples` examples of the test split in stored
+            order, batched with `eval_batch_size`, not shuffled.
+        info: a `DatasetInfo`.
+        steps_per_epoch: `num_train // batch_size`.
+    """
+
+    train: tf.data.Dataset
+    validation: tf.data.Dataset | None
+    test: tf.data.Dataset
+    info: DatasetInfo
+    steps_per_epoch: int
+
+
+def channel_stats(images: np.ndarray) -> tuple[tuple, tuple]:
+    """Per-channel mean and standard deviation in [0, 1] pixel units.
+
+    Args:
+        images: [N, H, W, C] uint8 (divided by 255) or float images.
+
+    Returns:
+        `(mean, std)`, tuples of C Python floats.
+    """
+    channels = images.shape[-1]
+    total = np.zeros(channels, np.float64)
+    total_sq = np.zeros(channels, np.float64)
+    scale = 255.0 if images.dtype == np.uint8 else 1.0
+    for start in range(0, len(images), _STATS_CHUNK):
+        chunk = images[start : start + _STATS_CHUNK].astype(np.float32)
+        chunk = chunk.reshape(-1, channels) / np.float32(scale)
+        total += chunk.sum(axis=0, dtype=np.float64)
+        total_sq += np.square(chunk).sum(axis=0, dtype=np.float64)
+    count = images.size // channels
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - np.square(mean), 0.0))
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+def _to_pixels(images: tf.Tensor) -> tf.Tensor:
+    if images.dtype == tf.uint8:
+        return tf.cast(images, tf.float32) / 255.0
+    return tf.cast(images, tf.float32)
+
+
+def _gather_fn(images: tf.Tensor, labels: tf.Tensor):
+    def gather(indices):
+        return _to_pixels(tf.gather(images, indices)), tf.gather(
+            labels, indices
+        )
+
+    return gather
+
+
+def _check_positive(name: str, value, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or value <= 0
+    ):
+        accepted = "a positive integer" + (" or None" if allow_none else "")
+        raise ValueError(f"{name}={value!r}; expected {accepted}.")
+
+
+def _clamp(name: str, value: int | None, available: int, split: str) -> int:
+    if value is None:
+        return available
+    if value > available:
+        logging.warning(
+            "%s=%d exceeds the %d examples of the %s split; using %d.",
+            name,
+            value,
+            available,
+            split,
+            available,
+        )
+        return available
+    return value
+
+
+@gin.register
+def make_datasets(
+    *,
+    name: str = "fashion_mnist",
+    data_dir: str | None = None,
+    batch_size: int = 128,
+    eval_batch_size: int | None = None,
+    train_examples: int | None = None,
+    validation_examples: int = 1000,
+    eval_examples: int | None = None,
+    augment: bool | None = None,
+    shuffle_seed: int = 0,
+) -> Datasets:
+    """Builds the train, validation and test pipelines of a named dataset.
+
+    Sources are tried in order (explicit `data_dir` or `TFADV_DATA_DIR`,
+    well-known local copies, tensorflow-datasets); see
+    `tfadv.data.sources`.
+
+    Args:
+        name: `fashion_mnist`, `mnist`, `cifar10`, `cifar100`,
+            `svhn_cropped`, any tensorflow-datasets name, or a directory of
+            IDX files (the dataset is then named after the directory).
+        data_dir: directory tried first (IDX files or a prepared tfds
+            data_dir); defaults to the `TFADV_DATA_DIR` environment
+            variable.
+        batch_size: global training batch size.
+        eval_batch_size: batch size of validation and test; defaults to
+            `batch_size`.
+        train_examples: use the first N examples of the train split; None
+            uses all. Values above the split size are clamped (logged).
+        validation_examples: the first N test examples form the validation
+            pipeline; 0 means no validation pipeline.
+        eval_examples: the first N test examples form the test pipeline;
+            None uses all.
+        augment: None chooses per dataset: random crop (4 pixels of zero
+            padding) and horizontal flip for 32x32x3 images, without the
+            flip for SVHN; nothing otherwise. True forces crop+flip (no
+            flip for digit datasets: mnist, svhn); False disables it.
+        shuffle_seed: seed of the training order and of the augmentation.
+
+    Returns:
+        A `Datasets`.
+
+    Raises:
+        ValueError: a bad argument, images outside [0, 1] or non-finite,
+            labels outside [0, num_classes), or fewer training examples
+            than `batch_size`.
+        DataNotFoundError: no source could provide the data (the message
+            lists every place tried and how to supply the data).
+    """
+    _check_positive("batch_size", batch_size)
+    _check_positive("eval_batch_size", eval_batch_size, allow_none=True)
+    _check_positive("train_examples", train_examples, allow_none=True)
+    _check_positive("eval_examples", eval_examples, allow_none=True)
+    if (
+        isinstance(validation_examples, bool)
+        or not isinstance(validation_examples, numbers.Integral)
+        or validation_examples < 0
+    ):
+        raise ValueError(
+            f"validation_examples={validation_examples!r}; expected an "
+            "integer >= 0 (0 disables validation)."
+        )
+    if augment not in (None, True, False):
+        raise ValueError(f"augment={augment!r}; expected None, True or False.")
+    eval_batch_size = eval_batch_size or batch_size
+
+    raw = sources.load_splits(name, data_dir=data_dir)
+    train_images, train_labels = raw.images["train"], raw.labels["train"]
+    test_images, test_labels = raw.images["test"], raw.labels["test"]
+    if raw.num_classes is not None:
+        num_classes = raw.num_classes
+    else:
+        num_classes = int(train_labels.max()) + 1 if len(train_labels) else 0
+        if raw.name in sources.MNIST_FAMILY:
+            num_classes = max(num_classes, 10)
+    sources.check_arrays(train_images, train_labels, num_classes)
+    sources.check_arrays(test_images, test_labels, num_classes)
+    if train_images.shape[1:] != test_images.shape[1:]:
+        raise ValueError(
+            f"Train images have shape {train_images.shape[1:]} but test "
+            f"images {test_images.shape[1:]}; expected the same (H, W, C)."
+        )
+
+    num_train = _clamp(
+        "train_examples", train_examples, len(train_images), "train"
+    )
+    num_test = _clamp("eval_examples", eval_examples, len(test_images), "test")
+    num_validation = _clamp(
+        "validation_examples", validation_examples, len(test_images), "test"
+    )
+    steps_per_epoch = num_train // batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"batch_size={batch_size} exceeds the {num_train} training "
+            f"examples of {raw.name!r}; expected batch_size <= {num_train} "
+            "(training batches drop the remainder)."
+        )
+    train_images = train_images[:num_train]
+    train_labels = train_labels[:num_train]
+    mean, std = channel_stats(train_images)
+    image_shape = tuple(int(d) for d in train_images.shape[1:])
+
+    if augment is None:
+        augment = image_shape == _AUGMENTED_SHAPE
+    flip = raw.name not in _NO_FLIP
+
+    # Keep the arrays on the host: under a GPU strategy scope they would
+    # otherwise land in accelerator memory and be copied back for tf.data.
+    with tf.device("/cpu:0"):
+        train_x = tf.constant(train_images)
+        train_y = tf.constant(train_labels.astype(np.int32))
+        test_x = tf.constant(test_images[: max(num_test, num_validation)])
+        test_y = tf.constant(
+            test_labels[: max(num_test, num_validation)].astype(np.int32)
+        )
+
+    autotune = tf.data.AUTOTUNE
+    train = (
+        tf.data.Dataset.range(num_train)
+        .shuffle(num_train, seed=shuffle_seed, reshuffle_each_iteration=True)
+        .batch(batch_size, drop_remainder=True)
+        .map(_gather_fn(train_x, train_y), num_parallel_calls=autotune)
+    )
+    if augment:
+        # One stateless seed per batch, from a seeded stream that is redrawn
+        # each epoch, so runs are reproducible and epochs differ.
+        seeds = tf.data.Dataset.random(
+            seed=shuffle_seed + 1, rerandomize_each_iteration=True
+        ).batch(2)
+
+        def augment_batch(batch, seed):
+            images, labels = batch
+            images = augment_lib.random_crop_flip(
+                images, seed=seed, pad=_CROP_PADDING, flip=flip
+            )
+            return images, labels
+
+        train = tf.data.Dataset.zip(train, seeds).map(
+            augment_batch, num_parallel_calls=autotune
+        )
+    train = train.prefetch(autotune)
+
+    def ordered(count):
+        return (
+            tf.data.Dataset.range(count)
+            .batch(eval_batch_size)
+            .map(_gather_fn(test_x, test_y), num_parallel_calls=autotune)
+            .prefetch(autotune)
+        )
+
+    validation = ordered(num_validation) if num_validation else None
+    test = ordered(num_test)
+
+    info = DatasetInfo(
+        name=raw.name,
+        num_classes=num_classes,
+        image_shape=image_shape,
+        mean=mean,
+        std=std,
+        source=raw.source,
+        num_train=num_train,
+        num_test=num_test,
+    )
+    logging.info(
+        "Dataset %s from %s: %d train examples (%d steps of %d), %d "
+        "validation, %d test, %d classes, shape %s, augment=%s (flip=%s).",
+        info.name,
+        info.source,
+        num_train,
+        steps_per_epoch,
+        batch_size,
+        num_validation,
+        num_test,
+        num_classes,
+        image_shape,
+        augment,
+        flip,
+    )
+    return Datasets(
+        train=train,
+        validation=validation,
+        test=test,
+        info=info,
+        steps_per_epoch=steps_per_epoch,
+    )

@@ -1,0 +1,126 @@
+"""Learning-rate schedules the papers use, as Keras schedules.
+
+The builders here are registered with gin and called by `experiment.run`
+with the keyword arguments `steps_per_epoch` (optimizer steps) and `epochs`,
+so gin files speak in epochs:
+
+    run.learning_rate = @piecewise_constant
+    piecewise_constant.base_lr = 0.1
+    piecewise_constant.boundaries = [75, 90]   # epochs
+"""
+
+from collections.abc import Sequence
+
+import gin
+import keras
+import numpy as np
+
+
+@keras.saving.register_keras_serializable(package="tfadv")
+class PiecewiseLinear(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear interpolation between `(step, value)` knots, flat outside.
+
+    This is the triangular "cyclic" schedule of Wong et al. (2020) when the
+    knots are (0, 0), (peak, max_lr), (total, 0).
+
+    Args:
+        boundaries: increasing optimizer-step positions of the knots.
+        values: the learning rate at each knot.
+    """
+
+    def __init__(self, boundaries: Sequence[float], values: Sequence[float]):
+        boundaries = [float(b) for b in boundaries]
+        values = [float(v) for v in values]
+        if len(boundaries) != len(values) or len(boundaries) < 2:
+            raise ValueError(
+                "PiecewiseLinear needs as many boundaries as values, at least "
+                f"two; got {len(boundaries)} boundaries and {len(values)} "
+                "values."
+            )
+        if np.any(np.diff(boundaries) <= 0):
+            raise ValueError(
+                f"boundaries must increase strictly; got {boundaries}."
+            )
+        self.boundaries = boundaries
+        self.values = values
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        lr = keras.ops.convert_to_tensor(self.values[0], "float32")
+        knots = zip(
+            self.boundaries[:-1],
+            self.boundaries[1:],
+            self.values[:-1],
+            self.values[1:],
+            strict=True,
+        )
+        for b0, b1, v0, v1 in knots:
+            frac = keras.ops.clip((step - b0) / (b1 - b0), 0.0, 1.0)
+            lr = keras.ops.where(step >= b0, v0 + (v1 - v0) * frac, lr)
+        return lr
+
+    def get_config(self):
+        return {"boundaries": self.boundaries, "values": self.values}
+
+
+def _check_epochs(name, epochs):
+    if any(e <= 0 for e in epochs):
+        raise ValueError(f"{name} must be positive epochs; got {list(epochs)}.")
+
+
+@gin.register
+def constant(
+    *, steps_per_epoch: int, epochs: float, base_lr: float = 0.01
+) -> float:
+    """A constant learning rate."""
+    del steps_per_epoch, epochs
+    return float(base_lr)
+
+
+@gin.register
+def piecewise_constant(
+    *,
+    steps_per_epoch: int,
+    epochs: float,
+    base_lr: float = 0.1,
+    boundaries: Sequence[float] = (),
+    factor: float = 0.1,
+) -> keras.optimizers.schedules.LearningRateSchedule | float:
+    """`base_lr`, multiplied by `factor` at each boundary (in epochs).
+
+    This is PyTorch's `MultiStepLR(milestones, gamma)`, stepped per epoch as
+    YOPO and TRADES do; boundaries may be fractional epochs.
+    """
+    del epochs
+    _check_epochs("boundaries", boundaries)
+    if not boundaries:
+        return float(base_lr)
+    steps = [int(round(b * steps_per_epoch)) for b in boundaries]
+    values = [base_lr * factor**i for i in range(len(steps) + 1)]
+    return keras.optimizers.schedules.PiecewiseConstantDecay(steps, values)
+
+
+@gin.register
+def cyclic(
+    *,
+    steps_per_epoch: int,
+    epochs: float,
+    max_lr: float = 0.2,
+    peak_fraction: float = 0.5,
+    min_lr: float = 0.0,
+) -> PiecewiseLinear:
+    """Triangular cyclic schedule: min -> max at `peak_fraction` -> min.
+
+    Stepped per optimizer step, as `locuslab/fast_adversarial` does
+    (ALGORITHMS.md §6.2: peak at half of training for CIFAR FGSM-RS, at 2/5
+    for MNIST).
+    """
+    if not 0.0 < peak_fraction < 1.0:
+        raise ValueError(
+            f"peak_fraction must be in (0, 1); got {peak_fraction}."
+        )
+    _check_epochs("epochs", [epochs])
+    total = float(epochs * steps_per_epoch)
+    return PiecewiseLinear(
+        [0.0, peak_fraction * total, total], [min_lr, max_lr, min_lr]
+    )

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# One-step set-up on a fresh machine: the offline Fashion-MNIST (Debian's
+# dataset-fashion-mnist, where apt exists) and tfadv with its test extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null; then
+  SUDO=""
+  if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq || echo "setup: apt-get update failed; continuing"
+  $SUDO apt-get install -y -qq dataset-fashion-mnist \
+    || echo "setup: could not install dataset-fashion-mnist; set TFADV_DATA_DIR"
+fi
+
+python3 -m pip install -q --disable-pip-version-check -e ".[test]"
