@@ -190,3 +190,25 @@ class AdversarialImageGrid(keras.callbacks.Callback):
                 "perturbation", 0.5 + 0.5 * delta / scale, epoch, max_outputs=8
             )
         self.writer.flush()
+
+
+class MethodEpochHooks(keras.callbacks.Callback):
+    """Calls the method's own `on_epoch_begin` / `on_epoch_end`, if any.
+
+    Methods that change per epoch (a second learning-rate schedule, DEAT's
+    replay count) keep that state in variables and update it from these
+    hooks, so it is checkpointed and restored with the weights. The hooks
+    run eagerly, outside the compiled step.
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        hook = getattr(self.model, "on_epoch_begin", None)
+        if hook is not None:
+            hook(epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        hook = getattr(self.model, "on_epoch_end", None)
+        if hook is not None:
+            extra = hook(epoch, logs)
+            if extra and logs is not None:
+                logs.update(extra)

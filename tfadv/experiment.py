@@ -177,7 +177,9 @@ def run(
         final_attacks: attacks for the final numbers in results.json, keyed
             by report name (default: PGD-20).
         callback_fns: extra callbacks, each built as
-            `fn(datasets=..., logdir=...)`.
+            `fn(datasets=..., logdir=...)`. A callback with a
+            `results_info()` method adds its dict to results.json (e.g. the
+            catastrophic-overfitting guard reports whether it stopped).
         validation_freq: epochs between validations.
         jit_compile: compile the train and test steps with XLA.
         steps_per_execution: Keras `steps_per_execution`.
@@ -252,6 +254,7 @@ def run(
     callbacks = [
         callbacks_lib.GinConfigWriter(logdir),
         guard,
+        callbacks_lib.MethodEpochHooks(),
         wall_clock,
         keras.callbacks.TensorBoard(logdir, update_freq="epoch"),
         callbacks_lib.ResumableCheckpoint(os.path.join(logdir, CHECKPOINT_DIR)),
@@ -302,6 +305,10 @@ def run(
             k: [float(v) for v in vs] for k, vs in history.history.items()
         },
     }
+    for callback in callbacks:
+        info_fn = getattr(callback, "results_info", None)
+        if info_fn is not None:
+            results.update(info_fn())
     callbacks_lib.write_json_atomic(
         os.path.join(logdir, RESULTS_FILE), results
     )
