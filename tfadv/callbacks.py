@@ -11,7 +11,9 @@ import time
 
 import gin
 import keras
+import numpy as np
 import tensorflow as tf
+from absl import logging
 
 TIMING_FILE = "timing.json"
 
@@ -212,3 +214,211 @@ class MethodEpochHooks(keras.callbacks.Callback):
             extra = hook(epoch, logs)
             if extra and logs is not None:
                 logs.update(extra)
+
+
+class CatastrophicOverfittingStop(keras.callbacks.Callback):
+    """Stops a run whose robust accuracy collapses, and restores weights.
+
+    The Keras version of `--early-stop` in `locuslab/fast_adversarial`
+    (Wong et al. 2020, ALGORITHMS.md §6.2), usable with any method. After
+    every epoch the classifier is attacked on a fixed training batch
+    (PGD-5 in the reference) and its robust accuracy there is recorded.
+    When it falls more than `threshold` (absolute) below the reference
+    epoch's, training stops, the classifier gets the reference epoch's
+    weights back, a warning is logged, and `results_info()` reports it
+    (`experiment.run` merges that into results.json).
+
+    The reference epoch is the previous one (`compare_to="previous"`, the
+    fast_adversarial rule: a sudden collapse) or the best so far
+    (`compare_to="best"`, which also catches a collapse spread over
+    several epochs).
+
+    Differences from the reference [X]: the batch is fixed (one training
+    minibatch taken before training) instead of each epoch's first
+    minibatch, so successive checks differ only through the weights; and
+    the check runs the classifier in inference mode, so it leaves the
+    BatchNorm statistics alone (the reference stays in train mode).
+
+    The trained model's `classifier` is attacked when it has one (every
+    tfadv method), else the model itself. Only those weights are saved
+    and restored; the optimizer state is not (training stops anyway).
+
+    Example:
+        pgd5 = tfadv.attacks.ProjectedGradient(
+            epsilon=8 / 255, step_size=2 / 255, num_steps=5)
+        guard = CatastrophicOverfittingStop(images, labels, pgd5)
+        trainer.fit(train_ds, epochs=15, callbacks=[guard])
+        guard.results_info()["catastrophic_overfitting"]["stopped"]
+
+    Args:
+        images: the fixed batch of clean images in [0, 1].
+        labels: their integer labels.
+        attack: a `tfadv.attacks.Attack` (PGD-5 with step epsilon / 4 in
+            the reference: 2/255 at 8/255).
+        threshold: the drop in robust accuracy, in (0, 1], that counts as
+            a collapse (0.2 in the reference).
+        compare_to: "previous" or "best".
+        seed: seed of the attack's random start, the same at every check.
+    """
+
+    COMPARE_TO = ("previous", "best")
+
+    def __init__(
+        self,
+        images,
+        labels,
+        attack,
+        *,
+        threshold: float = 0.2,
+        compare_to: str = "previous",
+        seed: int = 0,
+    ):
+        super().__init__()
+        if not callable(attack):
+            raise TypeError(
+                f"attack must be a tfadv.attacks.Attack; got {attack!r}."
+            )
+        try:
+            threshold_ok = 0.0 < float(threshold) <= 1.0
+        except (TypeError, ValueError):
+            threshold_ok = False
+        if not threshold_ok:
+            raise ValueError(
+                "threshold must be a drop in accuracy in (0, 1]; got "
+                f"{threshold!r}."
+            )
+        if compare_to not in self.COMPARE_TO:
+            raise ValueError(
+                f"compare_to must be one of {self.COMPARE_TO}; got "
+                f"{compare_to!r}."
+            )
+        self.images = tf.convert_to_tensor(images)
+        self.labels = tf.convert_to_tensor(labels)
+        self.attack = attack
+        self.threshold = float(threshold)
+        self.compare_to = compare_to
+        self.seed = seed
+        self._reset()
+
+    def _reset(self):
+        self.history = []
+        self.stopped_epoch = None
+        self.restored_epoch = None
+        self._reference = None  # (epoch, accuracy, classifier weights)
+
+    @property
+    def _classifier(self):
+        return getattr(self.model, "classifier", self.model)
+
+    def robust_accuracy(self) -> float:
+        """Accuracy of the classifier under `attack` on the fixed batch."""
+        classifier = self._classifier
+        x_adv = self.attack(
+            classifier,
+            self.images,
+            self.labels,
+            seed=self.seed,
+            training=False,
+        )
+        logits = classifier(x_adv, training=False)
+        predicted = np.argmax(np.asarray(logits), axis=-1)
+        labels = np.asarray(self.labels).reshape(-1)
+        return float(np.mean(predicted == labels))
+
+    def on_train_begin(self, logs=None):
+        self._reset()
+
+    def on_epoch_end(self, epoch, logs=None):
+        accuracy = self.robust_accuracy()
+        self.history.append(accuracy)
+        logging.info(
+            "Catastrophic-overfitting check, epoch %d: robust accuracy %.4f "
+            "on the fixed batch.",
+            epoch,
+            accuracy,
+        )
+        reference = self._reference
+        if reference is not None and accuracy < reference[1] - self.threshold:
+            self.stopped_epoch = epoch
+            self.restored_epoch = reference[0]
+            self._classifier.set_weights(reference[2])
+            self.model.stop_training = True
+            logging.warning(
+                "Catastrophic overfitting at epoch %d: robust accuracy on "
+                "the fixed batch fell from %.4f (epoch %d, %s) to %.4f, "
+                "more than the threshold %.2f. Training stops; the "
+                "classifier has the weights of epoch %d again.",
+                epoch,
+                reference[1],
+                reference[0],
+                "the previous epoch"
+                if self.compare_to == "previous"
+                else "the best so far",
+                accuracy,
+                self.threshold,
+                reference[0],
+            )
+            return
+        if (
+            reference is None
+            or self.compare_to == "previous"
+            or accuracy >= reference[1]
+        ):
+            weights = self._classifier.get_weights()
+            self._reference = (epoch, accuracy, weights)
+
+    def results_info(self) -> dict:
+        """The guard's record, for results.json."""
+        return {
+            "catastrophic_overfitting": {
+                "stopped": self.stopped_epoch is not None,
+                "epoch": self.stopped_epoch,
+                "restored_epoch": self.restored_epoch,
+                "threshold": self.threshold,
+                "compare_to": self.compare_to,
+                "attack": repr(self.attack),
+                "robust_accuracy_history": list(self.history),
+            }
+        }
+
+
+@gin.register
+def co_guard(
+    *,
+    datasets,
+    logdir: str,
+    attack=gin.REQUIRED,
+    threshold: float = 0.2,
+    compare_to: str = "previous",
+    seed: int = 0,
+) -> CatastrophicOverfittingStop:
+    """Builds the catastrophic-overfitting guard for `experiment.run`.
+
+    The fixed batch is the first batch of `datasets.train` (taken once,
+    before training). In gin, with the reference's PGD-5:
+
+        run.callback_fns = [@co_guard]
+        co_guard.attack = @co_guard/ProjectedGradient()
+        co_guard/ProjectedGradient.epsilon = %EPSILON
+        co_guard/ProjectedGradient.step_size = 0.025  # EPSILON / 4
+        co_guard/ProjectedGradient.num_steps = 5
+
+    Args:
+        datasets: the run's `tfadv.data.Datasets`.
+        logdir: the run folder (unused; the guard reports through
+            `results_info`).
+        attack: the attack of the check.
+        threshold: see `CatastrophicOverfittingStop`.
+        compare_to: see `CatastrophicOverfittingStop`.
+        seed: see `CatastrophicOverfittingStop`.
+    """
+    del logdir
+    batch = next(iter(datasets.train.take(1)))
+    return CatastrophicOverfittingStop(
+        batch[0],
+        batch[1],
+        attack,
+        threshold=threshold,
+        compare_to=compare_to,
+        seed=seed,
+    )

@@ -274,6 +274,7 @@ def run(
         validation_freq=validation_freq,
         epochs=epochs,
         callbacks=callbacks,
+        shuffle=False,  # The pipeline shuffles, seeded.
         verbose=2,
     )
     if guard.diverged_at is not None:
