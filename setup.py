@@ -2,11 +2,14 @@
 
 import setuptools
 
+with open("README.md") as f:
+    README = f.read()
+
 setuptools.setup(
     name="tfadv",
     version="0.1.0",
     description="Efficient adversarial training for Keras 3 / TensorFlow 2.",
-    long_description=open("README.md").read(),
+    long_description=README,
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["tfadv", "tfadv.*"]),
     python_requires=">=3.10",
@@ -24,6 +27,6 @@ setuptools.setup(
         "importlib_resources",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-xdist", "ruff"],
+        "test": ["pytest>=7", "pytest-xdist", "ruff", "matplotlib"],
     },
 )

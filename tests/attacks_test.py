@@ -54,9 +54,7 @@ def mean_ce(model, x, y):
     return float(tf.reduce_mean(objectives.cross_entropy(model(x), y)))
 
 
-GRID = list(
-    itertools.product(["linf", "l2"], [True, False], [1, 5], [1, 3])
-)
+GRID = list(itertools.product(["linf", "l2"], [True, False], [1, 5], [1, 3]))
 
 
 class AttackInvariantsTest(tf.test.TestCase, parameterized.TestCase):

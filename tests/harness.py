@@ -61,7 +61,12 @@ def _fit_once(make_method, mode, x, y, steps):
     )
     before = {v.path: v.numpy().copy() for v in method.variables}
     history = method.fit(
-        x, y, batch_size=BATCH, epochs=1, steps_per_epoch=steps, verbose=0,
+        x,
+        y,
+        batch_size=BATCH,
+        epochs=1,
+        steps_per_epoch=steps,
+        verbose=0,
         shuffle=False,
     )
     logs = {k: v[-1] for k, v in history.history.items()}

@@ -118,7 +118,9 @@ class AnalyticStepTest(tf.test.TestCase, parameterized.TestCase):
         w, b, x, y = linear_problem()
         eps, step, k, lr = 0.1, 0.04, 4, 0.5
         strategy = (
-            mirrored() if strategy == "mirrored" else tf.distribute.get_strategy()
+            mirrored()
+            if strategy == "mirrored"
+            else tf.distribute.get_strategy()
         )
         got_w, got_b = fit_linear(
             lambda c: methods.PGDAT(
@@ -129,10 +131,23 @@ class AnalyticStepTest(tf.test.TestCase, parameterized.TestCase):
                 clean_weight=clean_weight,
                 weight_decay=wd,
             ),
-            w, b, x, y, lr=lr, strategy=strategy,
+            w,
+            b,
+            x,
+            y,
+            lr=lr,
+            strategy=strategy,
         )
         want_w, want_b = numpy_pgd_at_step(
-            w, b, x, y, eps=eps, step=step, k=k, lr=lr, wd=wd,
+            w,
+            b,
+            x,
+            y,
+            eps=eps,
+            step=step,
+            k=k,
+            lr=lr,
+            wd=wd,
             clean_weight=clean_weight,
         )
         self.assertAllClose(got_w, want_w, atol=1e-5)
@@ -144,13 +159,23 @@ class AnalyticStepTest(tf.test.TestCase, parameterized.TestCase):
     def test_one_standard_step_on_linear_model(self, strategy):
         w, b, x, y = linear_problem(seed=1)
         strategy = (
-            mirrored() if strategy == "mirrored" else tf.distribute.get_strategy()
+            mirrored()
+            if strategy == "mirrored"
+            else tf.distribute.get_strategy()
         )
         got_w, got_b = fit_linear(
             methods.Standard, w, b, x, y, lr=0.3, strategy=strategy
         )
         want_w, want_b = numpy_pgd_at_step(
-            w, b, x, y, eps=0.0, step=0.0, k=0, lr=0.3, wd=0.0,
+            w,
+            b,
+            x,
+            y,
+            eps=0.0,
+            step=0.0,
+            k=0,
+            lr=0.3,
+            wd=0.0,
             clean_weight=0.0,
         )
         self.assertAllClose(got_w, want_w, atol=1e-5)

@@ -3,13 +3,11 @@
 import glob
 import json
 import os
-import tempfile
 from unittest import mock
 
 import gin
 import keras
 import numpy as np
-import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import flags
@@ -39,7 +37,9 @@ def run_cli(logdir, *gin_files, bindings=(), **extra):
     """Drives train.main through its flags, as a user's command line does."""
     gin.clear_config()  # Each command line starts from a fresh process.
     with flagsaver.flagsaver(
-        gin_file=list(gin_files), gin_bindings=list(bindings), logdir=logdir,
+        gin_file=list(gin_files),
+        gin_bindings=list(bindings),
+        logdir=logdir,
         **extra,
     ):
         train.main(["tfadv.train"])
@@ -51,10 +51,14 @@ def write_idx(folder, prefix, images, labels):
     os.makedirs(folder, exist_ok=True)
     n, h, w = images.shape
     header = np.array([2051, n, h, w], ">i4").tobytes()
-    with gzip.open(os.path.join(folder, f"{prefix}-images-idx3-ubyte.gz"), "wb") as f:
+    with gzip.open(
+        os.path.join(folder, f"{prefix}-images-idx3-ubyte.gz"), "wb"
+    ) as f:
         f.write(header + images.astype(np.uint8).tobytes())
     header = np.array([2049, n], ">i4").tobytes()
-    with gzip.open(os.path.join(folder, f"{prefix}-labels-idx1-ubyte.gz"), "wb") as f:
+    with gzip.open(
+        os.path.join(folder, f"{prefix}-labels-idx1-ubyte.gz"), "wb"
+    ) as f:
         f.write(header + labels.astype(np.uint8).tobytes())
 
 
@@ -97,8 +101,14 @@ class TrainCliTest(tf.test.TestCase):
         with open(os.path.join(logdir, "results.json")) as f:
             results = json.load(f)
         for key in (
-            "method", "dataset", "epsilon", "epochs", "train_seconds",
-            "epoch_seconds", "clean_accuracy", "robust_accuracy",
+            "method",
+            "dataset",
+            "epsilon",
+            "epochs",
+            "train_seconds",
+            "epoch_seconds",
+            "clean_accuracy",
+            "robust_accuracy",
             "num_eval_examples",
         ):
             self.assertIn(key, results)
@@ -144,7 +154,9 @@ class TrainCliTest(tf.test.TestCase):
             keras.Model, "fit", autospec=True, side_effect=keras.Model.fit
         ) as fit:
             run_cli(
-                logdir, "standard.gin", "testing/tiny.gin",
+                logdir,
+                "standard.gin",
+                "testing/tiny.gin",
                 bindings=["run.epochs = 2"],
             )
         fit.assert_called_once()
@@ -168,19 +180,26 @@ class TrainCliTest(tf.test.TestCase):
         def poison_after_first_epoch(self, epoch, logs):
             poisoned.assign(True)
 
-        with mock.patch.object(
-            methods.Standard, "compute_adversarial_loss", loss_fn
-        ), mock.patch.object(
-            methods.Standard, "on_epoch_end", poison_after_first_epoch,
-            create=True,
-        ):
-            with self.assertRaisesRegex(
+        with (
+            mock.patch.object(
+                methods.Standard, "compute_adversarial_loss", loss_fn
+            ),
+            mock.patch.object(
+                methods.Standard,
+                "on_epoch_end",
+                poison_after_first_epoch,
+                create=True,
+            ),
+            self.assertRaisesRegex(
                 experiment.TrainingDivergedError, "NaN or infinite"
-            ):
-                run_cli(
-                    logdir, "standard.gin", "testing/tiny.gin",
-                    bindings=["run.epochs = 3"],
-                )
+            ),
+        ):
+            run_cli(
+                logdir,
+                "standard.gin",
+                "testing/tiny.gin",
+                bindings=["run.epochs = 3"],
+            )
         self.assertFalse(os.path.exists(os.path.join(logdir, "results.json")))
         # The checkpoint is the last good one: epoch 1, finite weights.
         with open(
@@ -194,8 +213,11 @@ class TrainCliTest(tf.test.TestCase):
         ) as f:
             arrays = []
             f.visititems(
-                lambda _, o: arrays.append(o[()])
-                if isinstance(o, h5py.Dataset) else None
+                lambda _, o: (
+                    arrays.append(o[()])
+                    if isinstance(o, h5py.Dataset)
+                    else None
+                )
             )
         self.assertNotEmpty(arrays)
         for a in arrays:
@@ -215,13 +237,16 @@ class BadInputTest(tf.test.TestCase, parameterized.TestCase):
     def test_bad_epsilon(self, eps):
         self._expect_exit(
             rf"epsilon must (be|lie) in .*got {eps}",
-            "pgd_at.gin", "testing/tiny.gin", bindings=[f"EPSILON = {eps}"],
+            "pgd_at.gin",
+            "testing/tiny.gin",
+            bindings=[f"EPSILON = {eps}"],
         )
 
     def test_unknown_gin_name(self):
         self._expect_exit(
             "No configurable matching 'PGDATT'",
-            "pgd_at.gin", bindings=["PGDATT.clean_weight = 0.5"],
+            "pgd_at.gin",
+            bindings=["PGDATT.clean_weight = 0.5"],
         )
 
     def test_unknown_gin_file(self):
@@ -229,20 +254,22 @@ class BadInputTest(tf.test.TestCase, parameterized.TestCase):
 
     def test_unknown_dataset(self):
         with mock.patch.object(
-            tfds, "load", side_effect=tfds.core.registered.DatasetNotFoundError(
-                "nope"
-            )
+            tfds,
+            "load",
+            side_effect=tfds.core.registered.DatasetNotFoundError("nope"),
         ):
             self._expect_exit(
                 "nope.*fashion_mnist",
-                "standard.gin", "testing/tiny.gin",
+                "standard.gin",
+                "testing/tiny.gin",
                 bindings=["make_datasets.name = 'nope'"],
             )
 
     def test_negative_step_count(self):
         self._expect_exit(
             "num_steps must be an integer >= 0; got -3",
-            "pgd_at.gin", "testing/tiny.gin",
+            "pgd_at.gin",
+            "testing/tiny.gin",
             bindings=["train/ProjectedGradient.num_steps = -3"],
         )
 
@@ -270,16 +297,21 @@ class DistributeTest(tf.test.TestCase):
         self.assertEqual(strategy.num_replicas_in_sync, 2)
 
     def test_mirrored_uses_gpus_when_present(self):
-        with mock.patch.object(
-            tf.config, "list_physical_devices", return_value=["g0", "g1"]
-        ), mock.patch.object(tf.distribute, "MirroredStrategy") as mirrored:
+        with (
+            mock.patch.object(
+                tf.config, "list_physical_devices", return_value=["g0", "g1"]
+            ),
+            mock.patch.object(tf.distribute, "MirroredStrategy") as mirrored,
+        ):
             distribute.make_strategy("mirrored")
         mirrored.assert_called_once_with(["/gpu:0", "/gpu:1"])
 
     def test_multi_worker_needs_tf_config(self):
-        with mock.patch.dict(os.environ, {}, clear=True):
-            with self.assertRaisesRegex(ValueError, "TF_CONFIG"):
-                distribute.make_strategy("multi_worker")
+        with (
+            mock.patch.dict(os.environ, {}, clear=True),
+            self.assertRaisesRegex(ValueError, "TF_CONFIG"),
+        ):
+            distribute.make_strategy("multi_worker")
 
 
 class SchedulesTest(tf.test.TestCase):

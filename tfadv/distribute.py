@@ -74,9 +74,7 @@ def split_cpu(num_devices: int) -> list:
             f"The CPU is already split into {len(existing)} logical devices; "
             f"cannot make {num_devices} after TensorFlow has initialised."
         )
-    return [d.name for d in tf.config.list_logical_devices("CPU")][
-        :num_devices
-    ]
+    return [d.name for d in tf.config.list_logical_devices("CPU")][:num_devices]
 
 
 def _mirrored(num_devices):

@@ -56,7 +56,9 @@ def evaluate_robustness(
 
     @tf.function
     def predict(x):
-        return tf.argmax(classifier(x, training=False), -1, output_type=tf.int32)
+        return tf.argmax(
+            classifier(x, training=False), -1, output_type=tf.int32
+        )
 
     def make_attack_fn(attack):
         @tf.function

@@ -1,8 +1,8 @@
-"""One training run: data, model and method built under a strategy, fit,
-evaluated and exported. `run` is the only gin-configurable root of tfadv.
+"""One training run: build under a strategy, fit, evaluate, export.
+
+`run` is the only gin-configurable root of tfadv.
 """
 
-import json
 import math
 import os
 from collections.abc import Callable
@@ -310,9 +310,7 @@ def run(
         info_fn = getattr(callback, "results_info", None)
         if info_fn is not None:
             results.update(info_fn())
-    callbacks_lib.write_json_atomic(
-        os.path.join(logdir, RESULTS_FILE), results
-    )
+    callbacks_lib.write_json_atomic(os.path.join(logdir, RESULTS_FILE), results)
     return results
 
 

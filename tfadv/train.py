@@ -18,7 +18,9 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
-GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "gin_configs")
+GIN_DIR = os.path.join(
+    os.path.dirname(os.path.dirname(__file__)), "gin_configs"
+)
 
 _GIN_FILE = flags.DEFINE_multi_string(
     "gin_file", [], "Gin config files, by path or bare name in gin_configs/."
@@ -33,7 +35,9 @@ _DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "Explicit data directory (else TFADV_DATA_DIR, ...)."
 )
 _STRATEGY = flags.DEFINE_enum(
-    "strategy", "default", ["default", "mirrored", "multi_worker"],
+    "strategy",
+    "default",
+    ["default", "mirrored", "multi_worker"],
     "Distribution strategy.",
 )
 _DEVICES = flags.DEFINE_integer(
@@ -55,6 +59,7 @@ def parse_gin(gin_files, gin_bindings) -> None:
 
 
 def default_logdir(gin_files) -> str:
+    """runs/<first gin file's stem>-<date>-<time>: never an existing run."""
     stem = "run"
     if gin_files:
         stem = os.path.splitext(os.path.basename(gin_files[0]))[0]
@@ -63,6 +68,7 @@ def default_logdir(gin_files) -> str:
 
 
 def main(argv):
+    """Parses gin, builds the strategy, trains, prints the final numbers."""
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not _GIN_FILE.value:
@@ -83,7 +89,7 @@ def main(argv):
             data_dir=_DATA_DIR.value,
             dry_run=_DRY_RUN.value,
         )
-    except (ValueError, FileNotFoundError, IOError) as e:
+    except (ValueError, OSError) as e:
         # Bad input: one paragraph and a non-zero exit, no traceback.
         sys.exit(f"tfadv.train: error: {e}")
     if _DRY_RUN.value:

@@ -44,7 +44,9 @@ def as_seed(seed: Seed) -> tf.Tensor:
         )
     if seed.dtype != tf.int32:
         # Keep the low 31 bits; stateless ops accept int32 or int64 alike.
-        seed = tf.cast(tf.math.floormod(tf.cast(seed, tf.int64), 2**31), tf.int32)
+        seed = tf.cast(
+            tf.math.floormod(tf.cast(seed, tf.int64), 2**31), tf.int32
+        )
     return seed
 
 
@@ -72,7 +74,9 @@ def check_non_negative(name: str, value) -> float:
             f"{name} must be a non-negative number; got {value!r}."
         ) from None
     if not value >= 0.0:
-        raise ValueError(f"{name} must be a non-negative number; got {value!r}.")
+        raise ValueError(
+            f"{name} must be a non-negative number; got {value!r}."
+        )
     return value
 
 

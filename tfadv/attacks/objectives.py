@@ -2,8 +2,9 @@
 
 Each objective maps `(logits, target) -> loss[B]`, in float32 whatever the
 compute dtype. `target` is what the objective needs: integer labels for
-cross-entropy and the margin, the clean class probabilities for the KL
-objective of TRADES-style attacks.
+cross-entropy, the margin and DLR, the clean class probabilities for the KL
+objective of TRADES-style attacks. The targeted DLR loss of APGD-T takes a
+third argument, the target classes, so it is not in `OBJECTIVES`.
 """
 
 from collections.abc import Callable
@@ -58,10 +59,65 @@ def kl_to_clean(logits: tf.Tensor, clean_probs: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(tf.math.xlogy(p, p) - p * log_q, axis=-1)
 
 
+# Keeps the DLR denominator away from zero when the top logits tie
+# (the value fra31/auto-attack uses).
+_DLR_EPSILON = 1e-12
+
+
+def _sorted_logits(logits, min_classes, name):
+    num_classes = logits.shape[-1]
+    if num_classes is not None and num_classes < min_classes:
+        raise ValueError(
+            f"The {name} loss needs at least {min_classes} classes; the "
+            f"model has {num_classes}. Use 'cross_entropy' or 'margin'."
+        )
+    return tf.sort(logits, axis=-1, direction="DESCENDING")
+
+
+@gin.register
+def dlr(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    """The difference-of-logits-ratio loss of Croce & Hein (2020), per example.
+
+    `DLR = -(z_y - max_{j != y} z_j) / (z_pi1 - z_pi3)`, where pi sorts the
+    logits decreasingly. It is the margin divided by a scale of the logits,
+    so it is invariant to shifting and rescaling them (which defeats the
+    saturated-softmax masking that fools cross-entropy attacks). Positive
+    when misclassified; needs at least 3 classes.
+    """
+    logits = tf.cast(logits, tf.float32)
+    ranked = _sorted_logits(logits, 3, "DLR")
+    true, other = _true_and_other_max(logits, labels)
+    scale = ranked[:, 0] - ranked[:, 2] + _DLR_EPSILON
+    return -(true - other) / scale
+
+
+def targeted_dlr(
+    logits: tf.Tensor, labels: tf.Tensor, targets: tf.Tensor
+) -> tf.Tensor:
+    """The targeted DLR loss of APGD-T, per example.
+
+    `-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)`, as `dlr_loss_targeted` in
+    fra31/auto-attack: maximising it pushes the target logit `z_t` above the
+    true one. Needs at least 4 classes.
+    """
+    logits = tf.cast(logits, tf.float32)
+    ranked = _sorted_logits(logits, 4, "targeted DLR")
+    num_classes = tf.shape(logits)[-1]
+    true = tf.reduce_sum(
+        logits * tf.one_hot(tf.cast(labels, tf.int32), num_classes), -1
+    )
+    target = tf.reduce_sum(
+        logits * tf.one_hot(tf.cast(targets, tf.int32), num_classes), -1
+    )
+    scale = ranked[:, 0] - 0.5 * (ranked[:, 2] + ranked[:, 3]) + _DLR_EPSILON
+    return -(true - target) / scale
+
+
 OBJECTIVES = {
     "cross_entropy": cross_entropy,
     "margin": margin,
     "kl": kl_to_clean,
+    "dlr": dlr,
 }
 
 

@@ -47,7 +47,6 @@ class ProjectedGradient(base.Attack):
     survives every restart (scored with the model in inference mode).
 
     Example:
-
         pgd = ProjectedGradient(epsilon=0.1, step_size=0.01, num_steps=20)
         x_adv = pgd(classifier, x, y, seed=0)
 
@@ -66,6 +65,12 @@ class ProjectedGradient(base.Attack):
             `y` (avoids label leaking); `y` is then ignored.
         name: the name results are reported under; defaults to "pgd{k}"
             ("fgsm" for one step).
+
+    Calling it takes an optional keyword `x_init`, a start point the caller
+    chose (TRADES and MART start from `x + 0.001·N(0, I)`). It replaces the
+    random start, and, as in those references, the first gradient is taken
+    there without projecting it first; every step projects. With
+    `num_steps=0` the projected `x_init` is returned.
     """
 
     def __init__(
@@ -101,10 +106,14 @@ class ProjectedGradient(base.Attack):
             f"random_start={self.random_start}, restarts={self.restarts})"
         )
 
-    def _ascend(self, model, x, y, seed, training):
+    def _ascend(self, model, x, y, seed, training, x_init=None):
         """One run: random start, then `num_steps` projected ascent steps."""
         x_adv = x
-        if self.random_start:
+        if x_init is not None:
+            x_adv = tf.cast(x_init, x.dtype)
+            if not self.num_steps:
+                return self.threat_model.project(x, x_adv)
+        elif self.random_start:
             x_adv = self.threat_model.random_init(x, seed)
 
         def step(x_adv):
@@ -140,18 +149,20 @@ class ProjectedGradient(base.Attack):
         )
         return loss, wrong
 
-    def __call__(self, model, x, y, *, seed=None, training=False):
+    def __call__(self, model, x, y, *, seed=None, training=False, x_init=None):
         x = tf.convert_to_tensor(x)
         if self.use_predicted_labels:
             y = tf.argmax(model(x, training=False), -1, output_type=tf.int32)
         y = tf.stop_gradient(tf.convert_to_tensor(y))
         seed = base.as_seed(seed)
         if self.restarts == 1:
-            return tf.stop_gradient(self._ascend(model, x, y, seed, training))
+            return tf.stop_gradient(
+                self._ascend(model, x, y, seed, training, x_init)
+            )
         labels_are_classes = y.dtype.is_integer
         best = None
         for restart_seed in base.split_seed(seed, self.restarts):
-            x_adv = self._ascend(model, x, y, restart_seed, training)
+            x_adv = self._ascend(model, x, y, restart_seed, training, x_init)
             loss, wrong = self._score(model, x_adv, y, labels_are_classes)
             if best is None:
                 best, best_loss, best_wrong = x_adv, loss, wrong
@@ -162,4 +173,3 @@ class ProjectedGradient(base.Attack):
             if wrong is not None:
                 best_wrong = tf.where(take, wrong, best_wrong)
         return tf.stop_gradient(best)
-

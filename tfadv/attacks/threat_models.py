@@ -133,7 +133,9 @@ class L2ThreatModel(ThreatModel):
         radius_shape = tf.concat(
             [tf.shape(x)[:1], tf.ones([len(x.shape) - 1], tf.int32)], 0
         )
-        u = tf.random.stateless_uniform(radius_shape, seed_radius, dtype=x.dtype)
+        u = tf.random.stateless_uniform(
+            radius_shape, seed_radius, dtype=x.dtype
+        )
         radius = self.epsilon * tf.pow(u, 1.0 / dims)
         return self.project(x, x + direction * radius)
 

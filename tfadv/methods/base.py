@@ -27,8 +27,9 @@ class AdversarialTrainer(keras.Model):
     `trainer.classifier` and load with plain Keras.
 
     Subclasses implement `compute_adversarial_loss` and, where the attack
-    is special, `perturb` (the common case: one attack, one loss, one update) or override `train_step` wholesale (methods
-    with a different update structure: Free-AT, YOPO). `test_step` reports
+    is special, `perturb` (the common case: one attack, one loss, one
+    update), or override `train_step` wholesale (methods with a different
+    update structure: Free-AT, YOPO). `test_step` reports
     clean accuracy and, with an `eval_attack`, robust accuracy, so
     `fit(validation_data=...)` gives robust validation for free.
 
@@ -194,6 +195,7 @@ class AdversarialTrainer(keras.Model):
             loss: a replica-scaled loss (see `replica_mean`).
             variables: the variables to update; all trainable ones by
                 default.
+
         Returns:
             The gradients, before weight decay.
         """
@@ -248,6 +250,7 @@ class AdversarialTrainer(keras.Model):
             x: clean images in [0, 1].
             y: integer labels.
             x_adv: what `perturb` returned.
+
         Returns:
             `(loss, clean_logits, adv_logits)`: the replica-scaled loss and the
             logits for the metrics (either may be None; missing clean logits

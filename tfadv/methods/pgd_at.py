@@ -26,7 +26,6 @@ class PGDAT(base.AdversarialTrainer):
     Cost: (k + 1) forward-backward passes per minibatch.
 
     Example:
-
         pgd10 = tfadv.attacks.ProjectedGradient(
             epsilon=0.1, step_size=0.025, num_steps=10)
         trainer = tfadv.methods.PGDAT(classifier, train_attack=pgd10)

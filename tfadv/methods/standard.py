@@ -16,7 +16,6 @@ class Standard(base.AdversarialTrainer):
     `eval_attack`.
 
     Example:
-
         trainer = tfadv.methods.Standard(classifier, eval_attack=pgd20)
         trainer.compile(optimizer=keras.optimizers.SGD(0.01))
         trainer.fit(train_ds, validation_data=val_ds, epochs=5)
