@@ -44,6 +44,26 @@ class HarnessTest(tf.test.TestCase, parameterized.TestCase):
         )
 
 
+class MixedPrecisionTest(tf.test.TestCase, parameterized.TestCase):
+    @parameterized.parameters(0.0, 5e-4)
+    def test_pgd_at_trains_under_mixed_float16(self, weight_decay):
+        keras.mixed_precision.set_dtype_policy("mixed_float16")
+        classifier = harness.tiny_classifier()
+        method = methods.PGDAT(
+            classifier, train_attack=pgd(), weight_decay=weight_decay
+        )
+        method.compile(optimizer=keras.optimizers.SGD(0.1))
+        self.assertIsInstance(
+            method.optimizer, keras.optimizers.LossScaleOptimizer
+        )
+        before = [v.numpy().copy() for v in classifier.trainable_variables]
+        x, y = harness.tiny_data()
+        history = method.fit(x, y, batch_size=harness.BATCH, verbose=0)
+        self.assertTrue(np.isfinite(history.history["loss"][-1]))
+        for b, v in zip(before, classifier.trainable_variables, strict=True):
+            self.assertNotAllClose(b, v.numpy(), msg=v.path)
+
+
 # The analytic check (NSL multi-device test): a linear classifier, PGD-k
 # without random start, one SGD step, expected weights computed in NumPy.
 

@@ -9,7 +9,9 @@ so gin files speak in epochs:
     piecewise_constant.boundaries = [75, 90]   # epochs
 """
 
+from collections.abc import Callable
 from collections.abc import Sequence
+from typing import Any
 
 import gin
 import keras
@@ -124,3 +126,83 @@ def cyclic(
     return PiecewiseLinear(
         [0.0, peak_fraction * total, total], [min_lr, max_lr, min_lr]
     )
+
+
+_Schedule = keras.optimizers.schedules.LearningRateSchedule
+
+
+@keras.saving.register_keras_serializable(package="tfadv")
+class PerMinibatch(keras.optimizers.schedules.LearningRateSchedule):
+    """Evaluates `schedule` at the minibatch count, not the update count.
+
+    Methods that replay each minibatch (Free-AT's m replays, DEAT) advance
+    `optimizer.iterations` several times per minibatch. Wrapping their
+    schedule makes `schedule(step // replays)` the learning rate of every
+    replay of a minibatch, so a schedule written in minibatches (epochs)
+    means the same thing for every method (ALGORITHMS.md §0.3 rule 7). Wong
+    et al.'s Free-AT steps its cyclic schedule per replay instead; the two
+    differ by less than one minibatch's change of the learning rate.
+
+    Args:
+        schedule: a schedule of the minibatch count, or a float.
+        replays: optimizer updates per minibatch (>= 1).
+    """
+
+    def __init__(
+        self,
+        schedule: _Schedule | float,
+        replays: int,
+    ):
+        if isinstance(replays, bool) or not isinstance(replays, int):
+            replays_ok = False
+        else:
+            replays_ok = replays >= 1
+        if not replays_ok:
+            raise ValueError(
+                f"replays must be an integer >= 1; got {replays!r}."
+            )
+        self.schedule = schedule
+        self.replays = replays
+
+    def __call__(self, step):
+        minibatch = keras.ops.floor_divide(step, self.replays)
+        if callable(self.schedule):
+            return self.schedule(minibatch)
+        return keras.ops.convert_to_tensor(self.schedule, "float32")
+
+    def get_config(self):
+        schedule = self.schedule
+        if isinstance(schedule, _Schedule):
+            schedule = keras.optimizers.schedules.serialize(schedule)
+        return {"schedule": schedule, "replays": self.replays}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config["schedule"], dict):
+            config["schedule"] = keras.optimizers.schedules.deserialize(
+                config["schedule"]
+            )
+        return cls(**config)
+
+
+@gin.register
+def per_minibatch(
+    *,
+    steps_per_epoch: int,
+    epochs: float,
+    schedule: Callable[..., Any] = gin.REQUIRED,
+    replays: int = gin.REQUIRED,
+) -> PerMinibatch:
+    """Builds `schedule` in minibatches and wraps it in `PerMinibatch`.
+
+    `schedule` is another builder of this module (called with the same
+    `steps_per_epoch`, which counts minibatches, and `epochs`). In gin:
+
+        run.learning_rate = @per_minibatch
+        per_minibatch.schedule = @cyclic
+        per_minibatch.replays = %REPLAYS
+        FreeAT.replays = %REPLAYS
+    """
+    inner = schedule(steps_per_epoch=steps_per_epoch, epochs=epochs)
+    return PerMinibatch(inner, replays)

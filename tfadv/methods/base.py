@@ -187,30 +187,38 @@ class AdversarialTrainer(keras.Model):
         values = tf.cast(values, tf.float32)
         return tf.reduce_mean(values) / num_replicas()
 
-    def apply_gradients(self, tape, loss, variables=None):
-        """Differentiates `loss` and applies one optimizer update.
+    def apply_gradients(self, tape, scaled_loss, variables=None):
+        """Differentiates the loss and applies one optimizer update.
 
         Args:
-            tape: the tape that recorded `loss`.
-            loss: a replica-scaled loss (see `replica_mean`).
+            tape: the tape that recorded the loss.
+            scaled_loss: `self.optimizer.scale_loss(loss)`, computed INSIDE
+                the tape (under mixed precision the optimizer is a
+                `LossScaleOptimizer`, whose scaling must be on the tape),
+                where `loss` is replica-scaled (see `replica_mean`).
             variables: the variables to update; all trainable ones by
                 default.
 
         Returns:
-            The gradients, before weight decay.
+            The gradients of the scaled loss, before weight decay.
         """
         if variables is None:
             variables = self.trainable_variables
-        scaled = self.optimizer.scale_loss(loss)
-        grads = tape.gradient(scaled, variables)
+        grads = tape.gradient(scaled_loss, variables)
         self.optimizer.apply(self.add_weight_decay(grads, variables), variables)
         return grads
 
     def add_weight_decay(self, grads, variables):
-        """Adds the coupled decay `w·θ`, split evenly over replicas."""
+        """Adds the coupled decay `w·θ` to gradients of the scaled loss.
+
+        The decay is split evenly over replicas (the optimizer sums their
+        gradients) and multiplied by the optimizer's loss scale (1 unless
+        mixed precision wraps it in a `LossScaleOptimizer`, which divides
+        the gradients by that scale again).
+        """
         if not self.weight_decay:
             return grads
-        decay = self.weight_decay / num_replicas()
+        decay = self.optimizer.scale_loss(self.weight_decay / num_replicas())
         return [
             g if g is None else g + tf.cast(decay, g.dtype) * v
             for g, v in zip(grads, variables, strict=True)
@@ -265,7 +273,8 @@ class AdversarialTrainer(keras.Model):
             loss, clean_logits, adv_logits = self.compute_adversarial_loss(
                 x, y, x_adv
             )
-        self.apply_gradients(tape, loss)
+            scaled_loss = self.optimizer.scale_loss(loss)
+        self.apply_gradients(tape, scaled_loss)
         if clean_logits is None:
             clean_logits = self.classifier(x, training=False)
         self.update_metrics(
