@@ -258,6 +258,19 @@ class AttackInvariantsTest(tf.test.TestCase, parameterized.TestCase):
             mean_ce(model, compiled, y), mean_ce(model, eager, y), rtol=0.02
         )
 
+    def test_non_differentiable_model_gives_zero_step_not_crash(self):
+        inputs = keras.Input((4,))
+        rounded = keras.layers.Lambda(lambda t: tf.round(t * 4.0) / 4.0)(
+            inputs
+        )
+        model = keras.Model(inputs, keras.layers.Dense(3)(rounded))
+        x, y = data(shape=(8, 4))
+        attack = attacks.ProjectedGradient(
+            epsilon=0.1, step_size=0.05, num_steps=3, random_start=False
+        )
+        # No gradient reaches the input: every step stays where it is.
+        self.assertAllEqual(attack(model, x, y), x)
+
     def test_kl_objective_is_zero_at_clean_point_and_positive_elsewhere(self):
         logits = tf.constant([[1.0, 2.0, -1.0], [0.0, 0.0, 0.0]])
         p = tf.nn.softmax(logits)

@@ -19,7 +19,6 @@ from tfadv import data
 from tfadv import evaluation
 from tfadv import models
 from tfadv.attacks import base as attack_base
-from tfadv.attacks import pgd
 
 RESULTS_FILE = "results.json"
 MODEL_FILE = "model.keras"
@@ -88,12 +87,8 @@ def prepare_logdir(logdir: str) -> bool:
 
 
 def default_final_attacks(epsilon: float) -> dict:
-    """PGD-20 with step epsilon/10 and a random start (ALGORITHMS.md §0.5)."""
-    return {
-        "pgd20": pgd.ProjectedGradient(
-            epsilon=epsilon, step_size=epsilon / 10, num_steps=20, name="pgd20"
-        )
-    }
+    """The quick suite: PGD-20, step epsilon/10, random start (§0.5)."""
+    return evaluation.make_suite("quick", epsilon=epsilon).attacks
 
 
 def _check_attacks(epsilon, attacks):
@@ -140,6 +135,7 @@ def run(
     learning_rate: float | Callable = 0.01,
     eval_attack: attack_base.Attack | None = None,
     final_attacks: Mapping[str, attack_base.Attack] | None = None,
+    final_suite: str | Sequence[str] = "quick",
     callback_fns: Sequence[Callable[..., keras.callbacks.Callback]] = (),
     validation_freq: int = 1,
     jit_compile: bool = False,
@@ -175,7 +171,12 @@ def run(
             `steps_per_epoch` and `epochs` (see `tfadv.schedules`).
         eval_attack: the attack for robust validation during training.
         final_attacks: attacks for the final numbers in results.json, keyed
-            by report name (default: PGD-20).
+            by report name, each run on every example; overrides
+            `final_suite` when given.
+        final_suite: the `tfadv.evaluation` suite for the final numbers:
+            "quick" (PGD-20), "standard" (APGD-CE, APGD-T, Square, run
+            AutoAttack-style) or a comma-separated list of attack names
+            ("pgd20,cw50"), as `python -m tfadv.evaluate --suite` takes.
         callback_fns: extra callbacks, each built as
             `fn(datasets=..., logdir=...)`. A callback with a
             `results_info()` method adds its dict to results.json (e.g. the
@@ -199,7 +200,12 @@ def run(
             f"'mixed_bfloat16'; got {mixed_precision!r}."
         )
     if final_attacks is None:
-        final_attacks = default_final_attacks(epsilon)
+        suite = evaluation.make_suite(final_suite, epsilon=epsilon)
+    else:
+        suite = evaluation.Suite(
+            ",".join(final_attacks), dict(final_attacks), sequential=False
+        )
+    final_attacks = suite.attacks
     _check_attacks(
         epsilon, [a for a in [eval_attack] if a] + list(final_attacks.values())
     )
@@ -288,7 +294,11 @@ def run(
     classifier.save(os.path.join(logdir, MODEL_FILE))
     logging.info("Final evaluation with %s.", ", ".join(final_attacks))
     scores = evaluation.evaluate_robustness(
-        classifier, datasets.test, final_attacks, seed=seed
+        classifier,
+        datasets.test,
+        final_attacks,
+        seed=seed,
+        sequential=suite.sequential,
     )
     results = {
         "method": type(method).__name__,
@@ -300,8 +310,10 @@ def run(
         "clean_accuracy": scores["clean_accuracy"],
         "robust_accuracy": scores["robust_accuracy"],
         "num_eval_examples": scores["num_examples"],
-        "eval_attacks": {name: repr(a) for name, a in final_attacks.items()},
+        "eval_suite": suite.name,
+        "eval_attacks": scores["attacks"],
         "eval_seconds": scores["attack_seconds"],
+        "gradient_masking": scores["gradient_masking"],
         "history": {
             k: [float(v) for v in vs] for k, vs in history.history.items()
         },

@@ -121,7 +121,12 @@ class ProjectedGradient(base.Attack):
                 tape.watch(x_adv)
                 logits = model(x_adv, training=training)
                 loss = tf.reduce_sum(self.objective(logits, y))
-            grad = tape.gradient(loss, x_adv)
+            # A non-differentiable model (hard quantisation) gives a zero
+            # gradient, not None: the step then stays put (and the
+            # evaluation's masking check can flag it).
+            grad = tape.gradient(
+                loss, x_adv, unconnected_gradients=tf.UnconnectedGradients.ZERO
+            )
             moved = self.threat_model.step(x_adv, grad, self.step_size)
             return self.threat_model.project(x, moved)
 

@@ -1,0 +1,156 @@
+r"""Attacks a trained classifier: `python -m tfadv.evaluate --model=runs/x`.
+
+`--model` is a run folder (its model.keras; dataset, epsilon and example
+count come from its results.json, flags override them) or a .keras file.
+`--suite` is quick (PGD-20), standard (APGD-CE, APGD-T, Square run
+AutoAttack-style; the default) or a list such as pgd20,pgd50x10,cw50. Prints
+a table with the gradient-masking checks and writes eval.json beside the
+model, or eval-<suite>.json when eval.json exists; it never overwrites a
+file. `--gin_file`/`--gin_bindings` configure `make_datasets` and
+`evaluate_suite` (e.g. `evaluate_suite.jit_compile = True`).
+"""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+import json  # noqa: E402
+import re  # noqa: E402
+import sys  # noqa: E402
+
+import gin  # noqa: E402
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+
+GIN_DIR = os.path.join(
+    os.path.dirname(os.path.dirname(__file__)), "gin_configs"
+)
+_SHARED = dict(allow_override=True)  # also defined by tfadv.train
+_GIN_FILE = flags.DEFINE_multi_string("gin_file", [], "Gin files.", **_SHARED)
+_GIN_BINDINGS = flags.DEFINE_multi_string(
+    "gin_bindings", [], "Gin bindings.", **_SHARED
+)
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Data directory.", **_SHARED)
+_MODEL = flags.DEFINE_string("model", None, "Run folder or .keras file.")
+_SUITE = flags.DEFINE_string("suite", None, "quick, standard, or a list.")
+_EPSILON = flags.DEFINE_float("epsilon", None, "Budget (default: the run's).")
+_NUM_EXAMPLES = flags.DEFINE_integer(
+    "num_examples", None, "First N test examples (default: the run's, 1000)."
+)
+_DATASET = flags.DEFINE_string("dataset", None, "Dataset (default: run's).")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Evaluation batch.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the attacks.")
+_BPDA_LAYERS = flags.DEFINE_list("bpda_layers", [], "BPDA over these layers.")
+_OUTPUT = flags.DEFINE_string("output", None, "Where to write the JSON.")
+
+
+def _inputs():
+    """Resolves and checks the flags: (model file, folder, eps, data, N)."""
+    from tfadv import experiment
+
+    path, model_file = _MODEL.value, _MODEL.value
+    if path and os.path.isdir(path):
+        model_file = os.path.join(path, experiment.MODEL_FILE)
+    if not path or not model_file.endswith(".keras"):
+        raise ValueError(
+            f"--model={path!r}: give a run folder holding model.keras or a "
+            ".keras file."
+        )
+    if not os.path.isfile(model_file):
+        raise ValueError(f"--model: {model_file} does not exist.")
+    folder = os.path.dirname(model_file) or "."
+    run, results = {}, os.path.join(folder, experiment.RESULTS_FILE)
+    if os.path.isfile(results):
+        with open(results) as f:
+            run = json.load(f)
+    epsilon = run.get("epsilon") if _EPSILON.value is None else _EPSILON.value
+    if epsilon is None:
+        raise ValueError(f"No results.json in {folder}; pass --epsilon.")
+    epsilon = experiment.check_epsilon(epsilon)
+    num = _NUM_EXAMPLES.value
+    if num is not None and num < 1:
+        raise ValueError(f"--num_examples must be an integer >= 1; got {num}.")
+    if _BATCH_SIZE.value < 1:
+        raise ValueError(f"--batch_size must be >= 1; got {_BATCH_SIZE.value}.")
+    num = num or run.get("num_eval_examples") or 1000
+    dataset = _DATASET.value or run.get("dataset") or "fashion_mnist"
+    return model_file, folder, epsilon, dataset, num
+
+
+def _output_path(folder, suite_name):
+    """eval.json, else eval-<suite>.json; an existing file is an error."""
+    if _OUTPUT.value:
+        candidates = [_OUTPUT.value]
+    else:
+        tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", suite_name)
+        candidates = [f"{folder}/eval.json", f"{folder}/eval-{tag}.json"]
+    for candidate in candidates:
+        if not os.path.exists(candidate):
+            return candidate
+    raise ValueError(
+        f"{' and '.join(candidates)} exist; tfadv.evaluate never overwrites "
+        "an evaluation. Pass another --output=PATH or move them away."
+    )
+
+
+def main(argv):
+    """Checks every flag, then loads, attacks, prints and writes."""
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    import keras
+
+    import tfadv  # noqa: F401  (registers every gin name and Keras layer)
+    from tfadv import configurables  # noqa: F401
+    from tfadv import data
+    from tfadv import evaluation
+
+    try:
+        model_file, folder, epsilon, dataset, num = _inputs()
+        gin.add_config_file_search_path(GIN_DIR)
+        gin.parse_config_files_and_bindings(
+            _GIN_FILE.value, _GIN_BINDINGS.value, skip_unknown=False
+        )
+        options = dict(epsilon=epsilon, seed=_SEED.value)
+        if _SUITE.value is not None:
+            options["suite"] = _SUITE.value
+        if _BPDA_LAYERS.value:
+            options["bpda_layers"] = _BPDA_LAYERS.value
+        suite = options.get("suite")
+        if suite is None:
+            try:
+                suite = gin.query_parameter("evaluate_suite.suite")
+            except ValueError:
+                suite = "standard"
+        name = "custom"
+        if isinstance(suite, str):  # checks the names before anything loads
+            name = evaluation.make_suite(suite, epsilon=epsilon).name
+        output = _output_path(folder, name)
+        classifier = keras.saving.load_model(model_file)  # safe mode on
+        datasets = gin.get_configurable(data.make_datasets)(
+            name=dataset,
+            data_dir=_DATA_DIR.value,
+            batch_size=1,  # no training here
+            eval_batch_size=_BATCH_SIZE.value,
+            eval_examples=num,
+            validation_examples=0,
+        )
+        evaluate = gin.get_configurable(evaluation.evaluate_suite)
+        result = evaluate(classifier, datasets.test, **options)
+    except (ValueError, OSError) as e:
+        # Bad input: one paragraph and a non-zero exit, no traceback.
+        message = str(e).split("\n  In call to configurable")[0]
+        sys.exit(f"tfadv.evaluate: error: {message}")
+    result = {"model": model_file, "dataset": dataset, **result}
+    result["bpda_layers"] = list(_BPDA_LAYERS.value)
+    print(f"{model_file} on {dataset}:")
+    print(evaluation.format_report(result))
+    with open(output, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    logging.set_verbosity(logging.INFO)
+    app.run(main)
