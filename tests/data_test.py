@@ -394,11 +394,10 @@ class TFDSTest(_TestCase):
     def test_unknown_name_lists_places_tried(self):
         with mock.patch.object(
             self.tfds, "load", side_effect=RuntimeError("no network")
-        ):
-            with self.assertRaises(data.UnknownDatasetError) as cm:
-                data.make_datasets(
-                    name="no_such_dataset", data_dir=tempfile.gettempdir()
-                )
+        ), self.assertRaises(data.UnknownDatasetError) as cm:
+            data.make_datasets(
+                name="no_such_dataset", data_dir=tempfile.gettempdir()
+            )
         message = str(cm.exception)
         self.assertIsInstance(cm.exception, ValueError)
         self.assertIsInstance(cm.exception, FileNotFoundError)
@@ -414,10 +413,9 @@ class TFDSTest(_TestCase):
             mock.patch.dict(sources.WELL_KNOWN_DIRS, {"mnist": (empty,)}),
             mock.patch.object(
                 self.tfds, "load", side_effect=OSError("offline")
-            ),
+            ),self.assertRaises(data.DataNotFoundError) as cm
         ):
-            with self.assertRaises(data.DataNotFoundError) as cm:
-                data.load_arrays("mnist", "train")
+            data.load_arrays("mnist", "train")
         self.assertNotIsInstance(cm.exception, data.UnknownDatasetError)
         message = str(cm.exception)
         self.assertIn(f"IDX files in {empty}", message)

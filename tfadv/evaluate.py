@@ -49,6 +49,7 @@ _OUTPUT = flags.DEFINE_string("output", None, "Where to write the JSON.")
 def _inputs():
     """Resolves and checks the flags: (model file, folder, eps, data, N)."""
     from tfadv import experiment
+    from tfadv.attacks import base as attack_base
 
     path, model_file = _MODEL.value, _MODEL.value
     if path and os.path.isdir(path):
@@ -68,7 +69,7 @@ def _inputs():
     epsilon = run.get("epsilon") if _EPSILON.value is None else _EPSILON.value
     if epsilon is None:
         raise ValueError(f"No results.json in {folder}; pass --epsilon.")
-    epsilon = experiment.check_epsilon(epsilon)
+    epsilon = attack_base.check_budget(epsilon)
     num = _NUM_EXAMPLES.value
     if num is not None and num < 1:
         raise ValueError(f"--num_examples must be an integer >= 1; got {num}.")

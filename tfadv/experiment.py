@@ -44,21 +44,6 @@ class TrainingDivergedError(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
-def check_epsilon(epsilon) -> float:
-    """Validates a training budget: a number in (0, 1] pixel units."""
-    try:
-        value = float(epsilon)
-    except (TypeError, ValueError):
-        value = float("nan")
-    if not 0.0 < value <= 1.0:
-        raise ValueError(
-            f"epsilon must be in (0, 1] (pixel units; images are in [0, 1]); "
-            f"got {epsilon!r}. Fashion-MNIST uses 0.1, CIFAR-10 8/255 = "
-            "0.0313725."
-        )
-    return value
-
-
 def prepare_logdir(logdir: str) -> bool:
     """Checks the run folder and says whether the run resumes.
 
@@ -191,7 +176,7 @@ def run(
     Returns:
         The contents of results.json (empty for a dry run).
     """
-    epsilon = check_epsilon(epsilon)
+    epsilon = attack_base.check_budget(epsilon)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be an integer >= 1; got {epochs!r}.")
     if mixed_precision not in (None, "mixed_float16", "mixed_bfloat16"):

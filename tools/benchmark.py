@@ -25,6 +25,7 @@ Flags:
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -76,7 +77,7 @@ def train_one(method, out):
             f"--gin_file={method}.gin",
             f"--logdir={logdir}",
         ] + [f"--gin_bindings={b}" for b in _bindings_for(method)]
-        print("$", " ".join(repr(c) if " " in c else c for c in cmd))
+        print("$", shlex.join(cmd))
         start = time.perf_counter()
         subprocess.run(cmd, check=True)
         print(f"{method}: {time.perf_counter() - start:.0f} s wall clock")
@@ -156,7 +157,7 @@ def main(argv):
     os.makedirs(out, exist_ok=True)
     results = {m: train_one(m, out) for m in _METHODS.value}
     table = make_table(results)
-    command = "python tools/benchmark.py " + " ".join(sys.argv[1:])
+    command = "python tools/benchmark.py " + shlex.join(sys.argv[1:])
     with open(os.path.join(out, "benchmark.md"), "w") as f:
         f.write(f"Command: `{command}`\n\n{table}\n")
     with open(os.path.join(out, "benchmark.json"), "w") as f:

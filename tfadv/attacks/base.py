@@ -65,6 +65,25 @@ def check_positive_int(name: str, value, *, allow_zero: bool = True) -> int:
     return value
 
 
+def check_budget(epsilon) -> float:
+    """Validates a training budget: a number in (0, 1] pixel units.
+
+    Attacks accept epsilon = 0 (the identity attack); a training method or
+    run needs a real budget.
+    """
+    try:
+        value = float(epsilon)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0.0 < value <= 1.0:
+        raise ValueError(
+            f"epsilon must be in (0, 1] (pixel units; images are in [0, 1]); "
+            f"got {epsilon!r}. Fashion-MNIST uses 0.1, CIFAR-10 8/255 = "
+            "0.0313725."
+        )
+    return value
+
+
 def check_non_negative(name: str, value) -> float:
     """Validates a non-negative float argument and returns it."""
     try:

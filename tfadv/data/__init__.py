@@ -12,8 +12,8 @@ from tfadv.data import augment
 from tfadv.data import datasets
 from tfadv.data import sources
 from tfadv.data.augment import random_crop_flip
-from tfadv.data.datasets import Datasets
 from tfadv.data.datasets import DatasetInfo
+from tfadv.data.datasets import Datasets
 from tfadv.data.datasets import channel_stats
 from tfadv.data.datasets import make_datasets
 from tfadv.data.sources import DATA_DIR_ENV_VAR

@@ -7,7 +7,6 @@ test pipelines plus a `DatasetInfo`. Every pipeline yields float32 images
 the classifier (DESIGN.md, "Contracts: Pixel space").
 
 Example:
-
     data = make_datasets(name="fashion_mnist", batch_size=128)
     method.fit(data.train, validation_data=data.validation, epochs=10)
     method.evaluate(data.test)

@@ -4,9 +4,6 @@ import gin
 import numpy as np
 import tensorflow as tf
 
-from tfadv.attacks import base as attack_base
-from tfadv.attacks import pgd
-from tfadv.methods import base
 from tfadv.methods import trades
 
 # The reference's guards against log(0), kept so losses match it.
@@ -16,7 +13,7 @@ _WEIGHT_OFFSET = 1.0000001
 
 
 @gin.register
-class MART(base.AdversarialTrainer):
+class MART(trades.GaussianStartTrainer):
     """MART, Wang et al. (ICLR 2020).
 
     "Improving adversarial robustness requires revisiting misclassified
@@ -64,58 +61,11 @@ class MART(base.AdversarialTrainer):
             `num_steps` or `epsilon`.
     """
 
-    def __init__(
-        self,
-        classifier,
-        *,
-        epsilon: float = 0.031,
-        step_size: float = 0.007,
-        num_steps: int = 10,
-        beta: float = 6.0,
-        init_stddev: float = 0.001,
-        attack_training_mode: bool = False,
-        **kwargs,
-    ):
-        super().__init__(
-            classifier, attack_training_mode=attack_training_mode, **kwargs
-        )
-        self.beta = attack_base.check_non_negative("beta", beta)
-        self.init_stddev = attack_base.check_non_negative(
-            "init_stddev", init_stddev
-        )
-        self.train_attack = pgd.ProjectedGradient(
-            epsilon=epsilon,
-            step_size=step_size,
-            num_steps=num_steps,
-            objective="cross_entropy",
-            random_start=False,
-            name=f"mart_pgd{num_steps}",
-        )
+    attack_objective = "cross_entropy"
+    attack_name_prefix = "mart_pgd"
 
-    def get_config(self):
-        attack = self.train_attack
-        return {
-            **super().get_config(),
-            "epsilon": attack.epsilon,
-            "step_size": attack.step_size,
-            "num_steps": attack.num_steps,
-            "beta": self.beta,
-            "init_stddev": self.init_stddev,
-        }
-
-    def initial_point(self, x: tf.Tensor) -> tf.Tensor:
-        """The attack's start, `x + init_stddev·N(0, I)` (override to vary)."""
-        return trades.gaussian_start(x, self.init_stddev, self.seed_generator)
-
-    def perturb(self, x, y):
-        return self.train_attack(
-            self.classifier,
-            x,
-            y,
-            seed=self.seed_generator,
-            training=self.attack_training_mode,
-            x_init=self.initial_point(x),
-        )
+    def attack_target(self, x, y):
+        return y
 
     def compute_adversarial_loss(self, x, y, x_adv):
         clean_logits = self.classifier(x, training=True)

@@ -32,8 +32,78 @@ def gaussian_start(
     return x + noise
 
 
+class GaussianStartTrainer(base.AdversarialTrainer):
+    """Shared by TRADES and MART: PGD from `x + init_stddev·N(0, I)`.
+
+    Subclasses set `attack_objective` and `attack_name_prefix`, say what the
+    objective compares the logits with (`attack_target`) and build the
+    β-weighted loss (`compute_adversarial_loss`). The constructor arguments
+    are documented by the subclasses.
+    """
+
+    attack_objective = None
+    attack_name_prefix = None
+
+    def __init__(
+        self,
+        classifier,
+        *,
+        epsilon: float = 0.031,
+        step_size: float = 0.007,
+        num_steps: int = 10,
+        beta: float = 6.0,
+        init_stddev: float = 0.001,
+        attack_training_mode: bool = False,
+        **kwargs,
+    ):
+        super().__init__(
+            classifier, attack_training_mode=attack_training_mode, **kwargs
+        )
+        self.beta = attack_base.check_non_negative("beta", beta)
+        self.init_stddev = attack_base.check_non_negative(
+            "init_stddev", init_stddev
+        )
+        self.train_attack = pgd.ProjectedGradient(
+            epsilon=epsilon,
+            step_size=step_size,
+            num_steps=num_steps,
+            objective=self.attack_objective,
+            random_start=False,
+            name=f"{self.attack_name_prefix}{num_steps}",
+        )
+
+    def get_config(self):
+        attack = self.train_attack
+        return {
+            **super().get_config(),
+            "epsilon": attack.epsilon,
+            "step_size": attack.step_size,
+            "num_steps": attack.num_steps,
+            "beta": self.beta,
+            "init_stddev": self.init_stddev,
+        }
+
+    def initial_point(self, x: tf.Tensor) -> tf.Tensor:
+        """The attack's start, `x + init_stddev·N(0, I)` (override to vary)."""
+        return gaussian_start(x, self.init_stddev, self.seed_generator)
+
+    def attack_target(self, x, y):
+        """What the attack's objective compares the logits with."""
+        raise NotImplementedError
+
+    def perturb(self, x, y):
+        return self.train_attack(
+            self.classifier,
+            x,
+            self.attack_target(x, y),
+            seed=self.seed_generator,
+            training=self.attack_training_mode,
+            x_init=self.initial_point(x),
+        )
+
+
 @gin.register
-class TRADES(base.AdversarialTrainer):
+class TRADES(GaussianStartTrainer):
     """TRADES, Zhang et al. (ICML 2019), arXiv 1901.08573.
 
     "Theoretically principled trade-off between robustness and accuracy";
@@ -88,60 +158,14 @@ class TRADES(base.AdversarialTrainer):
             `num_steps` or `epsilon`.
     """
 
-    def __init__(
-        self,
-        classifier,
-        *,
-        epsilon: float = 0.031,
-        step_size: float = 0.007,
-        num_steps: int = 10,
-        beta: float = 6.0,
-        init_stddev: float = 0.001,
-        attack_training_mode: bool = False,
-        **kwargs,
-    ):
-        super().__init__(
-            classifier, attack_training_mode=attack_training_mode, **kwargs
-        )
-        self.beta = attack_base.check_non_negative("beta", beta)
-        self.init_stddev = attack_base.check_non_negative(
-            "init_stddev", init_stddev
-        )
-        self.train_attack = pgd.ProjectedGradient(
-            epsilon=epsilon,
-            step_size=step_size,
-            num_steps=num_steps,
-            objective="kl",
-            random_start=False,
-            name=f"trades_kl{num_steps}",
-        )
+    attack_objective = "kl"
+    attack_name_prefix = "trades_kl"
 
-    def get_config(self):
-        attack = self.train_attack
-        return {
-            **super().get_config(),
-            "epsilon": attack.epsilon,
-            "step_size": attack.step_size,
-            "num_steps": attack.num_steps,
-            "beta": self.beta,
-            "init_stddev": self.init_stddev,
-        }
-
-    def initial_point(self, x: tf.Tensor) -> tf.Tensor:
-        """The attack's start, `x + init_stddev·N(0, I)` (override to vary)."""
-        return gaussian_start(x, self.init_stddev, self.seed_generator)
-
-    def perturb(self, x, y):
-        # The target of the attack: the clean distribution, computed once.
+    def attack_target(self, x, y):
+        # The clean distribution, computed once per step.
         clean_logits = self.classifier(x, training=self.attack_training_mode)
-        clean_probs = tf.nn.softmax(tf.cast(clean_logits, tf.float32))
-        return self.train_attack(
-            self.classifier,
-            x,
-            tf.stop_gradient(clean_probs),
-            seed=self.seed_generator,
-            training=self.attack_training_mode,
-            x_init=self.initial_point(x),
+        return tf.stop_gradient(
+            tf.nn.softmax(tf.cast(clean_logits, tf.float32))
         )
 
     def compute_adversarial_loss(self, x, y, x_adv):

@@ -14,19 +14,6 @@ from tfadv.models import common
 FIRST_LAYER_GRADS = ("reference", "hamiltonian_only")
 
 
-def _check_epsilon(epsilon) -> float:
-    try:
-        value = float(epsilon)
-    except (TypeError, ValueError):
-        value = float("nan")
-    if not 0.0 < value <= 1.0:
-        raise ValueError(
-            f"epsilon must be in (0, 1] (pixel units; images are in [0, 1]); "
-            f"got {epsilon!r}."
-        )
-    return value
-
-
 def _check_count(name: str, value, meaning: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(
@@ -117,7 +104,7 @@ class YOPOBase(base.AdversarialTrainer):
         **kwargs,
     ):
         super().__init__(classifier, **kwargs)
-        self.epsilon = _check_epsilon(epsilon)
+        self.epsilon = attack_base.check_budget(epsilon)
         self.sigma = _check_sigma(sigma)
         self.m = _check_count("m", m, "outer iterations, 'K' in the code")
         self.n = _check_count("n", n, "inner steps, 'inner_iters'")

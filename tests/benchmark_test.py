@@ -1,0 +1,61 @@
+"""tools/benchmark.py: the table and plot (the training runs are the CLI's)."""
+
+import importlib.util
+import os
+
+import tensorflow as tf
+from absl import flags
+from absl.testing import flagsaver
+
+_PATH = os.path.join(
+    os.path.dirname(os.path.dirname(__file__)), "tools", "benchmark.py"
+)
+_spec = importlib.util.spec_from_file_location("tfadv_benchmark", _PATH)
+benchmark = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(benchmark)
+
+
+def _result(seconds, epochs, clean, robust):
+    return {
+        "train_seconds": seconds,
+        "epochs": epochs,
+        "clean_accuracy": clean,
+        "robust_accuracy": robust,
+    }
+
+
+class BenchmarkTest(tf.test.TestCase):
+    def test_table_reports_ratio_to_pgd_at(self):
+        table = benchmark.make_table(
+            {
+                "pgd_at": _result(200.0, 2, 0.8, {"pgd20": 0.7}),
+                "yopo": _result(100.0, 2, 0.82, {"pgd20": 0.68}),
+            }
+        )
+        lines = table.splitlines()
+        self.assertIn("time / pgd_at", lines[0])
+        self.assertIn(
+            "| pgd_at | 2 | 100.0 | 200 | 0.8000 | 0.7000 | 1.00 |", lines
+        )
+        self.assertIn(
+            "| yopo | 2 | 50.0 | 100 | 0.8200 | 0.6800 | 0.50 |", lines
+        )
+
+    def test_missing_attack_is_a_dash(self):
+        table = benchmark.make_table(
+            {
+                "pgd_at": _result(10.0, 1, 0.5, {"pgd20": 0.4}),
+                "other": _result(5.0, 1, 0.5, {"square": 0.3}),
+            }
+        )
+        self.assertIn(
+            "| other | 1 | 5.0 | 5 | 0.5000 | - | 0.3000 | 0.50 |", table
+        )
+
+    def test_method_bindings_reach_only_their_method(self):
+        flags.FLAGS.mark_as_parsed()
+        with flagsaver.flagsaver(
+            method_bindings=["free_at=run.epochs = 1"], epochs=4
+        ):
+            self.assertIn("run.epochs = 1", benchmark._bindings_for("free_at"))
+            self.assertNotIn("run.epochs = 1", benchmark._bindings_for("mart"))
