@@ -260,9 +260,7 @@ class AttackInvariantsTest(tf.test.TestCase, parameterized.TestCase):
 
     def test_non_differentiable_model_gives_zero_step_not_crash(self):
         inputs = keras.Input((4,))
-        rounded = keras.layers.Lambda(lambda t: tf.round(t * 4.0) / 4.0)(
-            inputs
-        )
+        rounded = keras.layers.Lambda(lambda t: tf.round(t * 4.0) / 4.0)(inputs)
         model = keras.Model(inputs, keras.layers.Dense(3)(rounded))
         x, y = data(shape=(8, 4))
         attack = attacks.ProjectedGradient(

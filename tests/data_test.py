@@ -244,9 +244,7 @@ class MakeDatasetsIDXTest(_TestCase):
         self.assertIn(os.path.join(root, "fashion_mnist"), ds.info.source)
 
     def test_env_var_honoured(self):
-        with mock.patch.dict(
-            os.environ, {sources.DATA_DIR_ENV_VAR: self.tmp}
-        ):
+        with mock.patch.dict(os.environ, {sources.DATA_DIR_ENV_VAR: self.tmp}):
             ds = data.make_datasets(name="fashion_mnist", batch_size=8)
             images, labels, source = data.load_arrays("mnist", "test")
         self.assertEqual(ds.info.num_train, _NUM_TRAIN)
@@ -258,9 +256,7 @@ class MakeDatasetsIDXTest(_TestCase):
     def test_data_dir_argument_wins_over_env_var(self):
         other = self.make_tmp()
         with mock.patch.dict(os.environ, {sources.DATA_DIR_ENV_VAR: other}):
-            _, _, source = data.load_arrays(
-                "mnist", "train", data_dir=self.tmp
-            )
+            _, _, source = data.load_arrays("mnist", "train", data_dir=self.tmp)
         self.assertEqual(source, f"IDX files in {self.tmp}")
 
     def test_mnist_family_has_ten_classes(self):
@@ -392,9 +388,12 @@ class TFDSTest(_TestCase):
         self.assertAllClose(images, arrays["test"][0] / 255.0)
 
     def test_unknown_name_lists_places_tried(self):
-        with mock.patch.object(
-            self.tfds, "load", side_effect=RuntimeError("no network")
-        ), self.assertRaises(data.UnknownDatasetError) as cm:
+        with (
+            mock.patch.object(
+                self.tfds, "load", side_effect=RuntimeError("no network")
+            ),
+            self.assertRaises(data.UnknownDatasetError) as cm,
+        ):
             data.make_datasets(
                 name="no_such_dataset", data_dir=tempfile.gettempdir()
             )
@@ -413,7 +412,8 @@ class TFDSTest(_TestCase):
             mock.patch.dict(sources.WELL_KNOWN_DIRS, {"mnist": (empty,)}),
             mock.patch.object(
                 self.tfds, "load", side_effect=OSError("offline")
-            ),self.assertRaises(data.DataNotFoundError) as cm
+            ),
+            self.assertRaises(data.DataNotFoundError) as cm,
         ):
             data.load_arrays("mnist", "train")
         self.assertNotIsInstance(cm.exception, data.UnknownDatasetError)

@@ -51,13 +51,9 @@ class PGDATLearnsRobustnessTest(tf.test.TestCase):
             ("pgd_at", lambda c: methods.PGDAT(c, train_attack=pgd10)),
         ):
             keras.utils.set_random_seed(0)
-            classifier = models.small_cnn(
-                mean=ds.info.mean, std=ds.info.std
-            )
+            classifier = models.small_cnn(mean=ds.info.mean, std=ds.info.std)
             trainer = make(classifier)
-            trainer.compile(
-                optimizer=keras.optimizers.SGD(0.05, momentum=0.9)
-            )
+            trainer.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
             trainer.fit(ds.train, epochs=2, verbose=0)
             scores[name] = evaluation.evaluate_robustness(
                 classifier, ds.test, [pgd20]
