@@ -42,7 +42,8 @@ _METHOD_BINDINGS = flags.DEFINE_multi_string(
     "method_bindings", [], "'method=binding' for one method."
 )
 _OUT = flags.DEFINE_string("out", None, "Output folder.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed (run.seed, shuffling).")
+# Not "seed": tfadv.evaluate defines that, and tests import both modules.
+_SEED = flags.DEFINE_integer("run_seed", 0, "run.seed and the shuffle seed.")
 
 REFERENCE = "pgd_at"
 
