@@ -12,4 +12,6 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null; 
     || echo "setup: could not install dataset-fashion-mnist; set TFADV_DATA_DIR"
 fi
 
-python3 -m pip install -q --disable-pip-version-check -e ".[test]"
+# The interpreter the README's commands run (`python`), else python3.
+PYTHON=$(command -v python || command -v python3)
+"$PYTHON" -m pip install -q --disable-pip-version-check -e ".[test]"
