@@ -181,21 +181,6 @@ def numpy_free_at(
     return w, b, buffers
 
 
-def fit_linear(method_fn, w, b, x, y, *, lr, strategy, batch=None):
-    """methods_test.fit_linear, with a chosen batch; returns the method."""
-    with strategy.scope():
-        classifier = keras.Sequential(
-            [keras.Input((w.shape[0],)), keras.layers.Dense(w.shape[1])]
-        )
-        classifier.layers[0].set_weights([w, b])
-        method = method_fn(classifier)
-        method.compile(optimizer=keras.optimizers.SGD(lr))
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch or len(x))
-    method.fit(ds, epochs=1, verbose=0, shuffle=False)
-    got = [v.numpy() for v in classifier.layers[0].weights]
-    return method, got
-
-
 def replica_buffers(variable):
     """The per-replica values of an ON_READ variable (one on one device)."""
     value = variable.value
@@ -209,7 +194,7 @@ class AnalyticStepTest(tf.test.TestCase, parameterized.TestCase):
     def test_fgsm_step_on_linear_model(self, strategy, wd):
         w, b, x, y = methods_test.linear_problem()
         eps, lr = 0.1, 0.5
-        _, (got_w, got_b) = fit_linear(
+        _, (got_w, got_b) = methods_test.fit_linear(
             lambda c: methods.FGSMRS(
                 c, epsilon=eps, random_start=False, weight_decay=wd
             ),
@@ -246,7 +231,7 @@ class AnalyticStepTest(tf.test.TestCase, parameterized.TestCase):
             def initial_point(self, x):
                 return x + 0.02 * tf.cos(100.0 * x)
 
-        _, (got_w, got_b) = fit_linear(
+        _, (got_w, got_b) = methods_test.fit_linear(
             lambda c: FixedStart(
                 c,
                 epsilon=eps,
@@ -274,7 +259,7 @@ class AnalyticStepTest(tf.test.TestCase, parameterized.TestCase):
     def test_mart_step_on_linear_model(self, strategy, wd):
         w, b, x, y = methods_test.linear_problem(seed=3)
         eps, step, k, beta, lr = 0.1, 0.03, 4, 6.0, 0.5
-        _, (got_w, got_b) = fit_linear(
+        _, (got_w, got_b) = methods_test.fit_linear(
             lambda c: methods.MART(
                 c,
                 epsilon=eps,
@@ -309,7 +294,7 @@ class AnalyticStepTest(tf.test.TestCase, parameterized.TestCase):
         eps, replays, lr, wd, batch = 0.1, 3, 0.5, 0.01, 8
         strategy = _strategy(strategy)
         replicas = strategy.num_replicas_in_sync
-        method, (got_w, got_b) = fit_linear(
+        method, (got_w, got_b) = methods_test.fit_linear(
             lambda c: methods.FreeAT(
                 c,
                 epsilon=eps,
@@ -364,7 +349,7 @@ class AnalyticStepTest(tf.test.TestCase, parameterized.TestCase):
         # Steps of 0.03: two replays reach 0.06, four reach the budget.
         kwargs = dict(epsilon=0.1, replays=2, step_size=0.03, batch_size=8)
         strategy = tf.distribute.get_strategy()
-        one, _ = fit_linear(
+        one, _ = methods_test.fit_linear(
             lambda c: methods.FreeAT(c, **kwargs),
             w,
             b,
@@ -373,7 +358,7 @@ class AnalyticStepTest(tf.test.TestCase, parameterized.TestCase):
             lr=0.0,
             strategy=strategy,
         )
-        two, _ = fit_linear(
+        two, _ = methods_test.fit_linear(
             lambda c: methods.FreeAT(c, **kwargs),
             w,
             b,

@@ -107,7 +107,8 @@ def linear_problem(seed=0, n=8, d=5, c=3):
     return w, b, x, y
 
 
-def fit_linear(method_fn, w, b, x, y, *, lr, strategy):
+def fit_linear(method_fn, w, b, x, y, *, lr, strategy, batch=None):
+    """One epoch of SGD on a linear classifier; returns (method, [W, b])."""
     with strategy.scope():
         classifier = keras.Sequential(
             [keras.Input((w.shape[0],)), keras.layers.Dense(w.shape[1])]
@@ -115,9 +116,9 @@ def fit_linear(method_fn, w, b, x, y, *, lr, strategy):
         classifier.layers[0].set_weights([w, b])
         method = method_fn(classifier)
         method.compile(optimizer=keras.optimizers.SGD(lr))
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(len(x))
-    method.fit(ds, epochs=1, verbose=0)
-    return [v.numpy() for v in classifier.layers[0].weights]
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch or len(x))
+    method.fit(ds, epochs=1, verbose=0, shuffle=False)
+    return method, [v.numpy() for v in classifier.layers[0].weights]
 
 
 def mirrored():
@@ -142,7 +143,7 @@ class AnalyticStepTest(tf.test.TestCase, parameterized.TestCase):
             if strategy == "mirrored"
             else tf.distribute.get_strategy()
         )
-        got_w, got_b = fit_linear(
+        _, (got_w, got_b) = fit_linear(
             lambda c: methods.PGDAT(
                 c,
                 train_attack=attacks.ProjectedGradient(
@@ -183,7 +184,7 @@ class AnalyticStepTest(tf.test.TestCase, parameterized.TestCase):
             if strategy == "mirrored"
             else tf.distribute.get_strategy()
         )
-        got_w, got_b = fit_linear(
+        _, (got_w, got_b) = fit_linear(
             methods.Standard, w, b, x, y, lr=0.3, strategy=strategy
         )
         want_w, want_b = numpy_pgd_at_step(

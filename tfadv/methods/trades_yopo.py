@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from tfadv.attacks import base as attack_base
 from tfadv.attacks import objectives
+from tfadv.methods import trades
 from tfadv.methods import yopo
 from tfadv.models import common
 
@@ -136,9 +137,7 @@ class TRADESYOPO(yopo.YOPOBase):
         """The TRADES loss with weight `beta`, in training mode."""
         clean_logits = self.classifier(x, training=True)
         adv_logits = self.classifier(x_adv, training=True)
-        log_p = tf.nn.log_softmax(tf.cast(clean_logits, tf.float32))
-        log_q = tf.nn.log_softmax(tf.cast(adv_logits, tf.float32))
-        kl = tf.reduce_sum(tf.exp(log_p) * (log_p - log_q), axis=-1)
+        kl = trades.kl_divergence(clean_logits, adv_logits)
         loss = self.cross_entropy(y, clean_logits)
         loss += self.beta * self.replica_mean(kl)
         return loss, clean_logits, adv_logits
