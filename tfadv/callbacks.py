@@ -1,7 +1,9 @@
-"""Keras callbacks for adversarial-training runs.
+"""Keras callbacks for adversarial training, to pass to `fit`.
 
-Everything here writes logs, files or summaries; methods never do (they
-return metric dicts and the callbacks write them).
+Everything here writes logs or summaries; methods never do (they return
+metric dicts and the callbacks write them). A method's own callbacks come
+from `trainer.callbacks()`; the run folder's bookkeeping (checkpoint, gin
+config) is in `tfadv.run_folder`.
 """
 
 import json
@@ -15,48 +17,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-TIMING_FILE = "timing.json"
-
-
-def write_json_atomic(path: str, payload) -> None:
-    """Writes `payload` as JSON to `path` via a temporary file and a rename."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
-
-
-class GinConfigWriter(keras.callbacks.Callback):
-    """Writes `config.operative.gin` and a TensorBoard text summary.
-
-    The operative config (the values gin actually used) is complete once
-    everything is built; it is written once, after the first training batch,
-    as t5x and multi_representation_adversary do.
-
-    Args:
-        logdir: the run folder.
-    """
-
-    def __init__(self, logdir: str):
-        super().__init__()
-        self.logdir = logdir
-        self._written = False
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self._written:
-            return
-        self._written = True
-        config = gin.operative_config_str()
-        with open(os.path.join(self.logdir, "config.operative.gin"), "w") as f:
-            f.write(config)
-        writer = tf.summary.create_file_writer(
-            os.path.join(self.logdir, "train")
-        )
-        with writer.as_default():
-            # Markdown code block keeps gin's indentation in TensorBoard.
-            text = "\n".join("    " + line for line in config.splitlines())
-            tf.summary.text("gin/operative_config", text, step=0)
-        writer.close()
+from tfadv import run_folder
+from tfadv import validation
 
 
 class WallClockLogger(keras.callbacks.Callback):
@@ -64,29 +26,25 @@ class WallClockLogger(keras.callbacks.Callback):
 
     Logs `time/epoch_seconds` (training only, validation excluded),
     `time/cumulative_train_seconds` and `examples_per_second`, which the
-    TensorBoard callback placed after this one writes. With a `logdir`, the
-    per-epoch times are also kept in `timing.json` so a resumed run reports
-    the time of every epoch.
+    TensorBoard callback placed after this one writes. With a
+    `timing_path`, the per-epoch times are also kept in that JSON file, so
+    a resumed run reports the time of every epoch.
 
     Args:
         examples_per_epoch: training examples seen per epoch.
-        logdir: where to keep `timing.json`, or None.
+        timing_path: the JSON file that keeps the times, or None.
     """
 
-    def __init__(self, examples_per_epoch: int, logdir: str | None = None):
+    def __init__(self, examples_per_epoch: int, timing_path: str | None = None):
         super().__init__()
         self.examples_per_epoch = examples_per_epoch
-        self.logdir = logdir
+        self.timing_path = timing_path
         self.epoch_seconds = []
-        if logdir and os.path.exists(self._path):
-            with open(self._path) as f:
+        if timing_path and os.path.exists(timing_path):
+            with open(timing_path) as f:
                 self.epoch_seconds = list(json.load(f)["epoch_seconds"])
         self._start = None
         self._train_seconds = None
-
-    @property
-    def _path(self):
-        return os.path.join(self.logdir, TIMING_FILE)
 
     def on_epoch_begin(self, epoch, logs=None):
         # Drop the times of epochs a resumed run is about to redo.
@@ -107,8 +65,10 @@ class WallClockLogger(keras.callbacks.Callback):
             logs["time/epoch_seconds"] = seconds
             logs["time/cumulative_train_seconds"] = sum(self.epoch_seconds)
             logs["examples_per_second"] = self.examples_per_epoch / seconds
-        if self.logdir:
-            write_json_atomic(self._path, {"epoch_seconds": self.epoch_seconds})
+        if self.timing_path:
+            run_folder.write_json_atomic(
+                self.timing_path, {"epoch_seconds": self.epoch_seconds}
+            )
         self._start = None
 
 
@@ -131,27 +91,6 @@ class DivergenceGuard(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-class ResumableCheckpoint(keras.callbacks.BackupAndRestore):
-    """`BackupAndRestore` that keeps its checkpoint and never saves NaNs.
-
-    The checkpoint (weights, optimizer state, epoch) stays in the run folder
-    after training, and an epoch whose logs hold a non-finite loss is not
-    saved, so the last good state survives a divergence.
-
-    Args:
-        backup_dir: where the checkpoint lives.
-    """
-
-    def __init__(self, backup_dir: str):
-        super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=False)
-
-    def on_epoch_end(self, epoch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            return
-        super().on_epoch_end(epoch, logs)
-
-
 class AdversarialImageGrid(keras.callbacks.Callback):
     """Writes clean images, adversarial images and perturbations each epoch.
 
@@ -162,19 +101,17 @@ class AdversarialImageGrid(keras.callbacks.Callback):
         images: a fixed batch of clean images in [0, 1].
         labels: their labels.
         attack: a `tfadv.attacks.Attack`.
-        logdir: the run folder (summaries go to `logdir/images`).
+        log_dir: where the image summaries go (a run's `images/`).
         every: epochs between grids.
     """
 
-    def __init__(self, images, labels, attack, logdir: str, every: int = 1):
+    def __init__(self, images, labels, attack, log_dir: str, every: int = 1):
         super().__init__()
         self.images = tf.convert_to_tensor(images)
         self.labels = tf.convert_to_tensor(labels)
         self.attack = attack
         self.every = every
-        self.writer = tf.summary.create_file_writer(
-            os.path.join(logdir, "images")
-        )
+        self.writer = tf.summary.create_file_writer(log_dir)
 
     def on_epoch_end(self, epoch, logs=None):
         if epoch % self.every:
@@ -194,33 +131,11 @@ class AdversarialImageGrid(keras.callbacks.Callback):
         self.writer.flush()
 
 
-class MethodEpochHooks(keras.callbacks.Callback):
-    """Calls the method's own `on_epoch_begin` / `on_epoch_end`, if any.
-
-    Methods that change per epoch (a second learning-rate schedule, DEAT's
-    replay count) keep that state in variables and update it from these
-    hooks, so it is checkpointed and restored with the weights. The hooks
-    run eagerly, outside the compiled step.
-    """
-
-    def on_epoch_begin(self, epoch, logs=None):
-        hook = getattr(self.model, "on_epoch_begin", None)
-        if hook is not None:
-            hook(epoch)
-
-    def on_epoch_end(self, epoch, logs=None):
-        hook = getattr(self.model, "on_epoch_end", None)
-        if hook is not None:
-            extra = hook(epoch, logs)
-            if extra and logs is not None:
-                logs.update(extra)
-
-
 class CatastrophicOverfittingStop(keras.callbacks.Callback):
     """Stops a run whose robust accuracy collapses, and restores weights.
 
     The Keras version of `--early-stop` in `locuslab/fast_adversarial`
-    (Wong et al. 2020, ALGORITHMS.md §6.2), usable with any method. After
+    (Wong et al. 2020, docs/algorithms.md §6.2), usable with any method. After
     every epoch the classifier is attacked on a fixed training batch
     (PGD-5 in the reference) and its robust accuracy there is recorded.
     When it falls more than `threshold` (absolute) below the reference
@@ -278,20 +193,15 @@ class CatastrophicOverfittingStop(keras.callbacks.Callback):
             raise TypeError(
                 f"attack must be a tfadv.attacks.Attack; got {attack!r}."
             )
-        try:
-            threshold_ok = 0.0 < float(threshold) <= 1.0
-        except (TypeError, ValueError):
-            threshold_ok = False
-        if not threshold_ok:
-            raise ValueError(
-                "threshold must be a drop in accuracy in (0, 1]; got "
-                f"{threshold!r}."
-            )
-        if compare_to not in self.COMPARE_TO:
-            raise ValueError(
-                f"compare_to must be one of {self.COMPARE_TO}; got "
-                f"{compare_to!r}."
-            )
+        validation.in_interval(
+            "threshold",
+            threshold,
+            0.0,
+            1.0,
+            low_open=True,
+            hint="It is a drop in accuracy.",
+        )
+        validation.choice("compare_to", compare_to, self.COMPARE_TO)
         self.images = tf.convert_to_tensor(images)
         self.labels = tf.convert_to_tensor(labels)
         self.attack = attack

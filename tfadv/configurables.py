@@ -1,12 +1,47 @@
-"""Gin registrations of third-party symbols (Keras optimizers, schedules).
+"""Everything gin can name: tfadv's registering modules and Keras symbols.
 
-gin.tf's own registrations mix TF1 symbols with `tf.keras` names, so tfadv
-registers the few Keras 3 objects its gin files use here, under the module
-names a reader expects (`@keras.optimizers.SGD`).
+Importing this module registers every name a gin file may use, without
+relying on what the package root happens to import: it imports each module
+of tfadv that calls `gin.register` (listed in `REGISTERING_MODULES`, which
+a test keeps complete), and registers the few Keras 3 objects tfadv's gin
+files use under the module names a reader expects
+(`@keras.optimizers.SGD`). gin.tf's own registrations mix TF1 symbols with
+`tf.keras` names, so they are not used.
 """
+
+import importlib
 
 import gin
 import keras
+
+REGISTERING_MODULES = (
+    "tfadv.attacks.apgd",
+    "tfadv.attacks.objectives",
+    "tfadv.attacks.pgd",
+    "tfadv.attacks.square",
+    "tfadv.attacks.threat_models",
+    "tfadv.attacks.wrappers",
+    "tfadv.callbacks",
+    "tfadv.data.augment",
+    "tfadv.data.datasets",
+    "tfadv.evaluation.runner",
+    "tfadv.experiment",
+    "tfadv.methods.fgsm_rs",
+    "tfadv.methods.free_at",
+    "tfadv.methods.mart",
+    "tfadv.methods.pgd_at",
+    "tfadv.methods.standard",
+    "tfadv.methods.trades",
+    "tfadv.methods.trades_yopo",
+    "tfadv.methods.yopo",
+    "tfadv.models.resnet",
+    "tfadv.models.small_cnn",
+    "tfadv.models.wide_resnet",
+    "tfadv.schedules",
+)
+
+for _module in REGISTERING_MODULES:
+    importlib.import_module(_module)
 
 for _optimizer in (
     keras.optimizers.SGD,

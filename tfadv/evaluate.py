@@ -48,12 +48,12 @@ _OUTPUT = flags.DEFINE_string("output", None, "Where to write the JSON.")
 
 def _inputs():
     """Resolves and checks the flags: (model file, folder, eps, data, N)."""
-    from tfadv import experiment
-    from tfadv.attacks import base as attack_base
+    from tfadv import run_folder
+    from tfadv import validation
 
     path, model_file = _MODEL.value, _MODEL.value
     if path and os.path.isdir(path):
-        model_file = os.path.join(path, experiment.MODEL_FILE)
+        model_file = run_folder.path(path, run_folder.MODEL_FILE)
     if not path or not model_file.endswith(".keras"):
         raise ValueError(
             f"--model={path!r}: give a run folder holding model.keras or a "
@@ -62,19 +62,15 @@ def _inputs():
     if not os.path.isfile(model_file):
         raise ValueError(f"--model: {model_file} does not exist.")
     folder = os.path.dirname(model_file) or "."
-    run, results = {}, os.path.join(folder, experiment.RESULTS_FILE)
-    if os.path.isfile(results):
-        with open(results) as f:
-            run = json.load(f)
+    run = run_folder.read_json(run_folder.path(folder, run_folder.RESULTS_FILE))
     epsilon = run.get("epsilon") if _EPSILON.value is None else _EPSILON.value
     if epsilon is None:
         raise ValueError(f"No results.json in {folder}; pass --epsilon.")
-    epsilon = attack_base.check_budget(epsilon)
+    epsilon = validation.epsilon(epsilon, allow_zero=False)
     num = _NUM_EXAMPLES.value
-    if num is not None and num < 1:
-        raise ValueError(f"--num_examples must be an integer >= 1; got {num}.")
-    if _BATCH_SIZE.value < 1:
-        raise ValueError(f"--batch_size must be >= 1; got {_BATCH_SIZE.value}.")
+    if num is not None:
+        validation.count("--num_examples", num, minimum=1)
+    validation.count("--batch_size", _BATCH_SIZE.value, minimum=1)
     num = num or run.get("num_eval_examples") or 1000
     dataset = _DATASET.value or run.get("dataset") or "fashion_mnist"
     return model_file, folder, epsilon, dataset, num

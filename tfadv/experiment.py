@@ -1,12 +1,17 @@
-"""One training run: build under a strategy, fit, evaluate, export.
+"""One training run: check, build under a strategy, fit, finish.
 
-`run` is the only gin-configurable root of tfadv.
+`run` is the only gin-configurable root of tfadv. It runs in four named
+phases: `check_config` (every scalar and the final suite, before anything
+is built), `build` (data, classifier, method and optimizer under the
+strategy's scope, and the method's ε against the run's), `fit` (Keras's
+loop with the run's callbacks and the method's own) and `finish` (export,
+the final evaluation through `tfadv.evaluation`, results.json). The run
+folder's files and resume rule belong to `tfadv.run_folder`.
 """
 
+import dataclasses
 import math
-import os
 from collections.abc import Callable
-from collections.abc import Mapping
 from collections.abc import Sequence
 
 import gin
@@ -18,76 +23,54 @@ from tfadv import callbacks as callbacks_lib
 from tfadv import data
 from tfadv import evaluation
 from tfadv import models
+from tfadv import run_folder
+from tfadv import validation
 from tfadv.attacks import base as attack_base
 
-RESULTS_FILE = "results.json"
-MODEL_FILE = "model.keras"
-CHECKPOINT_DIR = "checkpoint"
-# What a run folder may hold before `run` starts in it (a run resumes only
-# in a folder made by an interrupted tfadv run).
-_RUN_ARTEFACTS = {
-    "config.parsed.gin",
-    "config.operative.gin",
-    CHECKPOINT_DIR,
-    callbacks_lib.TIMING_FILE,
-    "train",
-    "validation",
-    "images",
-}
-
-
-class RunFolderError(ValueError):
-    """The run folder holds something `run` must not overwrite."""
+# Arguments of `run` that the entry point sets from its flags; gin refuses
+# bindings of them.
+SET_BY_ENTRY_POINT = ("logdir", "strategy", "data_dir", "dry_run")
+MIXED_PRECISION_POLICIES = (None, "mixed_float16", "mixed_bfloat16")
 
 
 class TrainingDivergedError(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
-def prepare_logdir(logdir: str) -> bool:
-    """Checks the run folder and says whether the run resumes.
+@dataclasses.dataclass
+class Built:
+    """What `build` makes: the data, the classifier and the method."""
+
+    datasets: data.Datasets
+    classifier: keras.Model
+    method: keras.Model
+
+
+def check_config(
+    *, epsilon, epochs, mixed_precision, final_suite, eval_attack
+) -> tuple[float, evaluation.Suite]:
+    """Checks the run's scalars and resolves the final suite.
 
     Returns:
-        True when the folder holds an interrupted run's checkpoint.
+        `(epsilon, suite)`.
 
     Raises:
-        RunFolderError: the folder holds a finished run, or files that no
-            tfadv run made.
+        ValueError: a value out of range, or an unknown attack name.
     """
-    if os.path.exists(os.path.join(logdir, RESULTS_FILE)):
-        raise RunFolderError(
-            f"{logdir} already holds a finished run ({RESULTS_FILE} exists); "
-            "tfadv never overwrites a run. Pass another --logdir, or delete "
-            "the folder yourself."
-        )
-    if os.path.isdir(logdir):
-        foreign = sorted(set(os.listdir(logdir)) - _RUN_ARTEFACTS)
-        if foreign:
-            raise RunFolderError(
-                f"{logdir} is not empty and is not an interrupted tfadv run "
-                f"(it holds {foreign[:5]}); pass another --logdir."
-            )
-    os.makedirs(logdir, exist_ok=True)
-    return os.path.isdir(os.path.join(logdir, CHECKPOINT_DIR))
-
-
-def default_final_attacks(epsilon: float) -> dict:
-    """The quick suite: PGD-20, step epsilon/10, random start (§0.5)."""
-    return evaluation.make_suite("quick", epsilon=epsilon).attacks
-
-
-def _check_attacks(epsilon, attacks):
-    for attack in attacks:
+    epsilon = validation.epsilon(epsilon, allow_zero=False)
+    validation.count("epochs", epochs, minimum=1)
+    validation.choice(
+        "mixed_precision", mixed_precision, MIXED_PRECISION_POLICIES
+    )
+    suite = evaluation.make_suite(final_suite, epsilon=epsilon)
+    attacks = [eval_attack] if eval_attack is not None else []
+    for attack in [*attacks, *suite.attacks.values()]:
         if not isinstance(attack, attack_base.Attack):
             raise TypeError(
                 f"Expected a tfadv.attacks.Attack; got {attack!r}. In gin, "
                 "bind an instance, e.g. @eval/ProjectedGradient()."
             )
-        if attack.epsilon <= 0:
-            raise ValueError(
-                f"Attack {attack.name!r} has epsilon {attack.epsilon}; "
-                "training and evaluation attacks need epsilon in (0, 1]."
-            )
+        validation.epsilon(attack.epsilon, allow_zero=False)
         if not math.isclose(attack.epsilon, epsilon, rel_tol=1e-4):
             logging.warning(
                 "Attack %r uses epsilon %g but the run's epsilon is %g.",
@@ -95,6 +78,25 @@ def _check_attacks(epsilon, attacks):
                 attack.epsilon,
                 epsilon,
             )
+    return epsilon, suite
+
+
+def check_method_epsilon(method, epsilon: float) -> None:
+    """Refuses a method whose training budget is not the run's.
+
+    Raises:
+        ValueError: naming both budgets.
+    """
+    trained = getattr(method, "epsilon", None)
+    if trained is None or math.isclose(trained, epsilon, rel_tol=1e-6):
+        return
+    name = type(method).__name__
+    raise ValueError(
+        f"{name} trains at epsilon {trained:g} (its train_attack) but "
+        f"run.epsilon is {epsilon:g}; results.json would report the wrong "
+        f"budget. Bind {name}.epsilon = %EPSILON (or the train_attack's "
+        "epsilon) to the run's budget, or change run.epsilon."
+    )
 
 
 def _learning_rate(learning_rate, steps_per_epoch, epochs):
@@ -103,108 +105,24 @@ def _learning_rate(learning_rate, steps_per_epoch, epochs):
     return float(learning_rate)
 
 
-@gin.configurable(denylist=["logdir", "strategy"])
-def run(
+def build(
     *,
-    logdir: str,
-    strategy: tf.distribute.Strategy | None = None,
-    method_cls: Callable[..., keras.Model] = gin.REQUIRED,
-    epsilon: float = gin.REQUIRED,
-    epochs: int = 10,
-    dataset_fn: Callable[..., data.Datasets] = data.make_datasets,
-    data_dir: str | None = None,
-    model_fn: Callable[..., keras.Model] = models.small_cnn,
-    optimizer_cls: Callable[..., keras.optimizers.Optimizer] = (
-        keras.optimizers.SGD
-    ),
-    learning_rate: float | Callable = 0.01,
-    eval_attack: attack_base.Attack | None = None,
-    final_attacks: Mapping[str, attack_base.Attack] | None = None,
-    final_suite: str | Sequence[str] = "quick",
-    callback_fns: Sequence[Callable[..., keras.callbacks.Callback]] = (),
-    validation_freq: int = 1,
-    jit_compile: bool = False,
-    steps_per_execution: int = 1,
-    mixed_precision: str | None = None,
-    seed: int = 0,
-    dry_run: bool = False,
-) -> dict:
-    """Trains one method and writes the run folder.
-
-    The folder gets `config.operative.gin`, TensorBoard events (`train/`,
-    `validation/`, `images/`), a resumable `checkpoint/`, `model.keras` (the
-    bare classifier) and `results.json`. Variable-owning objects (method,
-    model, optimizer) are built here, inside `strategy.scope()`, which is why
-    gin binds them as unevaluated references (`@PGDAT`, `@small_cnn`).
-
-    Args:
-        logdir: the run folder; a finished run there is never overwritten,
-            an interrupted one resumes from its checkpoint.
-        strategy: the distribution strategy (default: the current one).
-        method_cls: the method class, called as
-            `method_cls(classifier, eval_attack=eval_attack)`; its own
-            hyperparameters come from gin.
-        epsilon: the threat model's budget in pixel units, in (0, 1];
-            recorded in results.json and used by the default final attack.
-        epochs: training epochs.
-        dataset_fn: returns a `tfadv.data.Datasets`; called with `data_dir`.
-        data_dir: an explicit data directory (the `--data_dir` flag).
-        model_fn: builds the classifier from `input_shape`, `num_classes`,
-            `mean` and `std`.
-        optimizer_cls: the optimizer class, called with `learning_rate`.
-        learning_rate: a float, or a schedule builder called with
-            `steps_per_epoch` and `epochs` (see `tfadv.schedules`).
-        eval_attack: the attack for robust validation during training.
-        final_attacks: attacks for the final numbers in results.json, keyed
-            by report name, each run on every example; overrides
-            `final_suite` when given.
-        final_suite: the `tfadv.evaluation` suite for the final numbers:
-            "quick" (PGD-20), "standard" (APGD-CE, APGD-T, Square, run
-            AutoAttack-style) or a comma-separated list of attack names
-            ("pgd20,cw50"), as `python -m tfadv.evaluate --suite` takes.
-        callback_fns: extra callbacks, each built as
-            `fn(datasets=..., logdir=...)`. A callback with a
-            `results_info()` method adds its dict to results.json (e.g. the
-            catastrophic-overfitting guard reports whether it stopped).
-        validation_freq: epochs between validations.
-        jit_compile: compile the train and test steps with XLA.
-        steps_per_execution: Keras `steps_per_execution`.
-        mixed_precision: None, "mixed_float16" or "mixed_bfloat16".
-        seed: seed of weight initialisation and of the method's randomness.
-        dry_run: build everything, then return without training.
-
-    Returns:
-        The contents of results.json (empty for a dry run).
-    """
-    epsilon = attack_base.check_budget(epsilon)
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be an integer >= 1; got {epochs!r}.")
-    if mixed_precision not in (None, "mixed_float16", "mixed_bfloat16"):
-        raise ValueError(
-            f"mixed_precision must be None, 'mixed_float16' or "
-            f"'mixed_bfloat16'; got {mixed_precision!r}."
-        )
-    if final_attacks is None:
-        suite = evaluation.make_suite(final_suite, epsilon=epsilon)
-    else:
-        suite = evaluation.Suite(
-            ",".join(final_attacks), dict(final_attacks), sequential=False
-        )
-    final_attacks = suite.attacks
-    _check_attacks(
-        epsilon, [a for a in [eval_attack] if a] + list(final_attacks.values())
-    )
-    strategy = strategy or tf.distribute.get_strategy()
-    resuming = False if dry_run else prepare_logdir(logdir)
-    logging.info(
-        "jit_compile=%s, steps_per_execution=%d, mixed_precision=%s, "
-        "replicas=%d",
-        jit_compile,
-        steps_per_execution,
-        mixed_precision,
-        strategy.num_replicas_in_sync,
-    )
-
+    strategy,
+    dataset_fn,
+    data_dir,
+    model_fn,
+    method_cls,
+    eval_attack,
+    optimizer_cls,
+    learning_rate,
+    epochs,
+    epsilon,
+    jit_compile,
+    steps_per_execution,
+    mixed_precision,
+    seed,
+) -> Built:
+    """Builds the data, and under `strategy.scope()` the variables."""
     datasets = dataset_fn(data_dir=data_dir)
     info = datasets.info
     keras.utils.set_random_seed(seed)
@@ -220,6 +138,7 @@ def run(
                 std=info.std,
             )
             method = method_cls(classifier, eval_attack=eval_attack)
+            check_method_epsilon(method, epsilon)
             optimizer = optimizer_cls(
                 learning_rate=_learning_rate(
                     learning_rate, datasets.steps_per_epoch, epochs
@@ -233,33 +152,58 @@ def run(
             method.build((None, *info.image_shape))
     finally:
         keras.mixed_precision.set_dtype_policy(previous_policy)
-    if dry_run:
-        return {}
-    if resuming:
-        logging.info("Resuming the interrupted run in %s.", logdir)
+    return Built(datasets, classifier, method)
 
+
+def _batch_size(datasets) -> int:
+    spec = datasets.train.element_spec[0]
+    if spec.shape[0] is not None:
+        return int(spec.shape[0])
+    return int(next(iter(datasets.train.take(1)))[0].shape[0])
+
+
+def fit(
+    built: Built,
+    *,
+    logdir: str,
+    epochs: int,
+    eval_attack,
+    callback_fns,
+    validation_freq: int,
+) -> tuple[keras.callbacks.History, list, callbacks_lib.WallClockLogger]:
+    """Trains with the run's callbacks and the method's own.
+
+    Raises:
+        TrainingDivergedError: the loss became NaN or infinite.
+    """
+    datasets = built.datasets
     wall_clock = callbacks_lib.WallClockLogger(
-        datasets.steps_per_epoch * _batch_size(datasets), logdir
+        datasets.steps_per_epoch * _batch_size(datasets),
+        run_folder.path(logdir, run_folder.TIMING_FILE),
     )
     guard = callbacks_lib.DivergenceGuard()
+    # The method's callbacks add to the epoch's logs, so they come before
+    # the ones that write the logs.
     callbacks = [
-        callbacks_lib.GinConfigWriter(logdir),
+        run_folder.GinConfigWriter(logdir),
         guard,
-        callbacks_lib.MethodEpochHooks(),
+        *built.method.callbacks(),
         wall_clock,
         keras.callbacks.TensorBoard(logdir, update_freq="epoch"),
-        callbacks_lib.ResumableCheckpoint(os.path.join(logdir, CHECKPOINT_DIR)),
+        run_folder.ResumableCheckpoint(logdir),
     ]
     if eval_attack is not None and datasets.validation is not None:
         images, labels = next(iter(datasets.validation.take(1)))
         callbacks.append(
             callbacks_lib.AdversarialImageGrid(
-                images[:8], labels[:8], eval_attack, logdir
+                images[:8],
+                labels[:8],
+                eval_attack,
+                run_folder.path(logdir, run_folder.IMAGE_EVENTS),
             )
         )
     callbacks += [fn(datasets=datasets, logdir=logdir) for fn in callback_fns]
-
-    history = method.fit(
+    history = built.method.fit(
         datasets.train,
         validation_data=datasets.validation,
         validation_freq=validation_freq,
@@ -269,25 +213,36 @@ def run(
         verbose=2,
     )
     if guard.diverged_at is not None:
+        checkpoint = run_folder.path(logdir, run_folder.CHECKPOINT_DIR)
         raise TrainingDivergedError(
             f"The training loss became NaN or infinite (batch "
             f"{guard.diverged_at} of the last epoch); training stopped. The "
-            f"last good state is in {os.path.join(logdir, CHECKPOINT_DIR)}. "
-            "Lower the learning rate or check the data."
+            f"last good state is in {checkpoint}. Lower the learning rate or "
+            "check the data."
         )
+    return history, callbacks, wall_clock
 
-    classifier.save(os.path.join(logdir, MODEL_FILE))
-    logging.info("Final evaluation with %s.", ", ".join(final_attacks))
-    scores = evaluation.evaluate_robustness(
-        classifier,
-        datasets.test,
-        final_attacks,
-        seed=seed,
-        sequential=suite.sequential,
+
+def finish(
+    built: Built,
+    *,
+    logdir: str,
+    epsilon: float,
+    suite: evaluation.Suite,
+    seed: int,
+    history,
+    callbacks: list,
+    wall_clock: callbacks_lib.WallClockLogger,
+) -> dict:
+    """Exports the classifier, evaluates it and writes results.json."""
+    built.classifier.save(run_folder.path(logdir, run_folder.MODEL_FILE))
+    logging.info("Final evaluation with %s.", ", ".join(suite.attacks))
+    scores = evaluation.run_suite(
+        built.classifier, built.datasets.test, suite, seed=seed
     )
     results = {
-        "method": type(method).__name__,
-        "dataset": info.name,
+        "method": type(built.method).__name__,
+        "dataset": built.datasets.info.name,
         "epsilon": epsilon,
         "epochs": len(wall_clock.epoch_seconds),
         "train_seconds": sum(wall_clock.epoch_seconds),
@@ -295,7 +250,7 @@ def run(
         "clean_accuracy": scores["clean_accuracy"],
         "robust_accuracy": scores["robust_accuracy"],
         "num_eval_examples": scores["num_examples"],
-        "eval_suite": suite.name,
+        "eval_suite": scores["suite"],
         "eval_attacks": scores["attacks"],
         "eval_seconds": scores["attack_seconds"],
         "gradient_masking": scores["gradient_masking"],
@@ -303,19 +258,146 @@ def run(
             k: [float(v) for v in vs] for k, vs in history.history.items()
         },
     }
+    results.update(built.method.results_info())
     for callback in callbacks:
-        info_fn = getattr(callback, "results_info", None)
-        if info_fn is not None:
-            results.update(info_fn())
-    callbacks_lib.write_json_atomic(os.path.join(logdir, RESULTS_FILE), results)
+        # A callback reports into results.json through results_info() (the
+        # catastrophic-overfitting guard does).
+        info = getattr(callback, "results_info", None)
+        if info is not None:
+            results.update(info())
+    run_folder.write_json_atomic(
+        run_folder.path(logdir, run_folder.RESULTS_FILE), results
+    )
     return results
 
 
-def _batch_size(datasets) -> int:
-    spec = datasets.train.element_spec[0]
-    if spec.shape[0] is not None:
-        return int(spec.shape[0])
-    return int(next(iter(datasets.train.take(1)))[0].shape[0])
+@gin.configurable(denylist=list(SET_BY_ENTRY_POINT))
+def run(
+    *,
+    logdir: str,
+    strategy: tf.distribute.Strategy | None = None,
+    method_cls: Callable[..., keras.Model] = gin.REQUIRED,
+    epsilon: float = gin.REQUIRED,
+    epochs: int = 10,
+    dataset_fn: Callable[..., data.Datasets] = data.make_datasets,
+    data_dir: str | None = None,
+    model_fn: Callable[..., keras.Model] = models.small_cnn,
+    optimizer_cls: Callable[..., keras.optimizers.Optimizer] = (
+        keras.optimizers.SGD
+    ),
+    learning_rate: float | Callable = 0.01,
+    eval_attack: attack_base.Attack | None = None,
+    final_suite: str | Sequence[str | attack_base.Attack] = "quick",
+    callback_fns: Sequence[Callable[..., keras.callbacks.Callback]] = (),
+    validation_freq: int = 1,
+    jit_compile: bool = False,
+    steps_per_execution: int = 1,
+    mixed_precision: str | None = None,
+    seed: int = 0,
+    dry_run: bool = False,
+) -> dict:
+    """Trains one method and writes the run folder (`tfadv.run_folder`).
+
+    Variable-owning objects (method, model, optimizer) are built here,
+    inside `strategy.scope()`, which is why gin binds them as unevaluated
+    references (`@PGDAT`, `@small_cnn`). `logdir`, `strategy`, `data_dir`
+    and `dry_run` come from the entry point's flags; gin refuses them.
+
+    Args:
+        logdir: the run folder; a finished run there is never overwritten,
+            an interrupted one resumes from its checkpoint.
+        strategy: the distribution strategy (default: the current one).
+        method_cls: the method class, called as
+            `method_cls(classifier, eval_attack=eval_attack)`; its own
+            hyperparameters, training attack included, come from gin. Its
+            training epsilon must equal `epsilon`.
+        epsilon: the threat model's budget in pixel units, in (0, 1];
+            recorded in results.json and used by the named final attacks.
+        epochs: training epochs.
+        dataset_fn: returns a `tfadv.data.Datasets`; called with `data_dir`.
+        data_dir: an explicit data directory (the `--data_dir` flag).
+        model_fn: builds the classifier from `input_shape`, `num_classes`,
+            `mean` and `std`.
+        optimizer_cls: the optimizer class, called with `learning_rate`.
+        learning_rate: a float, or a schedule builder called with
+            `steps_per_epoch` and `epochs` (see `tfadv.schedules`).
+        eval_attack: the attack for robust validation during training.
+        final_suite: the attacks of the final numbers in results.json, as
+            `tfadv.evaluation.make_suite` takes them: "quick" (PGD-20),
+            "standard" (APGD-CE, APGD-T, Square, run AutoAttack-style), a
+            comma-separated list of attack names ("pgd20,cw50"), or a list
+            of names and attacks (`[@final/ProjectedGradient()]`, reported
+            under each attack's `name`).
+        callback_fns: extra callbacks, each built as
+            `fn(datasets=..., logdir=...)`. A callback with a
+            `results_info()` method adds its dict to results.json (e.g. the
+            catastrophic-overfitting guard reports whether it stopped), as
+            the method's own `results_info()` does.
+        validation_freq: epochs between validations.
+        jit_compile: compile the train and test steps with XLA.
+        steps_per_execution: Keras `steps_per_execution`.
+        mixed_precision: None, "mixed_float16" or "mixed_bfloat16".
+        seed: seed of weight initialisation and of the method's randomness.
+        dry_run: build everything, then return without training.
+
+    Returns:
+        The contents of results.json (empty for a dry run).
+    """
+    epsilon, suite = check_config(
+        epsilon=epsilon,
+        epochs=epochs,
+        mixed_precision=mixed_precision,
+        final_suite=final_suite,
+        eval_attack=eval_attack,
+    )
+    strategy = strategy or tf.distribute.get_strategy()
+    resuming = False if dry_run else run_folder.prepare(logdir)
+    logging.info(
+        "jit_compile=%s, steps_per_execution=%d, mixed_precision=%s, "
+        "replicas=%d",
+        jit_compile,
+        steps_per_execution,
+        mixed_precision,
+        strategy.num_replicas_in_sync,
+    )
+    built = build(
+        strategy=strategy,
+        dataset_fn=dataset_fn,
+        data_dir=data_dir,
+        model_fn=model_fn,
+        method_cls=method_cls,
+        eval_attack=eval_attack,
+        optimizer_cls=optimizer_cls,
+        learning_rate=learning_rate,
+        epochs=epochs,
+        epsilon=epsilon,
+        jit_compile=jit_compile,
+        steps_per_execution=steps_per_execution,
+        mixed_precision=mixed_precision,
+        seed=seed,
+    )
+    if dry_run:
+        return {}
+    if resuming:
+        logging.info("Resuming the interrupted run in %s.", logdir)
+    history, callbacks, wall_clock = fit(
+        built,
+        logdir=logdir,
+        epochs=epochs,
+        eval_attack=eval_attack,
+        callback_fns=callback_fns,
+        validation_freq=validation_freq,
+    )
+    return finish(
+        built,
+        logdir=logdir,
+        epsilon=epsilon,
+        suite=suite,
+        seed=seed,
+        history=history,
+        callbacks=callbacks,
+        wall_clock=wall_clock,
+    )
 
 
 def format_results(results: dict, logdir: str) -> str:

@@ -17,6 +17,8 @@ import gin
 import keras
 import numpy as np
 
+from tfadv import validation
+
 
 @keras.saving.register_keras_serializable(package="tfadv")
 class PiecewiseLinear(keras.optimizers.schedules.LearningRateSchedule):
@@ -65,11 +67,6 @@ class PiecewiseLinear(keras.optimizers.schedules.LearningRateSchedule):
         return {"boundaries": self.boundaries, "values": self.values}
 
 
-def _check_epochs(name, epochs):
-    if any(e <= 0 for e in epochs):
-        raise ValueError(f"{name} must be positive epochs; got {list(epochs)}.")
-
-
 @gin.register
 def constant(
     *, steps_per_epoch: int, epochs: float, base_lr: float = 0.01
@@ -91,13 +88,16 @@ def piecewise_constant(
     """`base_lr`, multiplied by `factor` at each boundary (in epochs).
 
     This is PyTorch's `MultiStepLR(milestones, gamma)`, stepped per epoch as
-    YOPO and TRADES do; boundaries may be fractional epochs.
+    YOPO and TRADES do: the first minibatch of a boundary epoch already
+    uses the new rate. (Keras's `PiecewiseConstantDecay` keeps the old rate
+    while `step <= boundary`, so each boundary is given one step early.)
+    Boundaries may be fractional epochs.
     """
     del epochs
-    _check_epochs("boundaries", boundaries)
+    validation.positive_epochs("boundaries", boundaries)
     if not boundaries:
         return float(base_lr)
-    steps = [int(round(b * steps_per_epoch)) for b in boundaries]
+    steps = [int(round(b * steps_per_epoch)) - 1 for b in boundaries]
     values = [base_lr * factor**i for i in range(len(steps) + 1)]
     return keras.optimizers.schedules.PiecewiseConstantDecay(steps, values)
 
@@ -117,11 +117,10 @@ def cyclic(
     (ALGORITHMS.md §6.2: peak at half of training for CIFAR FGSM-RS, at 2/5
     for MNIST).
     """
-    if not 0.0 < peak_fraction < 1.0:
-        raise ValueError(
-            f"peak_fraction must be in (0, 1); got {peak_fraction}."
-        )
-    _check_epochs("epochs", [epochs])
+    validation.in_interval(
+        "peak_fraction", peak_fraction, 0.0, 1.0, low_open=True, high_open=True
+    )
+    validation.positive_epochs("epochs", [epochs])
     total = float(epochs * steps_per_epoch)
     return PiecewiseLinear(
         [0.0, peak_fraction * total, total], [min_lr, max_lr, min_lr]
@@ -135,37 +134,37 @@ _Schedule = keras.optimizers.schedules.LearningRateSchedule
 class PerMinibatch(keras.optimizers.schedules.LearningRateSchedule):
     """Evaluates `schedule` at the minibatch count, not the update count.
 
-    Methods that replay each minibatch (Free-AT's m replays, DEAT) advance
-    `optimizer.iterations` several times per minibatch. Wrapping their
-    schedule makes `schedule(step // replays)` the learning rate of every
-    replay of a minibatch, so a schedule written in minibatches (epochs)
-    means the same thing for every method (ALGORITHMS.md §0.3 rule 7). Wong
-    et al.'s Free-AT steps its cyclic schedule per replay instead; the two
-    differ by less than one minibatch's change of the learning rate.
+    Methods that replay each minibatch (Free-AT's m replays, DEAT's r, which
+    changes between epochs) advance `optimizer.iterations` several times
+    per minibatch. A `PerMinibatch` schedule ignores that step and reads the
+    trainer's `minibatches` counter instead, so every replay of a minibatch
+    uses the same rate and a schedule written in minibatches (epochs) means
+    the same thing for every method. `AdversarialTrainer.compile` binds it
+    to the trainer's counter; it cannot run unbound. Wong et al.'s Free-AT
+    steps its cyclic schedule per replay instead; the two differ by less
+    than one minibatch's change of the learning rate.
 
     Args:
         schedule: a schedule of the minibatch count, or a float.
-        replays: optimizer updates per minibatch (>= 1).
     """
 
-    def __init__(
-        self,
-        schedule: _Schedule | float,
-        replays: int,
-    ):
-        if isinstance(replays, bool) or not isinstance(replays, int):
-            replays_ok = False
-        else:
-            replays_ok = replays >= 1
-        if not replays_ok:
-            raise ValueError(
-                f"replays must be an integer >= 1; got {replays!r}."
-            )
+    def __init__(self, schedule: _Schedule | float):
         self.schedule = schedule
-        self.replays = replays
+        self.counter = None
+
+    def bind(self, counter) -> None:
+        """Reads the minibatch count from `counter` (a scalar variable)."""
+        self.counter = counter
 
     def __call__(self, step):
-        minibatch = keras.ops.floor_divide(step, self.replays)
+        del step  # counts optimizer updates, not minibatches
+        if self.counter is None:
+            raise ValueError(
+                "PerMinibatch reads a tfadv trainer's minibatch counter; "
+                "use it in the optimizer of a tfadv.methods trainer, which "
+                "binds it at compile()."
+            )
+        minibatch = keras.ops.cast(self.counter, "int64")
         if callable(self.schedule):
             return self.schedule(minibatch)
         return keras.ops.convert_to_tensor(self.schedule, "float32")
@@ -174,7 +173,7 @@ class PerMinibatch(keras.optimizers.schedules.LearningRateSchedule):
         schedule = self.schedule
         if isinstance(schedule, _Schedule):
             schedule = keras.optimizers.schedules.serialize(schedule)
-        return {"schedule": schedule, "replays": self.replays}
+        return {"schedule": schedule}
 
     @classmethod
     def from_config(cls, config):
@@ -192,7 +191,6 @@ def per_minibatch(
     steps_per_epoch: int,
     epochs: float,
     schedule: Callable[..., Any] = gin.REQUIRED,
-    replays: int = gin.REQUIRED,
 ) -> PerMinibatch:
     """Builds `schedule` in minibatches and wraps it in `PerMinibatch`.
 
@@ -201,8 +199,6 @@ def per_minibatch(
 
         run.learning_rate = @per_minibatch
         per_minibatch.schedule = @cyclic
-        per_minibatch.replays = %REPLAYS
-        FreeAT.replays = %REPLAYS
     """
     inner = schedule(steps_per_epoch=steps_per_epoch, epochs=epochs)
-    return PerMinibatch(inner, replays)
+    return PerMinibatch(inner)

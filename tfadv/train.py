@@ -11,6 +11,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 import datetime  # noqa: E402
+import re  # noqa: E402
 import sys  # noqa: E402
 
 import gin  # noqa: E402
@@ -48,14 +49,39 @@ _DRY_RUN = flags.DEFINE_bool(
 )
 
 
+# The flag that sets each argument of `run` that gin may not bind.
+_FLAG_OF = {
+    "logdir": "--logdir",
+    "strategy": "--strategy and --devices",
+    "data_dir": "--data_dir (or TFADV_DATA_DIR)",
+    "dry_run": "--dry_run",
+}
+
+
 def parse_gin(gin_files, gin_bindings) -> None:
-    """Parses gin files (searched in gin_configs/) and bindings, strictly."""
-    from tfadv import configurables  # noqa: F401  (registers keras symbols)
+    """Parses gin files (searched in gin_configs/) and bindings, strictly.
+
+    Raises:
+        ValueError: an unknown name, or a binding of an argument of `run`
+            that a flag sets.
+    """
+    from tfadv import configurables  # noqa: F401  (registers every name)
 
     gin.add_config_file_search_path(GIN_DIR)
-    gin.parse_config_files_and_bindings(
-        gin_files, gin_bindings, skip_unknown=False
-    )
+    try:
+        gin.parse_config_files_and_bindings(
+            gin_files, gin_bindings, skip_unknown=False
+        )
+    except ValueError as e:
+        match = re.search(r"'run' has denylisted kwarg '(\w+)'", str(e))
+        if not match:
+            raise
+        name = match[1]
+        raise ValueError(
+            f"run.{name} cannot be set in gin: the command line sets it, "
+            f"and a binding would be ignored. Use {_FLAG_OF[name]} instead "
+            "and remove the binding."
+        ) from None
 
 
 def default_logdir(gin_files) -> str:

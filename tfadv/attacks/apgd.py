@@ -4,6 +4,7 @@ import gin
 import numpy as np
 import tensorflow as tf
 
+from tfadv import validation
 from tfadv.attacks import base
 from tfadv.attacks import objectives
 from tfadv.attacks import threat_models
@@ -72,6 +73,8 @@ class APGD(base.Attack):
     epsilon); the first oscillation check compares the first step's loss
     with the loss at the start point; loops run on the whole batch until
     every example is misclassified or `num_steps` is reached.
+    A caller's `x_init` (projected) replaces the random start of every
+    run.
 
     Example:
         apgd_ce = APGD(epsilon=0.1)                     # APGD-CE, 100 steps
@@ -105,24 +108,34 @@ class APGD(base.Attack):
         name: str | None = None,
     ):
         self.threat_model = threat_models.get(norm, epsilon)
-        self.num_steps = base.check_positive_int(
-            "num_steps", num_steps, allow_zero=False
-        )
-        self.restarts = base.check_positive_int(
-            "restarts", restarts, allow_zero=False
-        )
+        self.num_steps = validation.count("num_steps", num_steps, minimum=1)
+        self.restarts = validation.count("restarts", restarts, minimum=1)
         self.objective = objectives.get(objective)
-        self.rho = base.check_non_negative("rho", rho)
-        self.momentum = base.check_non_negative("momentum", momentum)
-        self.initial_step = base.check_non_negative(
+        self.rho = validation.non_negative("rho", rho)
+        self.momentum = validation.non_negative("momentum", momentum)
+        self.initial_step = validation.non_negative(
             "initial_step", initial_step
         )
+        self._given_name = name
         if name is None:
             short = {"cross_entropy": "ce", "dlr": "dlr", "margin": "margin"}
             name = "apgd_" + short.get(
                 getattr(objective, "__name__", objective), "custom"
             )
         self.name = name
+
+    def get_config(self):
+        return {
+            "epsilon": self.threat_model.epsilon,
+            "num_steps": self.num_steps,
+            "norm": self.threat_model.norm,
+            "objective": objectives.name_of(self.objective),
+            "restarts": self.restarts,
+            "rho": self.rho,
+            "momentum": self.momentum,
+            "initial_step": self.initial_step,
+            "name": self._given_name,
+        }
 
     def __repr__(self):
         return (
@@ -131,8 +144,11 @@ class APGD(base.Attack):
             f"objective={getattr(self.objective, '__name__', 'custom')})"
         )
 
-    def _run(self, model, x, y, loss_fn, seed, training, robust):
-        """One APGD run from a random start; returns (x_adv, still_robust)."""
+    def _run(self, model, x, y, loss_fn, seed, training, robust, x_init):
+        """One APGD run; returns (x_adv, still_robust).
+
+        It starts from a random point, or from the projected `x_init`.
+        """
         tm = self.threat_model
         eps = tf.cast(tm.epsilon, x.dtype)
         is_check, lengths = checkpoint_schedule(self.num_steps)
@@ -151,7 +167,10 @@ class APGD(base.Attack):
             )
             return loss, grad, _wrong(logits, y)
 
-        x0 = tm.random_init(x, seed)
+        if x_init is None:
+            x0 = tm.random_init(x, seed)
+        else:
+            x0 = tm.project(x, tf.cast(x_init, x.dtype))
         loss0, grad0, wrong0 = evaluate(x0)
         found = robust & wrong0
         x_found = tf.where(_per_example(found, x), x0, x)
@@ -236,7 +255,7 @@ class APGD(base.Attack):
         del run, clean_logits
         return lambda logits: self.objective(logits, y)
 
-    def __call__(self, model, x, y, *, seed=None, training=False):
+    def __call__(self, model, x, y, *, seed=None, training=False, x_init=None):
         x = tf.convert_to_tensor(x)
         y = tf.cast(tf.stop_gradient(tf.convert_to_tensor(y)), tf.int32)
         seed = base.as_seed(seed)
@@ -250,7 +269,7 @@ class APGD(base.Attack):
             loss_fn = self._loss_fn(run, y, clean_logits)
             run_seed = tf.random.experimental.stateless_fold_in(seed, run)
             x_adv, still = self._run(
-                model, x, y, loss_fn, run_seed, training, robust
+                model, x, y, loss_fn, run_seed, training, robust, x_init
             )
             score = objectives.margin(model(x_adv, training=False), y)
             # Newly misclassified, or still robust with a higher margin.
@@ -320,9 +339,16 @@ class APGDTargeted(APGD):
             name=name,
             **kwargs,
         )
-        self.num_targets = base.check_positive_int(
-            "num_targets", num_targets, allow_zero=False
+        self.num_targets = validation.count(
+            "num_targets", num_targets, minimum=1
         )
+
+    def get_config(self):
+        config = super().get_config()
+        del config["objective"]  # always the targeted DLR loss
+        config["num_targets"] = self.num_targets
+        config["name"] = self.name
+        return config
 
     def __repr__(self):
         return super().__repr__()[:-1] + f", num_targets={self.num_targets})"

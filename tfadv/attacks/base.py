@@ -19,6 +19,15 @@ with these invariants, which `tests/attacks_test.py` enforces:
 Attacks contain no `tf.function`: they run inside whatever the caller
 compiles (a Keras `train_step`, `test_step`, or the evaluation loop), and use
 explicit TF control flow so that they work with AutoGraph off.
+
+Every attack also:
+
+- takes an optional keyword `x_init`, a start point the caller chose (it
+  replaces the attack's own start);
+- says whether it needs the model's gradients (`uses_gradients`; Square
+  does not), which the evaluation's gradient-masking checks read;
+- describes itself with `get_config()` (its constructor arguments) and
+  gives a copy with other settings with `replace(num_steps=5, ...)`.
 """
 
 import keras
@@ -55,64 +64,50 @@ def split_seed(seed: tf.Tensor, num: int) -> list:
     return tf.unstack(tf.random.experimental.stateless_split(seed, num))
 
 
-def check_positive_int(name: str, value, *, allow_zero: bool = True) -> int:
-    """Validates a count argument and returns it as an int."""
-    lowest = 0 if allow_zero else 1
-    if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
-        raise ValueError(
-            f"{name} must be an integer >= {lowest}; got {value!r}."
-        )
-    return value
-
-
-def check_budget(epsilon) -> float:
-    """Validates a training budget: a number in (0, 1] pixel units.
-
-    Attacks accept epsilon = 0 (the identity attack); a training method or
-    run needs a real budget.
-    """
-    try:
-        value = float(epsilon)
-    except (TypeError, ValueError):
-        value = float("nan")
-    if not 0.0 < value <= 1.0:
-        raise ValueError(
-            f"epsilon must be in (0, 1] (pixel units; images are in [0, 1]); "
-            f"got {epsilon!r}. Fashion-MNIST uses 0.1, CIFAR-10 8/255 = "
-            "0.0313725."
-        )
-    return value
-
-
-def check_non_negative(name: str, value) -> float:
-    """Validates a non-negative float argument and returns it."""
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"{name} must be a non-negative number; got {value!r}."
-        ) from None
-    if not value >= 0.0:
-        raise ValueError(
-            f"{name} must be a non-negative number; got {value!r}."
-        )
-    return value
-
-
 class Attack:
     """Base class of every attack. Subclasses implement `__call__`.
+
+    Subclasses keep their constructor arguments in `get_config()`, so that
+    `replace` can rebuild them with some settings changed.
 
     Attributes:
         name: the name results are reported under (e.g. "pgd20").
         threat_model: the `ThreatModel` the attack stays inside.
+        uses_gradients: whether the attack differentiates the model.
     """
 
     name: str = "attack"
     threat_model = None
+    uses_gradients: bool = True
 
     @property
     def epsilon(self) -> float:
         return self.threat_model.epsilon
+
+    def get_config(self) -> dict:
+        """The constructor arguments that rebuild this attack."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement get_config()."
+        )
+
+    def replace(self, **changes) -> "Attack":
+        """A copy with some constructor arguments changed.
+
+        A name the attack derived from its settings (e.g. "pgd20") is
+        derived again for the copy; a name given explicitly is kept unless
+        `name=` is among the changes.
+
+        Raises:
+            TypeError: a change names no constructor argument.
+        """
+        config = self.get_config()
+        unknown = sorted(set(changes) - set(config))
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__} has no setting {unknown}; its "
+                f"settings are {sorted(config)}."
+            )
+        return type(self)(**{**config, **changes})
 
     def __call__(
         self,
@@ -122,5 +117,40 @@ class Attack:
         *,
         seed: Seed = None,
         training: bool = False,
+        x_init: tf.Tensor | None = None,
     ) -> tf.Tensor:
         raise NotImplementedError
+
+
+def serialize(attack: Attack | None) -> dict | None:
+    """`{"class_name", "config"}` of an attack, for a trainer's config."""
+    if attack is None:
+        return None
+    config = {}
+    for key, value in attack.get_config().items():
+        if isinstance(value, Attack):
+            value = serialize(value)
+        elif callable(value):
+            value = getattr(value, "__name__", repr(value))
+        config[key] = value
+    return {"class_name": type(attack).__name__, "config": config}
+
+
+def repeat(step, value: tf.Tensor, times: int) -> tf.Tensor:
+    """`step` applied `times` times (a static count) to `value`.
+
+    Up to two steps unroll (no loop overhead, and FGSM stays simple);
+    longer runs are a `tf.while_loop`, which works with AutoGraph off (as
+    Keras traces `train_step`) and keeps the graph small.
+    """
+    if times <= 2:
+        for _ in range(times):
+            value = step(value)
+        return value
+    _, value = tf.while_loop(
+        lambda i, _: i < times,
+        lambda i, v: (i + 1, step(v)),
+        (tf.constant(0), value),
+        maximum_iterations=times,
+    )
+    return value

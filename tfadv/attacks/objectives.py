@@ -51,12 +51,40 @@ def margin(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
 def kl_to_clean(logits: tf.Tensor, clean_probs: tf.Tensor) -> tf.Tensor:
     """KL(p_clean || softmax(logits)) per example, written from log-softmax.
 
-    The clean distribution is a constant target; `xlogy` makes 0·log 0 = 0.
+    The attack objective of TRADES-style attacks: the clean distribution is
+    a constant target (its `target_kind` is "clean_probs", see
+    `target_kind`); `xlogy` makes 0·log 0 = 0.
     """
     logits = tf.cast(logits, tf.float32)
     p = tf.cast(clean_probs, tf.float32)
     log_q = tf.nn.log_softmax(logits, axis=-1)
     return tf.reduce_sum(tf.math.xlogy(p, p) - p * log_q, axis=-1)
+
+
+kl_to_clean.target_kind = "clean_probs"
+
+
+def kl_divergence(clean_logits: tf.Tensor, adv_logits: tf.Tensor) -> tf.Tensor:
+    """Per-example `KL(softmax(clean) ‖ softmax(adv))`, from log-softmax.
+
+    The training term of TRADES-style losses: gradients flow into both
+    arguments (`kl_to_clean` is the attack's version, with a constant
+    target). Written by hand rather than with `keras.losses.KLDivergence`,
+    which clips probabilities and so changes the gradients near 0.
+    """
+    log_p = tf.nn.log_softmax(tf.cast(clean_logits, tf.float32), axis=-1)
+    log_q = tf.nn.log_softmax(tf.cast(adv_logits, tf.float32), axis=-1)
+    return tf.reduce_sum(tf.exp(log_p) * (log_p - log_q), axis=-1)
+
+
+def target_kind(objective: Objective) -> str:
+    """What an objective compares the logits with.
+
+    "labels" (integer classes: cross-entropy, margin, DLR) or
+    "clean_probs" (the clean softmax: the KL objective). A method whose
+    attack may use either (TRADES) asks this to build the right target.
+    """
+    return getattr(objective, "target_kind", "labels")
 
 
 # Keeps the DLR denominator away from zero when the top logits tie
@@ -119,6 +147,14 @@ OBJECTIVES = {
     "kl": kl_to_clean,
     "dlr": dlr,
 }
+
+
+def name_of(objective: Objective) -> str | Objective:
+    """The registered name of an objective, or the callable itself."""
+    for name, fn in OBJECTIVES.items():
+        if fn is objective:
+            return name
+    return objective
 
 
 def get(objective: str | Objective) -> Objective:

@@ -3,9 +3,13 @@
 import gin
 import tensorflow as tf
 
+from tfadv import validation
 from tfadv.attacks import base
 from tfadv.attacks import objectives
 from tfadv.attacks import threat_models
+
+# Where an attack starts (see `ProjectedGradient`).
+STARTS = ("uniform", "gaussian", "none")
 
 
 def _better(loss_new, wrong_new, loss_best, wrong_best):
@@ -30,12 +34,15 @@ class ProjectedGradient(base.Attack):
     """Projected gradient ascent on a per-example objective.
 
     One class covers the single-step and iterative attacks (Goodfellow et al.
-    2015; Madry et al. 2018; Wong et al. 2020):
+    2015; Madry et al. 2018; Wong et al. 2020) and the attacks of TRADES and
+    MART:
 
-    - FGSM: `num_steps=1, step_size=epsilon, random_start=False`;
-    - FGSM-RS: `num_steps=1, step_size=1.25 * epsilon, random_start=True`;
+    - FGSM: `num_steps=1, step_size=epsilon, start="none"`;
+    - FGSM-RS: `num_steps=1, step_size=1.25 * epsilon, start="uniform"`;
     - PGD-k: `num_steps=k`, usually `step_size=2.5 * epsilon / k`,
-      `random_start=True`, optionally `restarts=r`.
+      `start="uniform"`, optionally `restarts=r`;
+    - the TRADES attack: `objective="kl", start="gaussian"` (K steps from
+      `x + 0.001·N(0, I)`); MART's is the same on the cross-entropy.
 
     Each step is `x <- Proj(x + step(grad))`, where the threat model gives the
     step (signed for L-inf, normalised for L2) and the projection (clip to
@@ -46,6 +53,17 @@ class ProjectedGradient(base.Attack):
     higher objective wins, so an example counts as robust only if it
     survives every restart (scored with the model in inference mode).
 
+    Starts:
+    - "uniform": a uniformly random point of the ball, projected into
+      [0, 1] (Madry, Wong);
+    - "gaussian": `x + start_stddev·N(0, I)`, NOT projected: as in the
+      TRADES and MART references, the first gradient is taken there and the
+      first step projects;
+    - "none": `x` itself;
+    - a caller-chosen point: the keyword `x_init` of the call replaces the
+      start, unprojected like the Gaussian one.
+    With `num_steps=0` the projected start is returned.
+
     Example:
         pgd = ProjectedGradient(epsilon=0.1, step_size=0.01, num_steps=20)
         x_adv = pgd(classifier, x, y, seed=0)
@@ -53,24 +71,19 @@ class ProjectedGradient(base.Attack):
     Args:
         epsilon: radius of the threat model in pixel units, in [0, 1].
         step_size: size of each step in pixel units (>= 0).
-        num_steps: number of ascent steps (>= 0). 0 with `random_start=False`
-            returns `x` itself.
+        num_steps: number of ascent steps (>= 0).
         norm: "linf" or "l2".
         objective: an objective name from `tfadv.attacks.objectives`
-            ("cross_entropy", "margin", "kl") or a callable
-            `(logits, target) -> per-example loss`.
-        random_start: start from a uniform random point of the ball.
+            ("cross_entropy", "margin", "kl", "dlr") or a callable
+            `(logits, target) -> per-example loss`. With "kl" the target
+            is the clean class distribution, not the labels.
+        start: "uniform", "gaussian" or "none" (see above).
+        start_stddev: the standard deviation of the Gaussian start.
         restarts: number of independent runs (>= 1); the worst case is kept.
         use_predicted_labels: attack the model's own prediction instead of
             `y` (avoids label leaking); `y` is then ignored.
         name: the name results are reported under; defaults to "pgd{k}"
             ("fgsm" for one step).
-
-    Calling it takes an optional keyword `x_init`, a start point the caller
-    chose (TRADES and MART start from `x + 0.001·N(0, I)`). It replaces the
-    random start, and, as in those references, the first gradient is taken
-    there without projecting it first; every step projects. With
-    `num_steps=0` the projected `x_init` is returned.
     """
 
     def __init__(
@@ -81,40 +94,75 @@ class ProjectedGradient(base.Attack):
         num_steps: int,
         norm: str = "linf",
         objective: str | objectives.Objective = "cross_entropy",
-        random_start: bool = True,
+        start: str = "uniform",
+        start_stddev: float = 0.001,
         restarts: int = 1,
         use_predicted_labels: bool = False,
         name: str | None = None,
     ):
         self.threat_model = threat_models.get(norm, epsilon)
-        self.step_size = base.check_non_negative("step_size", step_size)
-        self.num_steps = base.check_positive_int("num_steps", num_steps)
-        self.restarts = base.check_positive_int(
-            "restarts", restarts, allow_zero=False
-        )
+        self.step_size = validation.non_negative("step_size", step_size)
+        self.num_steps = validation.count("num_steps", num_steps)
+        self.restarts = validation.count("restarts", restarts, minimum=1)
         self.objective = objectives.get(objective)
-        self.random_start = bool(random_start)
+        self.start = validation.choice("start", start, STARTS)
+        self.start_stddev = validation.non_negative(
+            "start_stddev", start_stddev
+        )
         self.use_predicted_labels = bool(use_predicted_labels)
+        self._given_name = name
         if name is None:
             name = "fgsm" if num_steps == 1 else f"pgd{num_steps}"
         self.name = name
+
+    def get_config(self):
+        return {
+            "epsilon": self.threat_model.epsilon,
+            "step_size": self.step_size,
+            "num_steps": self.num_steps,
+            "norm": self.threat_model.norm,
+            "objective": objectives.name_of(self.objective),
+            "start": self.start,
+            "start_stddev": self.start_stddev,
+            "restarts": self.restarts,
+            "use_predicted_labels": self.use_predicted_labels,
+            "name": self._given_name,
+        }
 
     def __repr__(self):
         return (
             f"ProjectedGradient(name={self.name!r}, {self.threat_model}, "
             f"step_size={self.step_size}, num_steps={self.num_steps}, "
-            f"random_start={self.random_start}, restarts={self.restarts})"
+            f"start={self.start!r}, restarts={self.restarts})"
         )
 
+    def initial_point(self, x, seed, *, into_box: bool = True):
+        """The attack's start for clean images `x` (see the class doc).
+
+        Args:
+            x: clean images.
+            seed: a stateless seed of shape [2].
+            into_box: project the uniform start into [0, 1]; YOPO's start
+                is not projected (ALGORITHMS.md §1.6 P3).
+        """
+        if self.start == "uniform":
+            if into_box:
+                return self.threat_model.random_init(x, seed)
+            return self.threat_model.sample(x, seed)
+        if self.start == "gaussian" and self.start_stddev:
+            return x + tf.random.stateless_normal(
+                tf.shape(x), seed, stddev=self.start_stddev, dtype=x.dtype
+            )
+        return x
+
     def _ascend(self, model, x, y, seed, training, x_init=None):
-        """One run: random start, then `num_steps` projected ascent steps."""
-        x_adv = x
+        """One run: the start, then `num_steps` projected ascent steps."""
         if x_init is not None:
             x_adv = tf.cast(x_init, x.dtype)
-            if not self.num_steps:
-                return self.threat_model.project(x, x_adv)
-        elif self.random_start:
-            x_adv = self.threat_model.random_init(x, seed)
+        else:
+            x_adv = self.initial_point(x, seed)
+        if not self.num_steps:
+            return self.threat_model.project(x, x_adv)
 
         def step(x_adv):
             with tf.GradientTape(watch_accessed_variables=False) as tape:
@@ -130,18 +178,7 @@ class ProjectedGradient(base.Attack):
             moved = self.threat_model.step(x_adv, grad, self.step_size)
             return self.threat_model.project(x, moved)
 
-        if self.num_steps <= 2:
-            # Short attacks unroll (no loop overhead, and FGSM stays simple).
-            for _ in range(self.num_steps):
-                x_adv = step(x_adv)
-            return x_adv
-        _, x_adv = tf.while_loop(
-            lambda i, _: i < self.num_steps,
-            lambda i, x_adv: (i + 1, step(x_adv)),
-            (tf.constant(0), x_adv),
-            maximum_iterations=self.num_steps,
-        )
-        return x_adv
+        return base.repeat(step, x_adv, self.num_steps)
 
     def _score(self, model, x_adv, y, labels_are_classes):
         logits = model(x_adv, training=False)
@@ -178,3 +215,31 @@ class ProjectedGradient(base.Attack):
             if wrong is not None:
                 best_wrong = tf.where(take, wrong, best_wrong)
         return tf.stop_gradient(best)
+
+
+# The TRADES family's step at its budget: 0.007 at 0.031.
+TRADES_STEP_FRACTION = 0.007 / 0.031
+
+
+def trades_attack(
+    epsilon: float,
+    *,
+    objective: str = "kl",
+    num_steps: int = 10,
+    name: str | None = None,
+) -> ProjectedGradient:
+    """The attack of the TRADES family (TRADES, MART) at `epsilon`.
+
+    K signed steps of `0.007 / 0.031 · epsilon` (0.007 at the references'
+    0.031) from `x + 0.001·N(0, I)`, on the KL to the clean distribution
+    (TRADES) or the cross-entropy (MART).
+    """
+    return ProjectedGradient(
+        epsilon=epsilon,
+        step_size=TRADES_STEP_FRACTION * epsilon,
+        num_steps=num_steps,
+        objective=objective,
+        start="gaussian",
+        start_stddev=0.001,
+        name=name,
+    )

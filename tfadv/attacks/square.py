@@ -3,6 +3,7 @@
 import gin
 import tensorflow as tf
 
+from tfadv import validation
 from tfadv.attacks import base
 from tfadv.attacks import objectives
 from tfadv.attacks import threat_models
@@ -38,6 +39,7 @@ class Square(base.Attack):
     window per batch), a position may touch the last row/column, and the
     loop runs on the whole batch until every example is misclassified or
     the budget is spent. Images are NHWC (rank 4); L2 is not provided.
+    A caller's `x_init` (projected) replaces the stripes as the start.
 
     Example:
         square = Square(epsilon=0.1, num_queries=5000)
@@ -68,13 +70,22 @@ class Square(base.Attack):
                 f"norm={norm!r}."
             )
         self.threat_model = threat_models.get(norm, epsilon)
-        self.num_queries = base.check_positive_int(
-            "num_queries", num_queries, allow_zero=False
+        self.num_queries = validation.count(
+            "num_queries", num_queries, minimum=1
         )
-        self.p_init = base.check_non_negative("p_init", p_init)
+        self.p_init = validation.non_negative("p_init", p_init)
         if not 0.0 < self.p_init <= 1.0:
             raise ValueError(f"p_init must be in (0, 1]; got {p_init!r}.")
         self.name = name
+
+    def get_config(self):
+        return {
+            "epsilon": self.threat_model.epsilon,
+            "num_queries": self.num_queries,
+            "p_init": self.p_init,
+            "norm": self.threat_model.norm,
+            "name": self.name,
+        }
 
     def __repr__(self):
         return (
@@ -82,7 +93,7 @@ class Square(base.Attack):
             f"num_queries={self.num_queries}, p_init={self.p_init})"
         )
 
-    def __call__(self, model, x, y, *, seed=None, training=False):
+    def __call__(self, model, x, y, *, seed=None, training=False, x_init=None):
         x = tf.convert_to_tensor(x)
         if len(x.shape) != 4 or None in x.shape[1:]:
             raise ValueError(
@@ -106,8 +117,10 @@ class Square(base.Attack):
             )
             return tf.cast(2 * bits - 1, x.dtype)
 
-        stripes = signs(tf.stack([batch, 1, width, channels]), stripe_seed)
-        x_best = self.threat_model.project(x, x + eps * stripes)
+        if x_init is None:
+            stripes = signs(tf.stack([batch, 1, width, channels]), stripe_seed)
+            x_init = x + eps * stripes
+        x_best = self.threat_model.project(x, tf.cast(x_init, x.dtype))
         best = margin(x_best)
         # Inputs misclassified before the attack stay as they are.
         clean = margin(x)

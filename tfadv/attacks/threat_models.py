@@ -7,26 +7,10 @@ random start put it (`random_init`). Every method works in [0, 1] pixel
 space; `project` always keeps the result inside the image box as well.
 """
 
-import math
-
 import gin
 import tensorflow as tf
 
-
-def _check_epsilon(epsilon: float) -> float:
-    try:
-        value = float(epsilon)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"epsilon must be a number in [0, 1] (pixel units); got "
-            f"{epsilon!r}."
-        ) from None
-    if not 0.0 <= value <= 1.0 or math.isnan(value):
-        raise ValueError(
-            f"epsilon must lie in [0, 1] (pixel units, images are in "
-            f"[0, 1]); got {epsilon!r}. For 8/255 write 0.0313725."
-        )
-    return value
+from tfadv import validation
 
 
 def _per_example_norm(t: tf.Tensor) -> tf.Tensor:
@@ -45,7 +29,7 @@ class ThreatModel:
     norm = None
 
     def __init__(self, epsilon: float):
-        self.epsilon = _check_epsilon(epsilon)
+        self.epsilon = validation.epsilon(epsilon)
 
     def project(self, x: tf.Tensor, x_adv: tf.Tensor) -> tf.Tensor:
         """Returns the point of the threat set around `x` for `x_adv`."""
@@ -57,9 +41,17 @@ class ThreatModel:
         """Moves `x_adv` by `step_size` along the steepest-ascent direction."""
         raise NotImplementedError
 
+    def sample(self, x: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+        """A uniformly random point of the ball around `x`, not in [0, 1].
+
+        The point is not clipped to the image box (YOPO's start,
+        docs/algorithms.md §1.6 P3); `random_init` projects it.
+        """
+        raise NotImplementedError
+
     def random_init(self, x: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
         """A random point of the ball around `x`, projected into [0, 1]."""
-        raise NotImplementedError
+        return self.project(x, self.sample(x, seed))
 
     def distance(self, x: tf.Tensor, x_adv: tf.Tensor) -> tf.Tensor:
         """Per-example distance in this threat model's norm."""
@@ -87,11 +79,11 @@ class LinfThreatModel(ThreatModel):
     def step(self, x_adv, grad, step_size):
         return x_adv + tf.cast(step_size, x_adv.dtype) * tf.sign(grad)
 
-    def random_init(self, x, seed):
+    def sample(self, x, seed):
         delta = tf.random.stateless_uniform(
             tf.shape(x), seed, -self.epsilon, self.epsilon, dtype=x.dtype
         )
-        return self.project(x, x + delta)
+        return x + delta
 
     def distance(self, x, x_adv):
         axes = list(range(1, len(x.shape)))
@@ -120,7 +112,7 @@ class L2ThreatModel(ThreatModel):
         unit = grad / tf.maximum(_per_example_norm(grad), 1e-12)
         return x_adv + tf.cast(step_size, x_adv.dtype) * unit
 
-    def random_init(self, x, seed):
+    def sample(self, x, seed):
         # Uniform in the ball: Gaussian direction, radius eps * U^(1/d).
         seed_dir, seed_radius = tf.unstack(
             tf.random.experimental.stateless_split(seed, 2)
@@ -137,7 +129,7 @@ class L2ThreatModel(ThreatModel):
             radius_shape, seed_radius, dtype=x.dtype
         )
         radius = self.epsilon * tf.pow(u, 1.0 / dims)
-        return self.project(x, x + direction * radius)
+        return x + direction * radius
 
     def distance(self, x, x_adv):
         return tf.reshape(_per_example_norm(x_adv - x), [-1])

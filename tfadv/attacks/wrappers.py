@@ -15,6 +15,7 @@ import gin
 import keras
 import tensorflow as tf
 
+from tfadv import validation
 from tfadv.attacks import base
 
 Transform = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
@@ -117,9 +118,27 @@ class BPDA(base.Attack):
         self.layers = layers
         self.approximation = approximation
         self.threat_model = attack.threat_model
-        self.uses_gradients = getattr(attack, "uses_gradients", True)
+        self.uses_gradients = attack.uses_gradients
+        self._given_name = name
         self.name = name or f"bpda_{attack.name}"
         self._surrogates = {}
+
+    def get_config(self):
+        return {
+            "attack": self.attack,
+            "layers": self.layers,
+            "approximation": self.approximation,
+            "name": self._given_name,
+        }
+
+    def replace(self, **changes):
+        """A copy; changes that are not BPDA's own go to the inner attack."""
+        own = {
+            k: changes.pop(k) for k in list(changes) if k in self.get_config()
+        }
+        if changes:
+            own.setdefault("attack", self.attack.replace(**changes))
+        return super().replace(**own)
 
     def __repr__(self):
         return f"BPDA({self.attack!r}, layers={self.layers!r})"
@@ -167,9 +186,11 @@ class BPDA(base.Attack):
         self._surrogates[id(model)] = (weakref.ref(model), surrogate)
         return surrogate
 
-    def __call__(self, model, x, y, *, seed=None, training=False):
+    def __call__(self, model, x, y, *, seed=None, training=False, x_init=None):
         surrogate = DefinedGradients(self.surrogate(model))
-        return self.attack(surrogate, x, y, seed=seed, training=training)
+        return self.attack(
+            surrogate, x, y, seed=seed, training=training, x_init=x_init
+        )
 
 
 @gin.register
@@ -181,7 +202,7 @@ class GaussianNoise:
     """
 
     def __init__(self, stddev: float):
-        self.stddev = base.check_non_negative("stddev", stddev)
+        self.stddev = validation.non_negative("stddev", stddev)
 
     def __call__(self, x, seed):
         noise = tf.random.stateless_normal(
@@ -255,13 +276,31 @@ class EOT(base.Attack):
         if not isinstance(attack, base.Attack):
             raise TypeError(f"EOT wraps a tfadv attack; got {attack!r}.")
         self.attack = attack
-        self.num_samples = base.check_positive_int(
-            "num_samples", num_samples, allow_zero=False
+        self.num_samples = validation.count(
+            "num_samples", num_samples, minimum=1
         )
         self.transform = transform
         self.threat_model = attack.threat_model
-        self.uses_gradients = getattr(attack, "uses_gradients", True)
+        self.uses_gradients = attack.uses_gradients
+        self._given_name = name
         self.name = name or f"eot{num_samples}_{attack.name}"
+
+    def get_config(self):
+        return {
+            "attack": self.attack,
+            "num_samples": self.num_samples,
+            "transform": self.transform,
+            "name": self._given_name,
+        }
+
+    def replace(self, **changes):
+        """A copy; changes that are not EOT's own go to the inner attack."""
+        own = {
+            k: changes.pop(k) for k in list(changes) if k in self.get_config()
+        }
+        if changes:
+            own.setdefault("attack", self.attack.replace(**changes))
+        return super().replace(**own)
 
     def __repr__(self):
         return (
@@ -269,9 +308,16 @@ class EOT(base.Attack):
             f"transform={self.transform!r})"
         )
 
-    def __call__(self, model, x, y, *, seed=None, training=False):
+    def __call__(self, model, x, y, *, seed=None, training=False, x_init=None):
         transform_seed, attack_seed = base.split_seed(base.as_seed(seed), 2)
         expected = _Expectation(
             model, self.num_samples, self.transform, transform_seed
         )
-        return self.attack(expected, x, y, seed=attack_seed, training=training)
+        return self.attack(
+            expected,
+            x,
+            y,
+            seed=attack_seed,
+            training=training,
+            x_init=x_init,
+        )

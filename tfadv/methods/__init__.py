@@ -1,6 +1,15 @@
-"""Training methods: one keras.Model subclass per method."""
+"""Training methods: one keras.Model subclass per method.
+
+Every method subclasses `AdversarialTrainer` and follows its contract
+(`tfadv.methods.base`): the training attack, the step, the epoch hooks,
+`results_info()` and `callbacks()`. Shared pieces live in modules of their
+own: `replay` (Free-AT's replay loop) and `layer_lr` (a per-layer learning
+rate inside one SGD optimizer).
+"""
 
 from tfadv.methods import base
+from tfadv.methods import layer_lr
+from tfadv.methods import replay
 from tfadv.methods.base import AdversarialTrainer
 from tfadv.methods.fgsm_rs import FGSMRS
 from tfadv.methods.free_at import FreeAT

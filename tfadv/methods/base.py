@@ -1,9 +1,52 @@
-"""The base class every training method subclasses."""
+"""The base class every training method subclasses: the method contract.
+
+A method is a `keras.Model` that wraps a classifier. What every method
+shares, and what a new one plugs into, is declared here:
+
+- **The training attack.** `train_attack` (any `tfadv.attacks.Attack`) is
+  an argument of every method; when it is None the method builds its
+  paper's default (`default_train_attack`) at `epsilon`, or at the paper's
+  budget (`default_epsilon`). `trainer.epsilon` and `trainer.threat_model`
+  always come from that attack, so a run has one ε.
+- **The step.** `train_step` unpacks and checks the batch, calls
+  `minibatch_update(x, y)`, and counts the minibatch. The default update is
+  the template "attack outside the tape (`perturb`), one loss
+  (`compute_adversarial_loss`), one optimizer update"; methods with another
+  structure (Free-AT's replays, YOPO's accumulated passes) override
+  `minibatch_update`.
+- **Epoch-level control.** `on_epoch_begin(epoch)` and
+  `on_epoch_end(epoch, logs) -> dict` (values added to the epoch's logs, so
+  TensorBoard and the history get them), `results_info() -> dict` (merged
+  into results.json), and `callbacks()` (the callbacks the method needs:
+  the hook caller first). `tfadv.train` installs them; a plain-`fit` user
+  passes them in one line:
+
+      trainer.fit(train_ds, epochs=10, callbacks=trainer.callbacks())
+
+- **Step counts that change between epochs.** `add_step_count` makes a
+  checkpointed integer variable that the step reads as a Python int when
+  it is traced (`step_count`), so loops over it unroll. `set_step_count`
+  changes it; the next epoch's first batch then runs a retraced step
+  (`fit` reads `train_function` at every batch, and the hook caller
+  rebuilds it whenever a count differs from the traced value).
+- **Minibatch counting.** `minibatches` counts minibatches, whatever the
+  number of optimizer updates per minibatch; a
+  `tfadv.schedules.PerMinibatch` learning rate in the optimizer is bound
+  to it at `compile`.
+- **The input gradient of the update's own backward pass.**
+  `apply_gradients(tape, scaled_loss, inputs=x_adv)` differentiates once
+  with respect to the weights and the input together.
+"""
+
+import math
 
 import keras
 import tensorflow as tf
 
+from tfadv import schedules
+from tfadv import validation
 from tfadv.attacks import base as attack_base
+from tfadv.attacks import objectives
 
 # The metric names every method reports, so curves overlay in TensorBoard.
 LOSS = "loss"
@@ -17,6 +60,34 @@ def num_replicas() -> int:
     return tf.distribute.get_strategy().num_replicas_in_sync
 
 
+class EpochHooks(keras.callbacks.Callback):
+    """Calls a trainer's epoch hooks and keeps its step counts traced.
+
+    `on_epoch_begin` first retraces the training step when a step count
+    differs from the value the step was traced with (a hook or a restored
+    checkpoint changed it), then calls `trainer.on_epoch_begin(epoch)`.
+    `on_epoch_end` adds what `trainer.on_epoch_end` returns to the epoch's
+    logs, so callbacks after it (TensorBoard, the history) record it. The
+    hooks run eagerly, outside the compiled step.
+
+    Args:
+        trainer: the `AdversarialTrainer` whose hooks to call.
+    """
+
+    def __init__(self, trainer: "AdversarialTrainer"):
+        super().__init__()
+        self.trainer = trainer
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.trainer.on_epoch_begin(epoch)
+        self.trainer.retrace_if_counts_changed()
+
+    def on_epoch_end(self, epoch, logs=None):
+        extra = self.trainer.on_epoch_end(epoch, logs)
+        if extra and logs is not None:
+            logs.update(extra)
+
+
 class AdversarialTrainer(keras.Model):
     """A Keras model that trains a wrapped classifier with one method.
 
@@ -24,47 +95,72 @@ class AdversarialTrainer(keras.Model):
     trackers and one `SeedGenerator` for all in-step randomness. `call`
     delegates to the classifier, so `predict`, `evaluate` and the TensorBoard
     graph see the classifier; `model.keras` exports are made from
-    `trainer.classifier` and load with plain Keras.
-
-    Subclasses implement `compute_adversarial_loss` and, where the attack
-    is special, `perturb` (the common case: one attack, one loss, one
-    update), or override `train_step` wholesale (methods with a different
-    update structure: Free-AT, YOPO). `test_step` reports
-    clean accuracy and, with an `eval_attack`, robust accuracy, so
-    `fit(validation_data=...)` gives robust validation for free.
+    `trainer.classifier` and load with plain Keras. The module docstring
+    lists the contract a method implements.
 
     Train logs are `loss`, `clean_accuracy` and `adv_accuracy`; validation
     logs are `loss`, `clean_accuracy` and `robust_accuracy` (Keras prefixes
-    them with `val_`).
+    them with `val_`). `test_step` reports robust accuracy under
+    `eval_attack`, so `fit(validation_data=...)` gives robust validation for
+    free.
+
+    Writing a new method: subclass, set `default_epsilon`, implement
+    `default_train_attack` and `compute_adversarial_loss` (or
+    `minibatch_update`), and register it with `gin.register`. The README's
+    "Writing a new method" section has a complete example.
 
     Args:
         classifier: a Keras model mapping [0, 1] images to logits.
+        train_attack: the attack that makes the training examples; None
+            builds the method's paper default at `epsilon`.
+        epsilon: the budget of the default training attack (the paper's
+            when None). Given together with `train_attack`, it must equal
+            the attack's epsilon.
         eval_attack: the attack `test_step` uses for robust accuracy, or None
             for clean validation only.
         attack_training_mode: run the classifier in training mode (batch
-            statistics, dropout, moving averages updated) while attacking.
-            Each subclass documents and defaults it to its paper's choice.
+            statistics, dropout, moving averages updated) while attacking;
+            None is the method's paper default (`default_attack_training_
+            mode`, documented by each method).
         weight_decay: coupled L2 weight decay `w·θ` added to every gradient
-            (PyTorch `SGD(weight_decay=w)`, ALGORITHMS.md §0.3 rule 5),
-            applied to all trainable variables. Keep the optimizer's own
-            decoupled `weight_decay` unset when using this.
+            (PyTorch `SGD(weight_decay=w)`), applied to all trainable
+            variables. Keep the optimizer's own decoupled `weight_decay`
+            unset when using this.
         check_inputs: assert inside the step that images are finite and in
             [0, 1] and labels in [0, num_classes) (not under `jit_compile`,
             where XLA drops assertions; `tfadv.train` checks its data before
             training either way).
         seed: seed of the method's `SeedGenerator`.
         **kwargs: passed to `keras.Model` (e.g. `name`).
+
+    Raises:
+        TypeError: the classifier is not a Keras model, or the attack is not
+            of a kind the method can run.
+        ValueError: `epsilon` disagrees with `train_attack`, or another
+            argument is out of range.
     """
 
     train_metric_names = (LOSS, CLEAN_ACCURACY, ADV_ACCURACY)
     test_metric_names = (LOSS, CLEAN_ACCURACY, ROBUST_ACCURACY)
+    # Non-trainable state the step changes on purpose (besides BatchNorm
+    # statistics, seeds and the optimizer).
+    mutable_state_paths = ("minibatches",)
+    # The paper's budget, used when neither train_attack nor epsilon is
+    # given; None for methods without a training attack.
+    default_epsilon: float | None = None
+    default_attack_training_mode: bool = False
+    # The attack classes the method can run (methods that step the
+    # perturbation themselves need a ProjectedGradient's settings).
+    train_attack_types: tuple = (attack_base.Attack,)
 
     def __init__(
         self,
         classifier: keras.Model,
         *,
+        train_attack: attack_base.Attack | None = None,
+        epsilon: float | None = None,
         eval_attack: attack_base.Attack | None = None,
-        attack_training_mode: bool = False,
+        attack_training_mode: bool | None = None,
         weight_decay: float = 0.0,
         check_inputs: bool = True,
         seed: int | None = None,
@@ -77,12 +173,16 @@ class AdversarialTrainer(keras.Model):
                 f"to logits; got {type(classifier).__name__}."
             )
         self.classifier = classifier
+        self.train_attack = self._resolve_train_attack(train_attack, epsilon)
         self.eval_attack = eval_attack
+        if attack_training_mode is None:
+            attack_training_mode = self.default_attack_training_mode
         self.attack_training_mode = bool(attack_training_mode)
-        self.weight_decay = attack_base.check_non_negative(
+        self.weight_decay = validation.non_negative(
             "weight_decay", weight_decay
         )
         self.check_inputs = bool(check_inputs)
+        self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.cross_entropy = keras.losses.SparseCategoricalCrossentropy(
             from_logits=True
@@ -99,6 +199,73 @@ class AdversarialTrainer(keras.Model):
                 name=ROBUST_ACCURACY
             ),
         }
+        self.minibatches = self.add_weight(
+            shape=(),
+            dtype="int64",
+            initializer="zeros",
+            trainable=False,
+            aggregation="only_first_replica",
+            name="minibatches",
+        )
+        self._step_counts = {}
+        self._traced_counts = {}
+        self._method_callbacks = None
+
+    # The training attack.
+
+    def default_train_attack(self, epsilon: float) -> attack_base.Attack:
+        """The paper's training attack at budget `epsilon`.
+
+        Methods without a training attack keep this default (None).
+        """
+        del epsilon
+        return None
+
+    def _resolve_train_attack(self, train_attack, epsilon):
+        method = type(self).__name__
+        if train_attack is None:
+            if epsilon is None:
+                epsilon = self.default_epsilon
+            if epsilon is None:
+                return None
+            attack = self.default_train_attack(
+                validation.epsilon(epsilon, allow_zero=False)
+            )
+            if attack is None:
+                raise ValueError(
+                    f"{method} trains without an attack; epsilon="
+                    f"{epsilon!r} would not be used. Give the budget to "
+                    "eval_attack instead."
+                )
+            return attack
+        if not isinstance(train_attack, self.train_attack_types):
+            accepted = " or ".join(t.__name__ for t in self.train_attack_types)
+            raise TypeError(
+                f"{method}.train_attack must be a tfadv.attacks {accepted}; "
+                f"got {train_attack!r}."
+            )
+        validation.epsilon(train_attack.epsilon, allow_zero=False)
+        if epsilon is not None and not math.isclose(
+            float(epsilon), train_attack.epsilon, rel_tol=1e-6
+        ):
+            raise ValueError(
+                f"{method} got epsilon={epsilon!r} and a train_attack with "
+                f"epsilon {train_attack.epsilon!r}; give one of them, or the "
+                "same budget to both."
+            )
+        return train_attack
+
+    @property
+    def epsilon(self) -> float | None:
+        """The training budget: the training attack's epsilon."""
+        return None if self.train_attack is None else self.train_attack.epsilon
+
+    @property
+    def threat_model(self):
+        """The training attack's threat model (None without an attack)."""
+        if self.train_attack is None:
+            return None
+        return self.train_attack.threat_model
 
     @property
     def metrics(self):
@@ -115,10 +282,87 @@ class AdversarialTrainer(keras.Model):
 
     def get_config(self):
         return {
+            "train_attack": attack_base.serialize(self.train_attack),
+            "eval_attack": attack_base.serialize(self.eval_attack),
             "attack_training_mode": self.attack_training_mode,
             "weight_decay": self.weight_decay,
             "check_inputs": self.check_inputs,
+            "seed": self.seed,
         }
+
+    def compile(self, *args, **kwargs):
+        """`keras.Model.compile`; binds a `PerMinibatch` learning rate."""
+        super().compile(*args, **kwargs)
+        optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+        schedule = getattr(optimizer, "_learning_rate", None)
+        if isinstance(schedule, schedules.PerMinibatch):
+            schedule.bind(self.minibatches)
+
+    # Epoch-level hooks (see the module docstring).
+
+    def on_epoch_begin(self, epoch: int) -> None:
+        """Called before each epoch (0-based), eagerly."""
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> dict:
+        """Called after each epoch; returns values to add to its logs."""
+        del epoch, logs
+        return {}
+
+    def results_info(self) -> dict:
+        """What the method reports in results.json after training."""
+        return {}
+
+    def extra_callbacks(self) -> list:
+        """Callbacks of the method's own (a monitor batch, a guard)."""
+        return []
+
+    def callbacks(self) -> list:
+        """The callbacks the method needs, to pass to `fit`.
+
+        The same objects at every call: the hook caller first, then
+        `extra_callbacks()`.
+        """
+        if self._method_callbacks is None:
+            self._method_callbacks = [EpochHooks(self), *self.extra_callbacks()]
+        return list(self._method_callbacks)
+
+    # Step counts that change between epochs.
+
+    def add_step_count(self, name: str, value: int) -> keras.Variable:
+        """A checkpointed step count the training step unrolls over."""
+        value = validation.count(name, value)
+        variable = self.add_weight(
+            shape=(),
+            dtype="int32",
+            initializer=keras.initializers.Constant(value),
+            trainable=False,
+            aggregation="only_first_replica",
+            name=name,
+        )
+        self._step_counts[name] = variable
+        return variable
+
+    def step_count(self, name: str) -> int:
+        """The count as a Python int; inside a trace, records the value."""
+        with tf.init_scope():  # eager even while the step is traced
+            value = int(keras.ops.convert_to_numpy(self._step_counts[name]))
+        self._traced_counts[name] = value
+        return value
+
+    def set_step_count(self, name: str, value: int) -> None:
+        """Changes a count; the next epoch's step is retraced with it."""
+        self._step_counts[name].assign(validation.count(name, value))
+
+    def retrace_if_counts_changed(self) -> bool:
+        """Rebuilds the train function if a count differs from its trace."""
+        changed = False
+        for name, traced in self._traced_counts.items():
+            current = keras.ops.convert_to_numpy(self._step_counts[name])
+            changed |= int(current) != traced
+        if changed and getattr(self, "train_function", None) is not None:
+            self.make_train_function(force=True)
+            return True
+        return False
 
     # Helpers for subclasses.
 
@@ -167,15 +411,20 @@ class AdversarialTrainer(keras.Model):
         with tf.control_dependencies(checks):
             return tf.identity(x), tf.identity(y)
 
-    def attack(self, attack, x, y):
+    def attack(self, attack, x, target, **kwargs):
         """Runs `attack` on the classifier in the method's attack mode."""
         return attack(
             self.classifier,
             x,
-            y,
+            target,
             seed=self.seed_generator,
             training=self.attack_training_mode,
+            **kwargs,
         )
+
+    def next_seed(self) -> tf.Tensor:
+        """A fresh stateless seed from the method's generator."""
+        return attack_base.as_seed(self.seed_generator)
 
     def replica_mean(self, values: tf.Tensor) -> tf.Tensor:
         """Batch mean of per-example values, scaled for the strategy.
@@ -187,26 +436,50 @@ class AdversarialTrainer(keras.Model):
         values = tf.cast(values, tf.float32)
         return tf.reduce_mean(values) / num_replicas()
 
-    def apply_gradients(self, tape, scaled_loss, variables=None):
+    def scale_loss(self, loss):
+        """`optimizer.scale_loss(loss)`, or `loss` before `compile`."""
+        optimizer = getattr(self, "optimizer", None)
+        return loss if optimizer is None else optimizer.scale_loss(loss)
+
+    def apply_gradients(
+        self, tape, scaled_loss, variables=None, *, inputs=None
+    ):
         """Differentiates the loss and applies one optimizer update.
 
         Args:
-            tape: the tape that recorded the loss.
-            scaled_loss: `self.optimizer.scale_loss(loss)`, computed INSIDE
-                the tape (under mixed precision the optimizer is a
+            tape: the tape that recorded the loss (watching `inputs`).
+            scaled_loss: `self.scale_loss(loss)`, computed INSIDE the tape
+                (under mixed precision the optimizer is a
                 `LossScaleOptimizer`, whose scaling must be on the tape),
                 where `loss` is replica-scaled (see `replica_mean`).
             variables: the variables to update; all trainable ones by
                 default.
+            inputs: a watched input tensor whose gradient to return too,
+                from the same backward pass.
 
         Returns:
-            The gradients of the scaled loss, before weight decay.
+            The gradients of the scaled loss, before weight decay; with
+            `inputs`, the pair `(gradients, input_gradient)`, where the
+            input gradient is that of this replica's batch-mean loss
+            (loss scale and replica scaling removed), and zero where it is
+            not finite (a loss-scale overflow, when the optimizer skips its
+            update too).
         """
         if variables is None:
             variables = self.trainable_variables
-        grads = tape.gradient(scaled_loss, variables)
+        if inputs is None:
+            grads = tape.gradient(scaled_loss, variables)
+        else:
+            input_grad, *grads = tape.gradient(
+                scaled_loss, [inputs, *variables]
+            )
         self.optimizer.apply(self.add_weight_decay(grads, variables), variables)
-        return grads
+        if inputs is None:
+            return grads
+        unit = self.scale_loss(tf.constant(1.0 / num_replicas(), tf.float32))
+        input_grad = input_grad / tf.cast(unit, input_grad.dtype)
+        finite = tf.math.is_finite(input_grad)
+        return grads, tf.where(finite, input_grad, tf.zeros_like(input_grad))
 
     def add_weight_decay(self, grads, variables):
         """Adds the coupled decay `w·θ` to gradients of the scaled loss.
@@ -235,21 +508,35 @@ class AdversarialTrainer(keras.Model):
     def logs(self, names):
         return {name: self.trackers[name].result() for name in names}
 
-    # The step template.
+    # The step.
 
     def perturb(self, x, y):
         """Makes the training examples, outside the update's gradient tape.
 
         Keeping the attack off the tape saves the memory and time a tape
         would spend recording the attack loop. The default runs
-        `self.train_attack` (if the method has one) in the method's attack
-        mode; methods whose attack needs more (TRADES' clean distribution)
-        override this.
+        `train_attack` on the labels in the method's attack mode (None
+        without a training attack); methods whose attack needs another
+        target override `attack_target`.
         """
-        attack = getattr(self, "train_attack", None)
-        if attack is None:
+        if self.train_attack is None:
             return None
-        return self.attack(attack, x, y)
+        return self.attack(self.train_attack, x, self.attack_target(x, y))
+
+    def attack_target(self, x, y):
+        """What the training attack's objective compares the logits with.
+
+        The labels, unless the objective asks for the clean distribution
+        (the KL objective of TRADES-style attacks), computed once in the
+        attack mode.
+        """
+        objective = getattr(self.train_attack, "objective", None)
+        if objective is None or objectives.target_kind(objective) == "labels":
+            return y
+        clean_logits = self.classifier(x, training=self.attack_training_mode)
+        return tf.stop_gradient(
+            tf.nn.softmax(tf.cast(clean_logits, tf.float32))
+        )
 
     def compute_adversarial_loss(self, x, y, x_adv):
         """Builds the training loss inside the update's gradient tape.
@@ -266,14 +553,18 @@ class AdversarialTrainer(keras.Model):
         """
         raise NotImplementedError
 
-    def train_step(self, data):
-        x, y = self.prepare_batch(data)
+    def minibatch_update(self, x, y):
+        """Trains on one checked minibatch and returns the step's logs.
+
+        The default: `perturb`, then one update on
+        `compute_adversarial_loss`. Override it for another structure.
+        """
         x_adv = self.perturb(x, y)
         with tf.GradientTape() as tape:
             loss, clean_logits, adv_logits = self.compute_adversarial_loss(
                 x, y, x_adv
             )
-            scaled_loss = self.optimizer.scale_loss(loss)
+            scaled_loss = self.scale_loss(loss)
         self.apply_gradients(tape, scaled_loss)
         if clean_logits is None:
             clean_logits = self.classifier(x, training=False)
@@ -281,6 +572,12 @@ class AdversarialTrainer(keras.Model):
             loss, y, clean_logits=clean_logits, adv_logits=adv_logits
         )
         return self.logs(self.train_metric_names)
+
+    def train_step(self, data):
+        x, y = self.prepare_batch(data)
+        logs = self.minibatch_update(x, y)
+        self.minibatches.assign_add(1)
+        return logs
 
     def test_step(self, data):
         x, y = self.prepare_batch(data)

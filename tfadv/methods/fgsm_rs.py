@@ -2,9 +2,7 @@
 
 import gin
 
-from tfadv.attacks import base as attack_base
 from tfadv.attacks import pgd
-from tfadv.attacks import threat_models
 from tfadv.methods import base
 
 # The reference's step, as a multiple of epsilon: 10/255 at 8/255.
@@ -17,7 +15,7 @@ class FGSMRS(base.AdversarialTrainer):
 
     "Fast is better than free: revisiting adversarial training", Wong, Rice
     and Kolter, ICLR 2020, arXiv 2001.03994; reference code
-    `locuslab/fast_adversarial` (ALGORITHMS.md §6.2). It minimises
+    `locuslab/fast_adversarial` (docs/algorithms.md §6.2). It minimises
     `CE(f_θ(x + δ), y)` with the inner maximum replaced by one signed step
     from a uniform random point of the ball:
 
@@ -39,6 +37,8 @@ class FGSMRS(base.AdversarialTrainer):
 
     Example:
         trainer = tfadv.methods.FGSMRS(classifier, epsilon=8 / 255)
+        # the same as train_attack=tfadv.attacks.ProjectedGradient(
+        #     epsilon=8 / 255, step_size=10 / 255, num_steps=1)
         trainer.compile(optimizer=keras.optimizers.SGD(
             tfadv.schedules.cyclic(steps_per_epoch=390, epochs=15),
             momentum=0.9))
@@ -46,49 +46,26 @@ class FGSMRS(base.AdversarialTrainer):
 
     Args:
         classifier: a Keras model mapping [0, 1] images to logits.
-        epsilon: L-inf budget in pixel units (8/255 in the reference).
-        step_size: the FGSM step α; None means `1.25 * epsilon`.
-        random_start: start from `U(−ε, ε)` (False gives plain FGSM-AT,
-            which overfits catastrophically).
-        attack_training_mode: see above.
-        **kwargs: see `AdversarialTrainer` (`eval_attack`, `weight_decay`).
+        **kwargs: see `AdversarialTrainer` (`train_attack`, `epsilon`,
+            `attack_training_mode`, `eval_attack`, `weight_decay`). Without a
+            `train_attack`, the reference's attack is built at `epsilon`
+            (8/255 by default): one step of `1.25 * epsilon` from a uniform
+            start. Plain FGSM-AT, which overfits catastrophically, is
+            `train_attack=ProjectedGradient(epsilon=eps, step_size=eps,
+            num_steps=1, start="none")`.
     """
 
-    def __init__(
-        self,
-        classifier,
-        *,
-        epsilon: float = 8 / 255,
-        step_size: float | None = None,
-        random_start: bool = True,
-        attack_training_mode: bool = True,
-        **kwargs,
-    ):
-        super().__init__(
-            classifier, attack_training_mode=attack_training_mode, **kwargs
-        )
-        # Validated first: the default step is computed from it.
-        epsilon = threat_models.get("linf", epsilon).epsilon
-        if step_size is None:
-            step_size = STEP_FRACTION * epsilon
-        self.epsilon = epsilon
-        self.step_size = attack_base.check_non_negative("step_size", step_size)
-        self.random_start = bool(random_start)
-        self.train_attack = pgd.ProjectedGradient(
-            epsilon=epsilon,
-            step_size=self.step_size,
-            num_steps=1,
-            random_start=self.random_start,
-            name="fgsm_rs" if self.random_start else "fgsm",
-        )
+    default_epsilon = 8 / 255
+    default_attack_training_mode = True
 
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "epsilon": self.epsilon,
-            "step_size": self.step_size,
-            "random_start": self.random_start,
-        }
+    def default_train_attack(self, epsilon):
+        return pgd.ProjectedGradient(
+            epsilon=epsilon,
+            step_size=STEP_FRACTION * epsilon,
+            num_steps=1,
+            start="uniform",
+            name="fgsm_rs",
+        )
 
     def compute_adversarial_loss(self, x, y, x_adv):
         adv_logits = self.classifier(x_adv, training=True)

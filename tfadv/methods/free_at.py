@@ -6,11 +6,14 @@ import gin
 import keras
 import tensorflow as tf
 
-from tfadv.attacks import base as attack_base
-from tfadv.attacks import threat_models
+from tfadv import validation
+from tfadv.attacks import pgd
 from tfadv.methods import base
+from tfadv.methods import replay
 
 DELTA_NAME = "free_at_delta"
+# m on CIFAR-10 in both references.
+DEFAULT_REPLAYS = 8
 
 
 @gin.register
@@ -19,7 +22,7 @@ class FreeAT(base.AdversarialTrainer):
 
     "Adversarial training for free!", arXiv 1904.12843; reference code
     `mahyarnajibi/FreeAdversarialTraining` and Wong et al.'s
-    `locuslab/fast_adversarial: CIFAR10/train_free.py` (ALGORITHMS.md
+    `locuslab/fast_adversarial: CIFAR10/train_free.py` (docs/algorithms.md
     §6.3). It approximates the PGD-AT objective
     `min_θ E[max_{‖δ‖∞ ≤ ε} CE(f_θ(x + δ), y)]` by replaying each
     minibatch m times; every replay is one forward-backward pass whose
@@ -46,8 +49,15 @@ class FreeAT(base.AdversarialTrainer):
     Epochs: each minibatch gives m weight updates, so train for the
     natural epoch count divided by m (rounded up, Shafahi's ⌈90/m⌉ on
     ImageNet). Learning rate: Keras counts m optimizer steps per
-    minibatch; wrap the schedule in `tfadv.schedules.per_minibatch` so it
+    minibatch; wrap the schedule in `tfadv.schedules.PerMinibatch` so it
     counts minibatches like every other method.
+
+    The training attack holds the settings of δ's steps: its threat model,
+    its `step_size` (ε by default, both references) and its `num_steps`,
+    which is m (the replays; 8 by default). The default is
+    `ProjectedGradient(epsilon, step_size=epsilon, num_steps=8,
+    start="none")`. The replay loop (`tfadv.methods.replay`) is shared with
+    DEAT.
 
     BatchNorm: the attack and the update are the same pass, in train mode
     (`attack_training_mode` is always True). Cost: m forward-backward
@@ -57,56 +67,45 @@ class FreeAT(base.AdversarialTrainer):
 
     Example:
         trainer = tfadv.methods.FreeAT(classifier, epsilon=8 / 255,
-                                       replays=8, batch_size=128)
+                                       batch_size=128)
         trainer.compile(optimizer=keras.optimizers.SGD(
-            tfadv.schedules.PerMinibatch(schedule, replays=8),
-            momentum=0.9))
+            tfadv.schedules.PerMinibatch(schedule), momentum=0.9))
         trainer.fit(train_ds, epochs=10)
 
     Args:
         classifier: a Keras model mapping [0, 1] images to logits, with a
             fully defined input shape.
-        epsilon: L-inf budget in pixel units (8/255 on CIFAR-10).
-        replays: m, the replays of each minibatch (>= 1; 8 on CIFAR-10).
-        step_size: the step of δ; None means `epsilon` (both references).
         batch_size: the largest global batch the method will see; the
             buffer holds `ceil(batch_size / replicas)` rows per replica.
-        **kwargs: see `AdversarialTrainer` (`eval_attack`, `weight_decay`).
+        **kwargs: see `AdversarialTrainer` (`train_attack`, a
+            `ProjectedGradient`; `epsilon`; `eval_attack`; `weight_decay`).
 
     Raises:
-        ValueError: bad `replays`, `batch_size`, `epsilon` or `step_size`,
-            or `attack_training_mode=False`.
+        ValueError: bad `batch_size` or training attack, or
+            `attack_training_mode=False`.
     """
 
-    mutable_state_paths = (DELTA_NAME,)
+    mutable_state_paths = (
+        *base.AdversarialTrainer.mutable_state_paths,
+        DELTA_NAME,
+    )
+    default_epsilon = 8 / 255
+    default_attack_training_mode = True
+    train_attack_types = (pgd.ProjectedGradient,)
 
-    def __init__(
-        self,
-        classifier,
-        *,
-        epsilon: float = 8 / 255,
-        replays: int = 8,
-        step_size: float | None = None,
-        batch_size: int = 128,
-        **kwargs,
-    ):
-        if not kwargs.pop("attack_training_mode", True):
+    def __init__(self, classifier, *, batch_size: int = 128, **kwargs):
+        if kwargs.get("attack_training_mode") is False:
             raise ValueError(
                 "FreeAT attacks and updates in one training-mode pass; "
                 "attack_training_mode=False is not possible."
             )
-        super().__init__(classifier, attack_training_mode=True, **kwargs)
-        self.threat_model = threat_models.LinfThreatModel(epsilon)
-        self.epsilon = self.threat_model.epsilon
-        self.replays = attack_base.check_positive_int(
-            "replays", replays, allow_zero=False
+        super().__init__(classifier, **kwargs)
+        validation.count(
+            "FreeAT replays (train_attack.num_steps)",
+            self.train_attack.num_steps,
+            minimum=1,
         )
-        if step_size is None:
-            step_size = self.epsilon
-        self.step_size = attack_base.check_non_negative("step_size", step_size)
-        self.batch_size = attack_base.check_positive_int(
-            "batch_size", batch_size, allow_zero=False
-        )
+        self.batch_size = validation.count("batch_size", batch_size, minimum=1)
         image_shape = tuple(classifier.input_shape[1:])
         if any(d is None for d in image_shape):
             raise ValueError(
@@ -128,14 +127,22 @@ class FreeAT(base.AdversarialTrainer):
             name=DELTA_NAME,
         )
 
+    @property
+    def replays(self) -> int:
+        """m, the replays of each minibatch: the attack's `num_steps`."""
+        return self.train_attack.num_steps
+
+    def default_train_attack(self, epsilon):
+        return pgd.ProjectedGradient(
+            epsilon=epsilon,
+            step_size=epsilon,
+            num_steps=DEFAULT_REPLAYS,
+            start="none",
+            name=f"free{DEFAULT_REPLAYS}",
+        )
+
     def get_config(self):
-        return {
-            **super().get_config(),
-            "epsilon": self.epsilon,
-            "replays": self.replays,
-            "step_size": self.step_size,
-            "batch_size": self.batch_size,
-        }
+        return {**super().get_config(), "batch_size": self.batch_size}
 
     def _stored_rows(self, x):
         """This replica's buffer, after checking that the batch fits."""
@@ -159,36 +166,21 @@ class FreeAT(base.AdversarialTrainer):
                 stored = tf.identity(stored)
         return stored
 
-    def train_step(self, data):
-        x, y = self.prepare_batch(data)
+    def minibatch_update(self, x, y):
         x = tf.cast(x, self.delta.dtype)
         stored = self._stored_rows(x)
         size = tf.shape(x)[0]
         # This minibatch's rows, made feasible for its images.
         delta = self.threat_model.project(x, x + stored[:size]) - x
-        variables = self.trainable_variables
-        for _ in range(self.replays):  # a static count: unrolled
-            with tf.GradientTape() as tape:
-                tape.watch(delta)
-                adv_logits = self.classifier(x + delta, training=True)
-                loss = self.cross_entropy(y, adv_logits)
-                scaled = self.optimizer.scale_loss(loss)
-            # One backward pass for the weights and the perturbation.
-            delta_grad, *grads = tape.gradient(scaled, [delta, *variables])
-            # A loss-scale overflow makes the gradients non-finite; the
-            # optimizer then skips its update, and δ must not move either.
-            delta_grad = tf.where(
-                tf.math.is_finite(delta_grad), delta_grad, 0.0
-            )
-            self.optimizer.apply(
-                self.add_weight_decay(grads, variables), variables
-            )
-            moved = self.threat_model.step(
-                x + delta, delta_grad, self.step_size
-            )
-            delta = self.threat_model.project(x, moved) - x
-            self.update_metrics(loss, y, adv_logits=adv_logits)
-        self.delta.assign(tf.concat([delta, stored[size:]], axis=0))
+        result = replay.replay(
+            self,
+            x,
+            y,
+            delta,
+            num_replays=self.replays,
+            attack=self.train_attack,
+        )
+        self.delta.assign(tf.concat([result.delta, stored[size:]], axis=0))
         clean_logits = self.classifier(x, training=False)
         self.trackers[base.CLEAN_ACCURACY].update_state(y, clean_logits)
         return self.logs(self.train_metric_names)

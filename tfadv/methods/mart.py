@@ -4,7 +4,10 @@ import gin
 import numpy as np
 import tensorflow as tf
 
-from tfadv.methods import trades
+from tfadv import validation
+from tfadv.attacks import objectives
+from tfadv.attacks import pgd
+from tfadv.methods import base
 
 # The reference's guards against log(0), kept so losses match it.
 _BCE_OFFSET = 1.0001
@@ -13,12 +16,12 @@ _WEIGHT_OFFSET = 1.0000001
 
 
 @gin.register
-class MART(trades.GaussianStartTrainer):
+class MART(base.AdversarialTrainer):
     """MART, Wang et al. (ICLR 2020).
 
     "Improving adversarial robustness requires revisiting misclassified
     examples", openreview.net/forum?id=rklOg6EFwS; reference code
-    `YisenWang/MART: mart.py` (ALGORITHMS.md §6.5). It treats
+    `YisenWang/MART: mart.py` (docs/algorithms.md §6.5). It treats
     misclassified examples differently: a boosted cross-entropy on the
     adversarial example plus a KL term weighted by how badly the clean
     example is classified:
@@ -47,25 +50,30 @@ class MART(trades.GaussianStartTrainer):
 
     Args:
         classifier: a Keras model mapping [0, 1] images to logits.
-        epsilon: L-inf budget in pixel units (0.031 on CIFAR-10).
-        step_size: s, the attack's step (0.007 on CIFAR-10).
-        num_steps: K, the attack's steps (10 on CIFAR-10).
         beta: β, the weight of the KL term (>= 0; 6 in the reference).
-        init_stddev: standard deviation of the attack's Gaussian start
-            (0.001; 0 starts at `x`).
-        attack_training_mode: see above.
-        **kwargs: see `AdversarialTrainer` (`eval_attack`, `weight_decay`).
+        **kwargs: see `AdversarialTrainer` (`train_attack`, `epsilon`,
+            `attack_training_mode`, `eval_attack`, `weight_decay`). Without
+            a `train_attack`, the reference's is built at `epsilon` (0.031
+            by default): `tfadv.attacks.pgd.trades_attack` on the
+            cross-entropy, 10 steps of 0.007 from `x + 0.001·N(0, I)`.
 
     Raises:
-        ValueError: a negative `beta`, `init_stddev` or `step_size`, a bad
-            `num_steps` or `epsilon`.
+        ValueError: a negative `beta`, or a bad training attack.
     """
 
-    attack_objective = "cross_entropy"
-    attack_name_prefix = "mart_pgd"
+    default_epsilon = 0.031
 
-    def attack_target(self, x, y):
-        return y
+    def __init__(self, classifier, *, beta: float = 6.0, **kwargs):
+        super().__init__(classifier, **kwargs)
+        self.beta = validation.non_negative("beta", beta)
+
+    def get_config(self):
+        return {**super().get_config(), "beta": self.beta}
+
+    def default_train_attack(self, epsilon):
+        return pgd.trades_attack(
+            epsilon, objective="cross_entropy", name="mart_pgd10"
+        )
 
     def compute_adversarial_loss(self, x, y, x_adv):
         clean_logits = self.classifier(x, training=True)
@@ -81,7 +89,7 @@ class MART(trades.GaussianStartTrainer):
         true_prob = tf.reduce_sum(
             tf.where(true_class, clean_probs, 0.0), axis=-1
         )
-        weighted_kl = trades.kl_divergence(clean_logits, adv_logits) * (
+        weighted_kl = objectives.kl_divergence(clean_logits, adv_logits) * (
             _WEIGHT_OFFSET - true_prob
         )
         loss = (

@@ -2,8 +2,14 @@
 
 import gin
 
-from tfadv.attacks import base as attack_base
+from tfadv import validation
+from tfadv.attacks import pgd
 from tfadv.methods import base
+
+# The default attack, Madry et al.'s CIFAR-10 setting: 7 steps of 2/255 at
+# 8/255, i.e. steps of epsilon / 4 from a uniform random start.
+DEFAULT_STEPS = 7
+STEP_FRACTION = 0.25
 
 
 @gin.register
@@ -15,10 +21,12 @@ class PGDAT(base.AdversarialTrainer):
         min_θ E[ max_{‖δ‖∞ ≤ ε} CE(f_θ(x + δ), y) ]
 
     Per minibatch: `x' = train_attack(x, y)` (PGD-k from a uniform random
-    start), then one update on `(1 − c)·CE(f(x'), y) + c·CE(f(x), y)` where
+    start; by default Madry's CIFAR-10 PGD-7 with steps of ε/4 at
+    ε = 8/255, and any `tfadv.attacks.Attack` works), then one update on
+    `(1 − c)·CE(f(x'), y) + c·CE(f(x), y)` where
     `c = clean_weight`. Madry's objective is `c = 0` (the default). The PGD
     baseline of the YOPO repository trains on `CE(adv) + CE(clean)`, which is
-    `c = 0.5` with the learning rate doubled (ALGORITHMS.md §1.5).
+    `c = 0.5` with the learning rate doubled (docs/algorithms.md §1.5).
 
     BatchNorm during the attack: Madry's TF code attacks through the same
     training graph as the update, so `attack_training_mode=True` by default;
@@ -34,38 +42,26 @@ class PGDAT(base.AdversarialTrainer):
 
     Args:
         classifier: a Keras model mapping [0, 1] images to logits.
-        train_attack: the attack that makes the training examples.
         clean_weight: weight `c` in [0, 1] of the clean cross-entropy.
-        attack_training_mode: see above.
-        **kwargs: see `AdversarialTrainer`.
+        **kwargs: see `AdversarialTrainer` (`train_attack`, `epsilon`,
+            `attack_training_mode`, `eval_attack`, `weight_decay`).
     """
 
-    def __init__(
-        self,
-        classifier,
-        *,
-        train_attack: attack_base.Attack,
-        clean_weight: float = 0.0,
-        attack_training_mode: bool = True,
-        **kwargs,
-    ):
-        super().__init__(
-            classifier, attack_training_mode=attack_training_mode, **kwargs
+    default_epsilon = 8 / 255
+    default_attack_training_mode = True
+
+    def __init__(self, classifier, *, clean_weight: float = 0.0, **kwargs):
+        super().__init__(classifier, **kwargs)
+        self.clean_weight = validation.in_interval(
+            "clean_weight", clean_weight, 0.0, 1.0
         )
-        if not isinstance(train_attack, attack_base.Attack):
-            raise TypeError(
-                "train_attack must be a tfadv.attacks.Attack (e.g. "
-                f"ProjectedGradient); got {train_attack!r}."
-            )
-        clean_weight = attack_base.check_non_negative(
-            "clean_weight", clean_weight
+
+    def default_train_attack(self, epsilon):
+        return pgd.ProjectedGradient(
+            epsilon=epsilon,
+            step_size=STEP_FRACTION * epsilon,
+            num_steps=DEFAULT_STEPS,
         )
-        if clean_weight > 1.0:
-            raise ValueError(
-                f"clean_weight must be in [0, 1]; got {clean_weight}."
-            )
-        self.train_attack = train_attack
-        self.clean_weight = clean_weight
 
     def get_config(self):
         return {**super().get_config(), "clean_weight": self.clean_weight}

@@ -1,113 +1,19 @@
 """TRADES (Zhang et al., ICML 2019)."""
 
 import gin
-import tensorflow as tf
 
-from tfadv.attacks import base as attack_base
+from tfadv import validation
+from tfadv.attacks import objectives
 from tfadv.attacks import pgd
 from tfadv.methods import base
 
 
-def kl_divergence(clean_logits: tf.Tensor, adv_logits: tf.Tensor) -> tf.Tensor:
-    """Per-example `KL(softmax(clean) ‖ softmax(adv))`, from log-softmax.
-
-    Gradients flow into both arguments. Written by hand rather than with
-    `keras.losses.KLDivergence`, which clips probabilities and so changes
-    the gradients near 0 (ALGORITHMS.md §0.3 rule 8).
-    """
-    log_p = tf.nn.log_softmax(tf.cast(clean_logits, tf.float32), axis=-1)
-    log_q = tf.nn.log_softmax(tf.cast(adv_logits, tf.float32), axis=-1)
-    return tf.reduce_sum(tf.exp(log_p) * (log_p - log_q), axis=-1)
-
-
-def gaussian_start(
-    x: tf.Tensor, stddev: float, seed: attack_base.Seed
-) -> tf.Tensor:
-    """`x + stddev·N(0, I)`, not clipped: the TRADES and MART start point."""
-    if not stddev:
-        return x
-    noise = tf.random.stateless_normal(
-        tf.shape(x), attack_base.as_seed(seed), stddev=stddev, dtype=x.dtype
-    )
-    return x + noise
-
-
-class GaussianStartTrainer(base.AdversarialTrainer):
-    """Shared by TRADES and MART: PGD from `x + init_stddev·N(0, I)`.
-
-    Subclasses set `attack_objective` and `attack_name_prefix`, say what the
-    objective compares the logits with (`attack_target`) and build the
-    β-weighted loss (`compute_adversarial_loss`). The constructor arguments
-    are documented by the subclasses.
-    """
-
-    attack_objective = None
-    attack_name_prefix = None
-
-    def __init__(
-        self,
-        classifier,
-        *,
-        epsilon: float = 0.031,
-        step_size: float = 0.007,
-        num_steps: int = 10,
-        beta: float = 6.0,
-        init_stddev: float = 0.001,
-        attack_training_mode: bool = False,
-        **kwargs,
-    ):
-        super().__init__(
-            classifier, attack_training_mode=attack_training_mode, **kwargs
-        )
-        self.beta = attack_base.check_non_negative("beta", beta)
-        self.init_stddev = attack_base.check_non_negative(
-            "init_stddev", init_stddev
-        )
-        self.train_attack = pgd.ProjectedGradient(
-            epsilon=epsilon,
-            step_size=step_size,
-            num_steps=num_steps,
-            objective=self.attack_objective,
-            random_start=False,
-            name=f"{self.attack_name_prefix}{num_steps}",
-        )
-
-    def get_config(self):
-        attack = self.train_attack
-        return {
-            **super().get_config(),
-            "epsilon": attack.epsilon,
-            "step_size": attack.step_size,
-            "num_steps": attack.num_steps,
-            "beta": self.beta,
-            "init_stddev": self.init_stddev,
-        }
-
-    def initial_point(self, x: tf.Tensor) -> tf.Tensor:
-        """The attack's start, `x + init_stddev·N(0, I)` (override to vary)."""
-        return gaussian_start(x, self.init_stddev, self.seed_generator)
-
-    def attack_target(self, x, y):
-        """What the attack's objective compares the logits with."""
-        raise NotImplementedError
-
-    def perturb(self, x, y):
-        return self.train_attack(
-            self.classifier,
-            x,
-            self.attack_target(x, y),
-            seed=self.seed_generator,
-            training=self.attack_training_mode,
-            x_init=self.initial_point(x),
-        )
-
-
 @gin.register
-class TRADES(GaussianStartTrainer):
+class TRADES(base.AdversarialTrainer):
     """TRADES, Zhang et al. (ICML 2019), arXiv 1901.08573.
 
     "Theoretically principled trade-off between robustness and accuracy";
-    reference code `yaodongyu/TRADES: trades.py` (ALGORITHMS.md §6.4).
+    reference code `yaodongyu/TRADES: trades.py` (docs/algorithms.md §6.4).
     It minimises the clean loss plus a boundary term that pushes the
     prediction at the worst nearby point towards the clean prediction:
 
@@ -143,34 +49,37 @@ class TRADES(GaussianStartTrainer):
 
     Args:
         classifier: a Keras model mapping [0, 1] images to logits.
-        epsilon: L-inf budget in pixel units (0.031 on CIFAR-10).
-        step_size: s, the attack's step (0.007 on CIFAR-10).
-        num_steps: K, the attack's steps (10 on CIFAR-10).
         beta: β, the weight of the KL term (>= 0; 6 in the reference's
             CIFAR-10 runs and its released models).
-        init_stddev: standard deviation of the attack's Gaussian start
-            (0.001; 0 starts at `x`, where the KL gradient is zero).
-        attack_training_mode: see above.
-        **kwargs: see `AdversarialTrainer` (`eval_attack`, `weight_decay`).
+        **kwargs: see `AdversarialTrainer` (`train_attack`, `epsilon`,
+            `attack_training_mode`, `eval_attack`, `weight_decay`). Without
+            a `train_attack`, the reference's is built at `epsilon` (0.031
+            by default): `tfadv.attacks.pgd.trades_attack`, 10 KL steps of
+            0.007 from `x + 0.001·N(0, I)`. Another attack works too (e.g.
+            APGD-CE); an attack whose objective is not the KL attacks the
+            labels.
 
     Raises:
-        ValueError: a negative `beta`, `init_stddev` or `step_size`, a bad
-            `num_steps` or `epsilon`.
+        ValueError: a negative `beta`, or a bad training attack.
     """
 
-    attack_objective = "kl"
-    attack_name_prefix = "trades_kl"
+    default_epsilon = 0.031
 
-    def attack_target(self, x, y):
-        # The clean distribution, computed once per step.
-        clean_logits = self.classifier(x, training=self.attack_training_mode)
-        return tf.stop_gradient(
-            tf.nn.softmax(tf.cast(clean_logits, tf.float32))
-        )
+    def __init__(self, classifier, *, beta: float = 6.0, **kwargs):
+        super().__init__(classifier, **kwargs)
+        self.beta = validation.non_negative("beta", beta)
+
+    def get_config(self):
+        return {**super().get_config(), "beta": self.beta}
+
+    def default_train_attack(self, epsilon):
+        return pgd.trades_attack(epsilon, objective="kl", name="trades_kl10")
 
     def compute_adversarial_loss(self, x, y, x_adv):
         clean_logits = self.classifier(x, training=True)
         adv_logits = self.classifier(x_adv, training=True)
-        kl = self.replica_mean(kl_divergence(clean_logits, adv_logits))
+        kl = self.replica_mean(
+            objectives.kl_divergence(clean_logits, adv_logits)
+        )
         loss = self.cross_entropy(y, clean_logits) + self.beta * kl
         return loss, clean_logits, adv_logits

@@ -4,9 +4,9 @@ import gin
 import keras
 import tensorflow as tf
 
-from tfadv.attacks import base as attack_base
+from tfadv import validation
 from tfadv.attacks import objectives
-from tfadv.methods import trades
+from tfadv.attacks import pgd
 from tfadv.methods import yopo
 from tfadv.models import common
 
@@ -17,7 +17,7 @@ class TRADESYOPO(yopo.YOPOBase):
 
     arXiv 1905.00877; reference `a1600012888/YOPO-You-Only-Propagate-Once:
     experiments/CIFAR10-TRADES/pre-res18.TRADES-YOPO-{2-5,3-4}`
-    (ALGORITHMS.md §1.4). YOPO is used only to *make* the perturbation of
+    (docs/algorithms.md §1.4). YOPO is used only to *make* the perturbation of
     the TRADES objective (Zhang et al., ICML 2019, with β = 1 in the
     reference):
 
@@ -25,7 +25,7 @@ class TRADESYOPO(yopo.YOPOBase):
 
     Perturbation, with the model in inference mode
     (`attack_training_mode=False`, as the reference): `q = softmax(f(x))`
-    is fixed; from `η = init_std·N(0, 1)`, m times: one forward
+    is fixed; from `η = start_stddev·N(0, 1)`, m times: one forward
     `z = f0(x + η)` (not clipped, P3) and a backward of the batch-*summed*
     `Σ_i KL(q_i ‖ softmax(g(z)_i))` that stops at `z` (no weight
     gradients), giving the costate `G = ∂K/∂z`; then n signed steps
@@ -46,82 +46,68 @@ class TRADESYOPO(yopo.YOPOBase):
     forward/backward passes through layer 0 only, and one update on 2
     forward + 2 backward passes.
 
+    The perturbation's settings are those of the training attack, a
+    `ProjectedGradient` on the "kl" objective: ε, σ (`step_size`), n
+    (`num_steps`) and the start (`start="gaussian"`, `start_stddev`).
+    Without a `train_attack`, the reference's is built at `epsilon` (0.031
+    by default): σ = 0.007 at 0.031, n = 4, the Gaussian start.
+
     Example:
         trainer = tfadv.methods.TRADESYOPO(
-            classifier, epsilon=0.1, sigma=0.02, m=3, n=4)
+            classifier, m=3,
+            train_attack=tfadv.attacks.ProjectedGradient(
+                epsilon=0.1, step_size=0.02, num_steps=4, objective="kl",
+                start="gaussian"))
         trainer.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
         trainer.fit(train_ds, epochs=10)
 
     Args:
         classifier: a functional or Sequential Keras model mapping [0, 1]
             images to logits, with a layer named `first_layer_name`.
-        epsilon: the L-inf budget in pixel units, in (0, 1] (the reference
-            uses 0.031 on CIFAR-10).
-        sigma: the inner step size in pixel units (reference 0.007).
         m: outer iterations (costate evaluations), "K" in the code.
-        n: inner steps per outer iteration.
         beta: weight of the KL term (1 in the reference code).
-        init_std: standard deviation of the Gaussian start (0.001 in the
-            reference; 0 starts from η = 0).
         first_layer_name: the layer whose output is the costate's point.
-        attack_training_mode: mode of the perturbation passes.
-        **kwargs: see `AdversarialTrainer`.
+        **kwargs: see `AdversarialTrainer` (`train_attack`, `epsilon`,
+            `attack_training_mode`: the mode of the perturbation passes,
+            `eval_attack`, `weight_decay`).
     """
+
+    default_epsilon = 0.031
+    costate_objective = "kl"
 
     def __init__(
         self,
         classifier: keras.Model,
         *,
-        epsilon: float,
-        sigma: float,
         m: int = 3,
-        n: int = 4,
         beta: float = 1.0,
-        init_std: float = 0.001,
         first_layer_name: str = common.FIRST_LAYER,
-        attack_training_mode: bool = False,
         **kwargs,
     ):
         super().__init__(
-            classifier,
-            epsilon=epsilon,
-            sigma=sigma,
-            m=m,
-            n=n,
-            first_layer_name=first_layer_name,
-            attack_training_mode=attack_training_mode,
-            **kwargs,
+            classifier, m=m, first_layer_name=first_layer_name, **kwargs
         )
-        self.beta = attack_base.check_non_negative("beta", beta)
-        self.init_std = attack_base.check_non_negative("init_std", init_std)
+        self.beta = validation.non_negative("beta", beta)
+
+    def default_train_attack(self, epsilon):
+        return pgd.ProjectedGradient(
+            epsilon=epsilon,
+            step_size=pgd.TRADES_STEP_FRACTION * epsilon,
+            num_steps=4,  # n
+            objective="kl",
+            start="gaussian",
+            start_stddev=0.001,
+            name="trades_yopo_inner4",
+        )
 
     def get_config(self):
         """The constructor arguments, for serialisation."""
-        return {
-            **super().get_config(),
-            "beta": self.beta,
-            "init_std": self.init_std,
-        }
-
-    def initial_perturbation(self, x):
-        """`η = init_std·N(0, 1)`, as the reference."""
-        if not self.init_std:
-            return tf.zeros_like(x)
-        return self.init_std * tf.random.stateless_normal(
-            tf.shape(x),
-            attack_base.as_seed(self.seed_generator),
-            dtype=x.dtype,
-        )
+        return {**super().get_config(), "beta": self.beta}
 
     def perturb(self, x, y):
         """YOPO-m-n on the summed KL, in the attack mode."""
-        del y  # TRADES attacks the clean distribution, not the label.
         training = self.attack_training_mode
-        clean_probs = tf.stop_gradient(
-            tf.nn.softmax(
-                tf.cast(self.classifier(x, training=training), tf.float32)
-            )
-        )
+        clean_probs = self.attack_target(x, y)  # the clean distribution
         eta = self.initial_perturbation(x)
         for _ in range(self.m):
             z = self.layer0(x + eta, training=training)
@@ -129,7 +115,9 @@ class TRADESYOPO(yopo.YOPOBase):
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch(z)
                 logits = self.rest(z, training=training)
-                kl = tf.reduce_sum(objectives.kl_to_clean(logits, clean_probs))
+                kl = tf.reduce_sum(
+                    self.train_attack.objective(logits, clean_probs)
+                )
             eta = self.inner_steps(x, eta, tape.gradient(kl, z))
         return tf.stop_gradient(tf.clip_by_value(x + eta, 0.0, 1.0))
 
@@ -137,7 +125,7 @@ class TRADESYOPO(yopo.YOPOBase):
         """The TRADES loss with weight `beta`, in training mode."""
         clean_logits = self.classifier(x, training=True)
         adv_logits = self.classifier(x_adv, training=True)
-        kl = trades.kl_divergence(clean_logits, adv_logits)
+        kl = objectives.kl_divergence(clean_logits, adv_logits)
         loss = self.cross_entropy(y, clean_logits)
         loss += self.beta * self.replica_mean(kl)
         return loss, clean_logits, adv_logits

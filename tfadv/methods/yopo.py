@@ -7,33 +7,15 @@ import gin
 import keras
 import tensorflow as tf
 
+from tfadv import validation
 from tfadv.attacks import base as attack_base
+from tfadv.attacks import objectives
+from tfadv.attacks import pgd
 from tfadv.methods import base
+from tfadv.methods import layer_lr
 from tfadv.models import common
 
 FIRST_LAYER_GRADS = ("reference", "hamiltonian_only")
-
-
-def _check_count(name: str, value, meaning: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"{name} ({meaning}) must be a Python int >= 1; got {value!r}."
-        )
-    return value
-
-
-def _check_sigma(sigma) -> float:
-    try:
-        value = float(sigma)
-    except (TypeError, ValueError):
-        value = float("nan")
-    if not 0.0 < value <= 1.0:
-        raise ValueError(
-            f"sigma (the inner step size, pixel units) must be in (0, 1]; "
-            f"got {sigma!r}. The reference uses 0.01 at epsilon 0.3 (MNIST) "
-            "and 2/255 at 8/255 (CIFAR-10)."
-        )
-    return value
 
 
 def split_classifier(
@@ -89,40 +71,87 @@ class YOPOGradients(NamedTuple):
 class YOPOBase(base.AdversarialTrainer):
     """What YOPO and TRADES-YOPO share: the split and the inner loop.
 
-    Not for direct use; see `YOPO` and `TRADESYOPO`.
+    The training attack is a `ProjectedGradient` that holds YOPO's
+    perturbation settings: its threat model (ε), its `step_size` (the inner
+    step σ), its `num_steps` (n, the inner steps per outer iteration), its
+    start and its objective (the loss whose costate is taken). Not for
+    direct use; see `YOPO` and `TRADESYOPO`.
     """
+
+    train_attack_types = (pgd.ProjectedGradient,)
+    # The objective the method's costate is the gradient of.
+    costate_objective = None
 
     def __init__(
         self,
         classifier: keras.Model,
         *,
-        epsilon: float,
-        sigma: float,
         m: int,
-        n: int,
         first_layer_name: str = common.FIRST_LAYER,
         **kwargs,
     ):
         super().__init__(classifier, **kwargs)
-        self.epsilon = attack_base.check_budget(epsilon)
-        self.sigma = _check_sigma(sigma)
-        self.m = _check_count("m", m, "outer iterations, 'K' in the code")
-        self.n = _check_count("n", n, "inner steps, 'inner_iters'")
+        method = type(self).__name__
+        attack = self.train_attack
+        validation.count(
+            f"{method} n (train_attack.num_steps, inner steps per outer "
+            "iteration)",
+            attack.num_steps,
+            minimum=1,
+        )
+        validation.in_interval(
+            f"{method} sigma (train_attack.step_size, the inner step)",
+            attack.step_size,
+            0.0,
+            1.0,
+            low_open=True,
+        )
+        wanted = objectives.get(self.costate_objective)
+        if attack.objective is not wanted:
+            raise ValueError(
+                f"{method} takes its costate from the "
+                f"{self.costate_objective!r} objective; its train_attack "
+                f"has objective {objectives.name_of(attack.objective)!r}. "
+                f"Set train_attack's objective to {self.costate_objective!r}."
+            )
+        if attack.restarts != 1 or attack.use_predicted_labels:
+            raise ValueError(
+                f"{method} runs one perturbation per minibatch on the true "
+                "labels; its train_attack must have restarts=1 and "
+                "use_predicted_labels=False."
+            )
+        self.m = validation.count(
+            "m", m, minimum=1, meaning="outer iterations, 'K' in the code"
+        )
         self.first_layer_name = first_layer_name
         self.layer0, self.rest = split_classifier(
-            classifier, first_layer_name, type(self).__name__
+            classifier, first_layer_name, method
         )
+
+    @property
+    def n(self) -> int:
+        """Inner steps per outer iteration: the attack's `num_steps`."""
+        return self.train_attack.num_steps
+
+    @property
+    def sigma(self) -> float:
+        """The inner step: the attack's `step_size`."""
+        return self.train_attack.step_size
 
     def get_config(self):
         """The constructor arguments, for serialisation."""
         return {
             **super().get_config(),
-            "epsilon": self.epsilon,
-            "sigma": self.sigma,
             "m": self.m,
-            "n": self.n,
             "first_layer_name": self.first_layer_name,
         }
+
+    def initial_perturbation(self, x):
+        """The attack's start as a perturbation, not clipped to [0, 1] (P3)."""
+        start = self.train_attack.initial_point(
+            x, self.next_seed(), into_box=False
+        )
+        return start - x
 
     def hamiltonian_gradient(self, x, eta, costate, *, wrt_input: bool):
         """The gradient of `Σ ⟨G, f0(clip(x + η, 0, 1))⟩`.
@@ -158,10 +187,11 @@ class YOPOBase(base.AdversarialTrainer):
         )
 
     def inner_steps(self, x, eta, costate):
-        """The n signed steps on η through layer 0, the costate frozen.
+        """The n steps on η through layer 0, the costate frozen.
 
-        Each step is `η ← Π(η + σ·sign(∇_η Σ⟨G, f0(clip(x + η))⟩))`, with Π
-        the clip to [−ε, ε] and then to `x + η ∈ [0, 1]` (ALGORITHMS.md
+        Each step is `η ← Π(η + σ·step(∇_η Σ⟨G, f0(clip(x + η))⟩))` with the
+        training attack's threat model: for L-inf a signed step and Π the
+        clip to [−ε, ε] and then to `x + η ∈ [0, 1]` (docs/algorithms.md
         §1.3 (b)). The gradient is `J_f0ᵀ G`, the whole network's input
         gradient linearised at layer 0's output.
 
@@ -175,26 +205,14 @@ class YOPOBase(base.AdversarialTrainer):
             The perturbation after n steps, without gradient.
         """
         costate = tf.stop_gradient(costate)
-        sigma = tf.cast(self.sigma, x.dtype)
-        eps = tf.cast(self.epsilon, x.dtype)
+        threat_model = self.threat_model
 
         def step(eta):
             grad = self.hamiltonian_gradient(x, eta, costate, wrt_input=True)
-            eta = eta + sigma * tf.sign(grad)
-            eta = tf.clip_by_value(eta, -eps, eps)
-            return tf.clip_by_value(x + eta, 0.0, 1.0) - x
+            moved = threat_model.step(x + eta, grad, self.sigma)
+            return threat_model.project(x, moved) - x
 
-        if self.n <= 2:
-            for _ in range(self.n):
-                eta = step(eta)
-        else:
-            _, eta = tf.while_loop(
-                lambda i, _: i < self.n,
-                lambda i, eta: (i + 1, step(eta)),
-                (tf.constant(0), eta),
-                maximum_iterations=self.n,
-            )
-        return tf.stop_gradient(eta)
+        return tf.stop_gradient(attack_base.repeat(step, eta, self.n))
 
 
 @gin.register
@@ -202,9 +220,9 @@ class YOPO(YOPOBase):
     """YOPO-m-n, Zhang et al., "You Only Propagate Once" (NeurIPS 2019).
 
     arXiv 1905.00877; reference code `a1600012888/YOPO-You-Only-Propagate-
-    Once` (ALGORITHMS.md §1). The classifier is split as `f = g ∘ f0`, `f0`
-    its first layer. Adversarial training `min_θ E max_η CE(g(f0(x+η)), y)`
-    seen as a differential game puts the adversary only in layer 0's
+    Once` (docs/algorithms.md §1). The classifier is split as `f = g ∘ f0`,
+    `f0` its first layer. Adversarial training `min_θ E max_η CE(g(f0(x+η)),
+    y)` seen as a differential game puts the adversary only in layer 0's
     Hamiltonian `H = ⟨p, f0(x + η; θ0)⟩`, `p = −∂L/∂z` the costate at
     `z = f0(x + η)`. Per minibatch, starting from `η ~ U(−ε, ε)`:
 
@@ -216,14 +234,24 @@ class YOPO(YOPOBase):
           Acc_0 += ∇_θ0 Σ⟨G_j, f0(clip(x + η))⟩   (the Hamiltonian term)
         one optimizer update with Acc_g, Acc_0 (+ coupled weight decay)
 
-    η carries over between outer iterations; the outer input `x + η` is not
-    clipped (ALGORITHMS.md §1.6 P3: faithful to the code, which only clips
-    inside the inner loop; `clip_outer_input=True` is the cleaner variant).
-    The m gradients are summed, so the reference divides the base learning
-    rate by m. `first_layer_grad="reference"` keeps the full-backprop
-    `∇_θ0 L` in Acc_0 as every published number did (P1, issue #4);
-    `"hamiltonian_only"` drops it, the "pure" maximum-principle update. The
-    reference's logging forward after the last outer pass (P4) is skipped.
+    The perturbation's settings are those of the training attack, a
+    `ProjectedGradient`: ε and the projection from its threat model, σ its
+    `step_size`, n its `num_steps`, the start its `start` ("uniform" is the
+    reference's; "none" starts from η = 0). Without a `train_attack`, the
+    reference's CIFAR-10 setting is built at `epsilon` (8/255 by default):
+    σ = ε/4 (2/255), n = 3, a uniform start.
+
+    η carries over between outer iterations; neither the start nor the
+    outer input `x + η` is clipped to [0, 1] (docs/algorithms.md §1.6 P3:
+    faithful to the code, which only clips inside the inner loop;
+    `clip_outer_input=True` is the cleaner variant). The m gradients are
+    summed, so the reference divides the base learning rate by m.
+    `first_layer_grad="reference"` keeps the full-backprop `∇_θ0 L` in
+    Acc_0 as every published number did (P1, issue #4);
+    `"hamiltonian_only"` drops it for layer 0's kernels, the "pure"
+    maximum-principle update, and keeps it for layer 0's biases, as the
+    reference does in either variant. The reference's logging forward after
+    the last outer pass (P4) is skipped.
 
     BatchNorm mode: every outer pass is both an attack pass and an update
     pass and runs in training mode (`attack_training_mode=True`, as the
@@ -243,33 +271,25 @@ class YOPO(YOPOBase):
     15 and 19, the rest at 30, 35, 39): with `first_layer_lr` set, layer 0
     is updated at `first_layer_lr · first_layer_lr_factor^k` after k of
     `first_layer_lr_boundaries` (epochs), set by `on_epoch_begin` (which
-    `tfadv.experiment.run` calls through `tfadv.callbacks.MethodEpochHooks`;
-    pass that callback to `fit` yourself otherwise). It is applied by the
-    one optimizer, layer 0's gradients multiplied by `first_layer_lr / lr`:
-    Keras SGD's update (plain, momentum or Nesterov) is linear in `lr·g`
-    per variable, so this equals a second SGD with its own rate and the
-    same momentum, while the loss scaling, `optimizer.iterations` and the
-    checkpointed optimizer state stay those of one optimizer. This needs
-    `keras.optimizers.SGD` without clipping or decoupled weight decay
-    (checked at `compile`); where the main rate is 0, layer 0 does not move
-    either. Without `first_layer_lr`, layer 0 follows the main schedule.
+    the method's callbacks call: `tfadv.train` installs them; pass
+    `callbacks=trainer.callbacks()` to `fit` yourself). See
+    `tfadv.methods.layer_lr` for how one SGD optimizer applies it; the
+    optimizer is checked at `compile`. Without `first_layer_lr`, layer 0
+    follows the main schedule.
 
     Example:
         trainer = tfadv.methods.YOPO(
-            classifier, epsilon=0.1, sigma=0.005, m=5, n=10,
-            weight_decay=5e-4, first_layer_lr=0.01,
-            first_layer_lr_boundaries=[4, 5])
+            classifier, m=5, weight_decay=5e-4,
+            train_attack=tfadv.attacks.ProjectedGradient(
+                epsilon=0.1, step_size=0.005, num_steps=10),  # sigma, n
+            first_layer_lr=0.01, first_layer_lr_boundaries=[4, 5])
         trainer.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
-        trainer.fit(train_ds, epochs=10,
-                    callbacks=[tfadv.callbacks.MethodEpochHooks()])
+        trainer.fit(train_ds, epochs=10, callbacks=trainer.callbacks())
 
     Args:
         classifier: a functional or Sequential Keras model mapping [0, 1]
             images to logits, with a layer named `first_layer_name`.
-        epsilon: the L-inf budget in pixel units, in (0, 1].
-        sigma: the inner step size σ in pixel units, in (0, 1].
         m: outer iterations (full passes) per minibatch ("K" in the code).
-        n: inner steps per outer iteration ("inner_iters").
         first_layer_name: the layer whose output is the costate's point.
         first_layer_grad: "reference" or "hamiltonian_only" (see above).
         first_layer_lr: the first layer's initial learning rate, or None to
@@ -279,75 +299,53 @@ class YOPO(YOPOBase):
             layer's rate is multiplied by `first_layer_lr_factor` once more:
             PyTorch `MultiStepLR` milestones stepped once per epoch.
         first_layer_lr_factor: the decay factor at each boundary.
-        random_start: start from `η ~ U(−ε, ε)` (the reference); False
-            starts from `η = 0` (deterministic, for tests).
         clip_outer_input: clip `x + η` to [0, 1] in the outer passes too.
-        attack_training_mode: mode of the outer and inner passes.
-        **kwargs: see `AdversarialTrainer` (`weight_decay`: coupled, as the
-            reference's 5e-4 on both parameter groups).
+        **kwargs: see `AdversarialTrainer` (`train_attack`, a
+            cross-entropy `ProjectedGradient`; `epsilon`;
+            `attack_training_mode`, the mode of the outer and inner passes;
+            `weight_decay`: coupled, as the reference's 5e-4 on both
+            parameter groups).
     """
+
+    default_epsilon = 8 / 255
+    default_attack_training_mode = True
+    costate_objective = "cross_entropy"
 
     def __init__(
         self,
         classifier: keras.Model,
         *,
-        epsilon: float,
-        sigma: float,
         m: int = 5,
-        n: int = 3,
         first_layer_name: str = common.FIRST_LAYER,
         first_layer_grad: str = "reference",
         first_layer_lr: float | None = None,
         first_layer_lr_boundaries: Sequence[float] = (),
         first_layer_lr_factor: float = 0.1,
-        random_start: bool = True,
         clip_outer_input: bool = False,
-        attack_training_mode: bool = True,
         **kwargs,
     ):
         super().__init__(
-            classifier,
-            epsilon=epsilon,
-            sigma=sigma,
-            m=m,
-            n=n,
-            first_layer_name=first_layer_name,
-            attack_training_mode=attack_training_mode,
-            **kwargs,
+            classifier, m=m, first_layer_name=first_layer_name, **kwargs
         )
-        if first_layer_grad not in FIRST_LAYER_GRADS:
-            raise ValueError(
-                f"first_layer_grad must be one of {FIRST_LAYER_GRADS}; got "
-                f"{first_layer_grad!r}. 'reference' (the published numbers) "
-                "adds the full-backprop gradient of layer 0 to its "
-                "Hamiltonian gradient; 'hamiltonian_only' drops it."
-            )
-        self.first_layer_grad = first_layer_grad
-        self.random_start = bool(random_start)
+        self.first_layer_grad = validation.choice(
+            "first_layer_grad",
+            first_layer_grad,
+            FIRST_LAYER_GRADS,
+            hint="'reference' (the published numbers) adds the "
+            "full-backprop gradient of layer 0 to its Hamiltonian "
+            "gradient; 'hamiltonian_only' drops it.",
+        )
         self.clip_outer_input = bool(clip_outer_input)
-        self.first_layer_lr_boundaries = tuple(
-            float(b) for b in first_layer_lr_boundaries
-        )
-        if any(b <= 0 for b in self.first_layer_lr_boundaries):
-            raise ValueError(
-                "first_layer_lr_boundaries must be positive epochs; got "
-                f"{list(first_layer_lr_boundaries)}."
-            )
-        self.first_layer_lr_factor = attack_base.check_non_negative(
-            "first_layer_lr_factor", first_layer_lr_factor
-        )
-        self.first_layer_lr = None
-        self.first_layer_learning_rate = None
+        self.first_layer_lr = first_layer_lr
+        self.first_layer_lr_boundaries = tuple(first_layer_lr_boundaries)
+        self.first_layer_lr_factor = first_layer_lr_factor
+        self.first_layer_schedule = None
         if first_layer_lr is not None:
-            self.first_layer_lr = attack_base.check_non_negative(
-                "first_layer_lr", first_layer_lr
-            )
-            # A variable, so the compiled step reads the value the epoch
-            # hook sets, and checkpoints carry it.
-            self.first_layer_learning_rate = self.add_weight(
-                shape=(),
-                initializer=keras.initializers.Constant(self.first_layer_lr),
-                trainable=False,
+            self.first_layer_schedule = layer_lr.LayerLearningRate(
+                self,
+                initial=first_layer_lr,
+                boundaries=first_layer_lr_boundaries,
+                factor=first_layer_lr_factor,
                 name="first_layer_learning_rate",
             )
         elif self.first_layer_lr_boundaries:
@@ -357,6 +355,15 @@ class YOPO(YOPOBase):
                 "the main optimizer's rate)."
             )
 
+    def default_train_attack(self, epsilon):
+        return pgd.ProjectedGradient(
+            epsilon=epsilon,
+            step_size=epsilon / 4,  # sigma = 2/255 at 8/255
+            num_steps=3,  # n
+            start="uniform",
+            name="yopo_inner3",
+        )
+
     def get_config(self):
         """The constructor arguments, for serialisation."""
         return {
@@ -365,69 +372,41 @@ class YOPO(YOPOBase):
             "first_layer_lr": self.first_layer_lr,
             "first_layer_lr_boundaries": list(self.first_layer_lr_boundaries),
             "first_layer_lr_factor": self.first_layer_lr_factor,
-            "random_start": self.random_start,
             "clip_outer_input": self.clip_outer_input,
         }
 
+    @property
+    def first_layer_learning_rate(self):
+        """The variable holding layer 0's rate (None without one)."""
+        schedule = self.first_layer_schedule
+        return None if schedule is None else schedule.variable
+
     def compile(self, *args, **kwargs):
-        """`keras.Model.compile`, then checks the optimizer (see above)."""
+        """`AdversarialTrainer.compile`, then checks the optimizer."""
         super().compile(*args, **kwargs)
-        if self.first_layer_lr is None:
-            return
-        optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
-        problems = []
-        if type(optimizer) is not keras.optimizers.SGD:
-            problems.append(f"it is a {type(optimizer).__name__}")
-        for name in ("clipnorm", "clipvalue", "global_clipnorm"):
-            if getattr(optimizer, name, None) is not None:
-                problems.append(f"it sets {name}")
-        if getattr(optimizer, "weight_decay", None):
-            problems.append(
-                "it sets its own (decoupled) weight_decay; use "
-                "YOPO.weight_decay, the reference's coupled decay"
-            )
-        if problems:
-            raise ValueError(
-                "YOPO's first_layer_lr rescales layer 0's gradients by "
-                "first_layer_lr / lr inside one optimizer, which is exact "
-                "for keras.optimizers.SGD (any momentum, Nesterov) without "
-                f"gradient clipping or decoupled weight decay, but "
-                f"{'; '.join(problems)}. Use such an SGD, or set "
-                "first_layer_lr=None."
-            )
+        if self.first_layer_schedule is not None:
+            layer_lr.LayerLearningRate.check_optimizer(self.optimizer, "YOPO")
 
     def on_epoch_begin(self, epoch: int) -> None:
         """Sets the first layer's learning rate for `epoch` (0-based)."""
-        if self.first_layer_learning_rate is None:
-            return
-        decays = sum(epoch >= b for b in self.first_layer_lr_boundaries)
-        self.first_layer_learning_rate.assign(
-            self.first_layer_lr * self.first_layer_lr_factor**decays
-        )
+        if self.first_layer_schedule is not None:
+            self.first_layer_schedule.on_epoch_begin(epoch)
 
     def on_epoch_end(self, epoch: int, logs=None) -> dict:
         """Adds the first layer's learning rate to the epoch's logs."""
         del epoch, logs
-        if self.first_layer_learning_rate is None:
+        if self.first_layer_schedule is None:
             return {}
-        value = keras.ops.convert_to_numpy(self.first_layer_learning_rate)
-        return {"first_layer_learning_rate": float(value)}
+        return self.first_layer_schedule.log()
 
-    def _scale_loss(self, loss):
-        optimizer = getattr(self, "optimizer", None)
-        return loss if optimizer is None else optimizer.scale_loss(loss)
-
-    def initial_perturbation(self, x):
-        """`η ~ U(−ε, ε)`, not projected into the image box (P3)."""
-        if not self.random_start:
-            return tf.zeros_like(x)
-        return tf.random.stateless_uniform(
-            tf.shape(x),
-            attack_base.as_seed(self.seed_generator),
-            -self.epsilon,
-            self.epsilon,
-            dtype=x.dtype,
-        )
+    def _backprop_first_layer(self):
+        """Layer 0's variables that get the full-backprop gradient (P1)."""
+        variables = list(self.layer0.trainable_variables)
+        if self.first_layer_grad == "reference":
+            return variables
+        # hamiltonian_only: the reference still backpropagates into the
+        # bias (only the kernel's gradient was saved and restored).
+        return [v for v in variables if "bias" in v.path.split("/")[-1]]
 
     def compute_gradients(self, x, y) -> YOPOGradients:
         """Runs YOPO-m-n on one batch and returns the summed gradients.
@@ -446,9 +425,9 @@ class YOPO(YOPOBase):
         training = self.attack_training_mode
         first_vars = list(self.layer0.trainable_variables)
         rest_vars = list(self.rest.trainable_variables)
+        backprop_vars = self._backprop_first_layer()
         first_acc = [tf.zeros(v.shape, v.dtype) for v in first_vars]
         rest_acc = [tf.zeros(v.shape, v.dtype) for v in rest_vars]
-        backprop_first = self.first_layer_grad == "reference"
         eta = self.initial_perturbation(x)
         for _ in range(self.m):
             inputs = x + eta
@@ -458,14 +437,20 @@ class YOPO(YOPOBase):
                 z = self.layer0(inputs, training=training)
                 logits = self.rest(z, training=training)
                 loss = self.cross_entropy(y, logits)
-                scaled = self._scale_loss(loss)
+                scaled = self.scale_loss(loss)
             # One backward gives the costate and every weight gradient.
-            costate, first_grads, rest_grads = tape.gradient(
-                scaled, (z, first_vars if backprop_first else [], rest_vars)
+            costate, backprop_grads, rest_grads = tape.gradient(
+                scaled, (z, backprop_vars, rest_vars)
             )
             rest_acc = _add(rest_acc, rest_grads)
-            if backprop_first:
-                first_acc = _add(first_acc, first_grads)
+            backprop = dict(
+                zip(
+                    [v.path for v in backprop_vars], backprop_grads, strict=True
+                )
+            )
+            first_acc = _add(
+                first_acc, [backprop.get(v.path) for v in first_vars]
+            )
             costate = tf.stop_gradient(costate)
             eta = self.inner_steps(x, eta, costate)
             # The Hamiltonian term, at the end of this inner loop.
@@ -481,25 +466,15 @@ class YOPO(YOPOBase):
             logits=logits,
         )
 
-    def _apply_first_layer_lr(self, grads):
-        """Rescales layer 0's gradients to its own learning rate."""
-        if self.first_layer_learning_rate is None:
-            return grads
-        lr = tf.cast(self.optimizer.learning_rate, tf.float32)
-        ratio = tf.math.divide_no_nan(
-            tf.cast(self.first_layer_learning_rate, tf.float32), lr
-        )
-        num_first = len(self.layer0.trainable_variables)
-        return [g * tf.cast(ratio, g.dtype) for g in grads[:num_first]] + list(
-            grads[num_first:]
-        )
-
-    def train_step(self, data):
+    def minibatch_update(self, x, y):
         """One YOPO-m-n minibatch (see the class docstring)."""
-        x, y = self.prepare_batch(data)
         result = self.compute_gradients(x, y)
         grads = self.add_weight_decay(result.gradients, result.variables)
-        grads = self._apply_first_layer_lr(grads)
+        if self.first_layer_schedule is not None:
+            num_first = len(self.layer0.trainable_variables)
+            grads = self.first_layer_schedule.scale(
+                grads[:num_first], self.optimizer
+            ) + list(grads[num_first:])
         self.optimizer.apply(grads, result.variables)
         clean_logits = self.classifier(x, training=False)
         self.update_metrics(

@@ -1,0 +1,33 @@
+"""Robust accuracy under an attack suite, with gradient-masking checks.
+
+- `suites`: the attack-name grammar (`make_attack`) and the suites
+  (`make_suite`: quick, standard, or a list such as pgd20,pgd50x10,cw50);
+- `runner`: the batch loop (`evaluate_robustness`, `run_suite`, the
+  gin-configurable `evaluate_suite`) and the printed table
+  (`format_report`);
+- `masking`: the gradient-masking checks (`masking_report`).
+
+Typical use:
+
+    suite = evaluation.make_suite("standard", epsilon=0.1)
+    result = evaluation.run_suite(classifier, test_dataset, suite)
+    print(evaluation.format_report(result))
+"""
+
+from tfadv.evaluation import masking
+from tfadv.evaluation import runner
+from tfadv.evaluation import suites
+from tfadv.evaluation.masking import MASKING_TOLERANCE
+from tfadv.evaluation.masking import ZERO_GRADIENT_THRESHOLD
+from tfadv.evaluation.masking import masking_report
+from tfadv.evaluation.runner import evaluate_robustness
+from tfadv.evaluation.runner import evaluate_suite
+from tfadv.evaluation.runner import format_report
+from tfadv.evaluation.runner import run_suite
+from tfadv.evaluation.suites import ATTACK_NAMES_HELP
+from tfadv.evaluation.suites import SEQUENTIAL_SUITES
+from tfadv.evaluation.suites import SUITES
+from tfadv.evaluation.suites import Suite
+from tfadv.evaluation.suites import make_attack
+from tfadv.evaluation.suites import make_suite
+from tfadv.evaluation.suites import pgd_step_size

@@ -1,0 +1,271 @@
+"""The gradient-masking checks of an evaluation, from per-example results.
+
+A masked model (hard quantisation, saturated activations, randomness) hides
+the gradients that gradient attacks follow, so its robust accuracy under
+them is too high. `masking_report` looks for three signs of it (see there);
+none of them proves robustness.
+
+This module reads attacks only through the `tfadv.attacks.Attack`
+interface (`uses_gradients`, `get_config`, `replace`, a wrapper's
+`attack`), never through their classes, so a new attack or wrapper takes
+part in the checks once it implements that interface; the weaker control
+attack comes from the name grammar (`suites.weaker_control`).
+"""
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from tfadv.attacks import base as attack_base
+from tfadv.evaluation import suites
+
+# A check flags masking when it moves robust accuracy by more than this
+# fraction of the examples (AutoAttack's `check_square_sr` uses 0.2 %) and
+# by more than one example (one point of a small test set is noise).
+MASKING_TOLERANCE = 0.002
+# ... or when more than this fraction of correctly classified points has an
+# all-zero input gradient.
+ZERO_GRADIENT_THRESHOLD = 0.05
+# Settings in which two attacks of one family may differ: their strength,
+# the step size the name grammar derives from the step count, and the name.
+STRENGTH_SETTINGS = frozenset({"num_steps", "restarts", "step_size", "name"})
+
+_MISSING = object()
+
+
+def uses_gradients(attack) -> bool:
+    """Whether `attack` differentiates the model (True unless it says no)."""
+    return getattr(attack, "uses_gradients", True)
+
+
+def _config(attack) -> dict | None:
+    """`attack.get_config()`, or None for an attack that has none."""
+    get_config = getattr(attack, "get_config", None)
+    if get_config is None:
+        return None
+    try:
+        return get_config()
+    except NotImplementedError:
+        return None
+
+
+def _same_setting(a, b) -> bool:
+    """Equal values, or values of one type printed alike (a transform)."""
+    if a is b:
+        return True
+    try:
+        if bool(a == b):
+            return True
+    except (TypeError, ValueError):  # e.g. arrays
+        pass
+    return type(a) is type(b) and repr(a) == repr(b)
+
+
+def same_family(a: attack_base.Attack, b: attack_base.Attack) -> bool:
+    """Whether `a` and `b` are one attack that differs only in strength.
+
+    They must be of one type and agree on every `get_config()` setting but
+    those in `STRENGTH_SETTINGS`; a wrapper's inner attacks (its
+    `config["attack"]`) must be of one family in turn. An attack without
+    `get_config` belongs to no family.
+    """
+    if type(a) is not type(b):
+        return False
+    config_a, config_b = _config(a), _config(b)
+    if config_a is None or config_b is None:
+        return False
+    for key in (set(config_a) | set(config_b)) - STRENGTH_SETTINGS:
+        value_a = config_a.get(key, _MISSING)
+        value_b = config_b.get(key, _MISSING)
+        if isinstance(value_a, attack_base.Attack):
+            if not isinstance(value_b, attack_base.Attack):
+                return False
+            if not same_family(value_a, value_b):
+                return False
+        elif not _same_setting(value_a, value_b):
+            return False
+    return True
+
+
+def strength(attack: attack_base.Attack) -> tuple[int, int] | None:
+    """(steps, restarts) of the innermost attack, or None without steps."""
+    config = _config(attack)
+    while config is not None and isinstance(
+        config.get("attack"), attack_base.Attack
+    ):
+        config = _config(config["attack"])
+    if config is None or config.get("num_steps") is None:
+        return None
+    return config["num_steps"], config.get("restarts", 1)
+
+
+def strength_pairs(attacks: Mapping[str, attack_base.Attack]) -> list:
+    """(weaker, stronger) name pairs of one family, e.g. pgd20, pgd50x10.
+
+    The weaker one has no more steps and no more restarts than the
+    stronger one, and not the same strength.
+    """
+    pairs = []
+    for a, attack_a in attacks.items():
+        for b, attack_b in attacks.items():
+            if a == b or not same_family(attack_a, attack_b):
+                continue
+            strength_a, strength_b = strength(attack_a), strength(attack_b)
+            if strength_a is None or strength_b is None:
+                continue
+            if strength_a != strength_b and all(
+                sa <= sb for sa, sb in zip(strength_a, strength_b, strict=True)
+            ):
+                pairs.append((a, b))
+    return pairs
+
+
+def weaker_control(
+    reference: attack_base.Attack,
+) -> attack_base.Attack | None:
+    """A cheap attack clearly weaker than `reference`, in the same wrappers.
+
+    The wrappers (any attack with an inner `attack`) are peeled off,
+    `suites.weaker_control` gives the grammar's weaker PGD for the
+    innermost attack (a quarter of the steps, at most pgd5 for apgd_ce),
+    and each wrapper is put back with `replace(attack=..., name=None)`, so
+    the control gets the wrapper's default name (e.g. "bpda_pgd5").
+
+    Returns:
+        The control, or None when the innermost attack has no weaker PGD.
+    """
+    inner, wraps = reference, []
+    while isinstance(getattr(inner, "attack", None), attack_base.Attack):
+        wraps.append(inner)
+        inner = inner.attack
+    control = suites.weaker_control(inner)
+    if control is None:
+        return None
+    for wrapper in reversed(wraps):
+        control = wrapper.replace(attack=control, name=None)
+    return control
+
+
+def _beyond(count: int, n: int, tolerance: float) -> bool:
+    """More than one example and more than `tolerance` of `n`."""
+    return count > max(1, tolerance * n)
+
+
+def masking_report(
+    attacks: Mapping[str, attack_base.Attack],
+    *,
+    clean: np.ndarray,
+    broken: Mapping[str, np.ndarray],
+    accuracy: Mapping[str, float],
+    sequential: bool,
+    extra: Mapping[str, attack_base.Attack],
+    zero_gradients: int,
+    tolerance: float = MASKING_TOLERANCE,
+    zero_gradient_threshold: float = ZERO_GRADIENT_THRESHOLD,
+    through_bpda: bool = False,
+) -> dict:
+    """The gradient-masking checks, from per-example results.
+
+    1. A gradient-free attack (e.g. square) breaks points that every gradient
+       attack left robust: more than `tolerance` of the examples (and more
+       than one).
+    2. Robust accuracy rises with attack strength by more than
+       `tolerance` (and more than one example): between attacks of one
+       family in the suite (`strength_pairs`, e.g. pgd20 and pgd50x10, or
+       apgd_ce and apgd_ce200; not in sequential mode), and against each
+       extra weaker control run (`weaker_control`, e.g. pgd5 for pgd20),
+       which the runner adds when the suite has no such pair.
+    3. More than `zero_gradient_threshold` of the correctly classified
+       points have an all-zero input gradient of the margin loss.
+
+    Args:
+        attacks: the suite's attacks, by report name.
+        clean: per example, classified correctly when clean.
+        broken: attack or control name -> per example, misclassified by it.
+        accuracy: the suite's robust accuracy per attack name.
+        sequential: the suite ran in sequential mode.
+        extra: the weaker controls that ran, by name (compared with the
+            first gradient attack).
+        zero_gradients: correctly classified points with an all-zero input
+            gradient.
+        tolerance: see checks 1 and 2.
+        zero_gradient_threshold: see check 3.
+        through_bpda: the gradient attacks ran through a backward-pass
+            approximation (`bpda_layers`, the remedy): check 3 then still
+            describes the classifier itself.
+
+    Returns:
+        `{"possible": bool, "messages": [...], "checks": {...},
+        "through_bpda": bool}`.
+    """
+    n = clean.size
+    checks, messages = {}, []
+    grad_names = [a for a in attacks if uses_gradients(attacks[a])]
+    free_names = [a for a in attacks if not uses_gradients(attacks[a])]
+    if grad_names and free_names:
+        by_free = np.any([broken[a] for a in free_names], axis=0)
+        by_grad = np.any([broken[a] for a in grad_names], axis=0)
+        only_free = clean & by_free & ~by_grad
+        fraction = float(only_free.mean())
+        flagged = _beyond(int(only_free.sum()), n, tolerance)
+        checks["gradient_free_beats_gradient"] = {
+            "flagged": flagged,
+            "fraction": fraction,
+            "count": int(only_free.sum()),
+            "tolerance": tolerance,
+        }
+        if flagged:
+            messages.append(
+                f"{'/'.join(free_names)} (gradient-free) broke "
+                f"{int(only_free.sum())} of {n} points that the gradient "
+                f"attacks ({', '.join(grad_names)}) left robust"
+            )
+    pairs = [] if sequential else strength_pairs(attacks)
+    comparisons = [(a, b, accuracy[a], accuracy[b]) for a, b in pairs]
+    for name in extra:
+        weak = float((clean & ~broken[name]).mean())
+        comparisons.append((name, grad_names[0], weak, accuracy[grad_names[0]]))
+    if comparisons:
+        rising = [
+            c
+            for c in comparisons
+            if _beyond(round((c[3] - c[2]) * n), n, tolerance)
+        ]
+        checks["accuracy_rises_with_strength"] = {
+            "flagged": bool(rising),
+            "comparisons": [
+                {
+                    "weaker": a,
+                    "stronger": b,
+                    "weaker_accuracy": wa,
+                    "stronger_accuracy": sa,
+                }
+                for a, b, wa, sa in comparisons
+            ],
+            "tolerance": tolerance,
+        }
+        for a, b, wa, sa in rising:
+            messages.append(
+                f"robust accuracy rises with attack strength: {b} "
+                f"{sa:.4f} > {a} {wa:.4f}"
+            )
+    correct = int(clean.sum())
+    fraction = zero_gradients / correct if correct else 0.0
+    flagged = fraction > zero_gradient_threshold
+    checks["zero_gradients"] = {
+        "flagged": flagged,
+        "fraction": fraction,
+        "count": zero_gradients,
+        "threshold": zero_gradient_threshold,
+    }
+    if flagged:
+        messages.append(
+            f"{zero_gradients} of {correct} correctly classified points "
+            f"({fraction:.1%}) have an all-zero input gradient"
+        )
+    return {
+        "possible": bool(messages),
+        "messages": messages,
+        "checks": checks,
+        "through_bpda": through_bpda,
+    }

@@ -1,0 +1,227 @@
+"""The attack-name grammar and the suites of the evaluation.
+
+Suites (names resolved by `make_suite`):
+
+- `quick`: PGD-20 (step epsilon/10, random start; docs/algorithms.md
+  §0.5). Each attack of a quick or explicit suite runs on every example
+  that is classified correctly when clean ("independent" mode).
+- `standard`: APGD-CE, APGD-T and Square, AutoAttack-style
+  (docs/algorithms.md §7.3): each attack runs only on the points still
+  robust after the previous ones ("sequential" mode), and the number after
+  the last one is the result. FAB-T is omitted (not implemented here), so
+  the number can be slightly higher than AutoAttack's.
+- an explicit comma-separated list of attack names, e.g.
+  `pgd20,pgd50x10,cw50,apgd_ce,apgd_t,square` (see `make_attack`).
+
+This module is the only part of `tfadv.evaluation` that names concrete
+attack classes: the runner and the masking checks go through the
+`tfadv.attacks.Attack` interface, and ask `weaker_control` for the
+grammar's weaker attack.
+"""
+
+import dataclasses
+import re
+from collections.abc import Sequence
+
+from tfadv.attacks import apgd
+from tfadv.attacks import base as attack_base
+from tfadv.attacks import pgd
+from tfadv.attacks import square
+from tfadv.attacks import wrappers
+
+SUITES = {
+    "quick": ("pgd20",),
+    "standard": ("apgd_ce", "apgd_t", "square"),
+}
+SEQUENTIAL_SUITES = frozenset({"standard"})
+
+ATTACK_NAMES_HELP = (
+    "fgsm; pgd<k>[x<r>] (cross-entropy PGD, k steps, r restarts, e.g. "
+    "pgd20, pgd50x10); cw<k>[x<r>] (margin PGD, e.g. cw50); apgd_ce[<k>]"
+    "[x<r>]; apgd_dlr[<k>][x<r>]; apgd_t[<k>] (9 targets); square[<q>] "
+    "(q queries, default 5000)"
+)
+
+_PATTERNS = {
+    "pgd": re.compile(r"(pgd|cw)(\d+)(?:x(\d+))?"),
+    "apgd": re.compile(r"apgd_(ce|dlr)(\d+)?(?:x(\d+))?"),
+    "apgd_t": re.compile(r"apgd_t(\d+)?"),
+    "square": re.compile(r"square(\d+)?"),
+}
+
+
+def pgd_step_size(epsilon: float, num_steps: int) -> float:
+    """Step of the named PGD attacks.
+
+    epsilon/10 from 20 steps on (docs/algorithms.md §0.5: PGD-20 step 0.01
+    at epsilon 0.1), else 2.5 epsilon / k so short attacks still cross the
+    ball.
+    """
+    return epsilon / 10 if num_steps >= 20 else 2.5 * epsilon / num_steps
+
+
+def make_attack(
+    name: str, *, epsilon: float, norm: str = "linf"
+) -> attack_base.Attack:
+    """Builds the attack a name stands for (see `ATTACK_NAMES_HELP`).
+
+    Raises:
+        ValueError: an unknown name or a count of 0.
+    """
+    name = name.strip()
+    if name == "fgsm":
+        return pgd.ProjectedGradient(
+            epsilon=epsilon,
+            step_size=epsilon,
+            num_steps=1,
+            norm=norm,
+            start="none",
+            name=name,
+        )
+    match = _PATTERNS["pgd"].fullmatch(name)
+    if match and int(match[2]) > 0:
+        steps, restarts = int(match[2]), int(match[3] or 1)
+        return pgd.ProjectedGradient(
+            epsilon=epsilon,
+            step_size=pgd_step_size(epsilon, steps),
+            num_steps=steps,
+            norm=norm,
+            objective="cross_entropy" if match[1] == "pgd" else "margin",
+            restarts=restarts,
+            name=name,
+        )
+    match = _PATTERNS["apgd"].fullmatch(name)
+    if match:
+        return apgd.APGD(
+            epsilon=epsilon,
+            num_steps=int(match[2] or 100),
+            norm=norm,
+            objective="cross_entropy" if match[1] == "ce" else "dlr",
+            restarts=int(match[3] or 1),
+            name=name,
+        )
+    match = _PATTERNS["apgd_t"].fullmatch(name)
+    if match:
+        return apgd.APGDTargeted(
+            epsilon=epsilon,
+            num_steps=int(match[1] or 100),
+            norm=norm,
+            name=name,
+        )
+    match = _PATTERNS["square"].fullmatch(name)
+    if match:
+        return square.Square(
+            epsilon=epsilon,
+            num_queries=int(match[1] or 5000),
+            norm=norm,
+            name=name,
+        )
+    raise ValueError(
+        f"Unknown attack name {name!r}. Accepted: {ATTACK_NAMES_HELP}; or a "
+        f"suite: {', '.join(SUITES)}."
+    )
+
+
+def weaker_control(attack: attack_base.Attack) -> attack_base.Attack | None:
+    """A PGD of the grammar clearly weaker than a bare PGD or APGD attack.
+
+    The control of the masking check "accuracy rises with strength": a
+    cross-entropy PGD (a PGD reference keeps its objective) with a quarter
+    of the reference's steps, counting at most 20 steps of an APGD (so at
+    most pgd5), named "pgd<k>", with the grammar's step size.
+
+    Args:
+        attack: the reference, without wrappers (the masking check peels
+            BPDA and EOT off and puts them back on the control).
+
+    Returns:
+        The control, or None when `attack` is no PGD or APGD attack or has
+        fewer than 4 steps.
+    """
+    steps = getattr(attack, "num_steps", 0)
+    kinds = (pgd.ProjectedGradient, apgd.APGD)
+    if not isinstance(attack, kinds) or steps < 4:
+        return None
+    objective = "cross_entropy"
+    if isinstance(attack, pgd.ProjectedGradient):
+        objective = attack.objective
+    else:
+        steps = min(20, steps)
+    steps //= 4
+    tm = attack.threat_model
+    return pgd.ProjectedGradient(
+        epsilon=tm.epsilon,
+        step_size=pgd_step_size(tm.epsilon, steps),
+        num_steps=steps,
+        norm=tm.norm,
+        objective=objective,
+        name=f"pgd{steps}",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+    """Named attacks and how to run them.
+
+    Attributes:
+        name: "quick", "standard", or the comma-joined attack names.
+        attacks: attack name -> attack, in running order.
+        sequential: run each attack only on the points still robust.
+    """
+
+    name: str
+    attacks: dict
+    sequential: bool
+
+
+def make_suite(
+    suite: str | Sequence[str | attack_base.Attack],
+    *,
+    epsilon: float,
+    norm: str = "linf",
+    bpda_layers: Sequence[str] = (),
+    sequential: bool | None = None,
+) -> Suite:
+    """Resolves a suite name, a comma-separated list or a list of attacks.
+
+    Args:
+        suite: "quick", "standard", "pgd20,cw50,...", or a sequence of
+            names and `Attack` objects.
+        epsilon: the budget of the named attacks, in pixel units.
+        norm: their threat model.
+        bpda_layers: when given, every gradient attack runs through BPDA
+            over these layers (identity backward pass).
+        sequential: override the suite's mode (None: sequential for
+            `standard` only).
+
+    Raises:
+        ValueError: an unknown suite or attack name, or a repeated name.
+    """
+    if isinstance(suite, str):
+        label = suite.strip()
+        items = SUITES.get(label) or [s for s in label.split(",") if s.strip()]
+        if not items:
+            raise ValueError(f"The suite is empty ({suite!r}).")
+    else:
+        items = list(suite)
+        label = ",".join(getattr(a, "name", str(a)) for a in items)
+    if sequential is None:
+        sequential = label in SEQUENTIAL_SUITES
+    attacks = {}
+    for item in items:
+        attack = item
+        if isinstance(item, str):
+            attack = make_attack(item, epsilon=epsilon, norm=norm)
+        elif not isinstance(item, attack_base.Attack):
+            raise TypeError(f"Expected an attack name or Attack; got {item!r}")
+        if bpda_layers and attack.uses_gradients:
+            attack = wrappers.BPDA(
+                attack, layers=tuple(bpda_layers), name=attack.name
+            )
+        if attack.name in attacks:
+            raise ValueError(
+                f"The suite names {attack.name!r} twice; give attacks "
+                "distinct names."
+            )
+        attacks[attack.name] = attack
+    return Suite(label, attacks, bool(sequential))

@@ -1,0 +1,149 @@
+"""The run folder: every file name in it, the resume rule, and its writers.
+
+A run folder (`--logdir`) holds, when the run has finished:
+
+- `config.operative.gin`: the values gin actually used;
+- TensorBoard events in `train/`, `validation/` and `images/`;
+- `checkpoint/`: weights, optimizer state and epoch, for resuming;
+- `timing.json`: the seconds of every finished epoch (kept across resumes);
+- `model.keras`: the bare classifier, loadable with plain Keras;
+- `results.json`: the run's numbers (written last, atomically).
+
+The resume rule: a folder with `results.json` is a finished run and is
+never written to; a folder holding only what an interrupted run leaves
+behind resumes from its checkpoint; anything else is refused.
+"""
+
+import json
+import math
+import os
+
+import gin
+import keras
+import tensorflow as tf
+
+RESULTS_FILE = "results.json"
+MODEL_FILE = "model.keras"
+CHECKPOINT_DIR = "checkpoint"
+TIMING_FILE = "timing.json"
+OPERATIVE_CONFIG_FILE = "config.operative.gin"
+TRAIN_EVENTS = "train"
+VALIDATION_EVENTS = "validation"
+IMAGE_EVENTS = "images"
+# What an interrupted run may leave behind.
+_INTERRUPTED_RUN = {
+    OPERATIVE_CONFIG_FILE,
+    CHECKPOINT_DIR,
+    TIMING_FILE,
+    TRAIN_EVENTS,
+    VALIDATION_EVENTS,
+    IMAGE_EVENTS,
+}
+
+
+class RunFolderError(ValueError):
+    """The run folder holds something a run must not overwrite."""
+
+
+def path(logdir: str, name: str) -> str:
+    """The path of one of the folder's files (a name from this module)."""
+    return os.path.join(logdir, name)
+
+
+def prepare(logdir: str) -> bool:
+    """Checks the run folder, creates it, and says whether the run resumes.
+
+    Returns:
+        True when the folder holds an interrupted run's checkpoint.
+
+    Raises:
+        RunFolderError: the folder holds a finished run, or files that no
+            tfadv run made.
+    """
+    if os.path.exists(path(logdir, RESULTS_FILE)):
+        raise RunFolderError(
+            f"{logdir} already holds a finished run ({RESULTS_FILE} exists); "
+            "tfadv never overwrites a run. Pass another --logdir, or delete "
+            "the folder yourself."
+        )
+    if os.path.isdir(logdir):
+        foreign = sorted(set(os.listdir(logdir)) - _INTERRUPTED_RUN)
+        if foreign:
+            raise RunFolderError(
+                f"{logdir} is not empty and is not an interrupted tfadv run "
+                f"(it holds {foreign[:5]}); pass another --logdir."
+            )
+    os.makedirs(logdir, exist_ok=True)
+    return os.path.isdir(path(logdir, CHECKPOINT_DIR))
+
+
+def write_json_atomic(file_path: str, payload) -> None:
+    """Writes `payload` as JSON via a temporary file and a rename."""
+    tmp = file_path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2)
+    os.replace(tmp, file_path)
+
+
+def read_json(file_path: str) -> dict:
+    """The JSON object in `file_path`, or {} if there is none."""
+    if not os.path.isfile(file_path):
+        return {}
+    with open(file_path) as f:
+        return json.load(f)
+
+
+class GinConfigWriter(keras.callbacks.Callback):
+    """Writes `config.operative.gin` and a TensorBoard text summary.
+
+    The operative config (the values gin actually used) is complete once
+    everything is built; it is written once, after the first training batch,
+    as t5x and multi_representation_adversary do.
+
+    Args:
+        logdir: the run folder.
+    """
+
+    def __init__(self, logdir: str):
+        super().__init__()
+        self.logdir = logdir
+        self._written = False
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._written:
+            return
+        self._written = True
+        config = gin.operative_config_str()
+        with open(path(self.logdir, OPERATIVE_CONFIG_FILE), "w") as f:
+            f.write(config)
+        writer = tf.summary.create_file_writer(path(self.logdir, TRAIN_EVENTS))
+        with writer.as_default():
+            # Markdown code block keeps gin's indentation in TensorBoard.
+            text = "\n".join("    " + line for line in config.splitlines())
+            tf.summary.text("gin/operative_config", text, step=0)
+        writer.close()
+
+
+class ResumableCheckpoint(keras.callbacks.BackupAndRestore):
+    """`BackupAndRestore` that keeps its checkpoint and never saves NaNs.
+
+    The checkpoint (weights, optimizer state, epoch) stays in the run folder
+    after training, and an epoch whose logs hold a non-finite loss is not
+    saved, so the last good state survives a divergence.
+
+    Args:
+        logdir: the run folder (the checkpoint goes to its `checkpoint/`).
+    """
+
+    def __init__(self, logdir: str):
+        super().__init__(
+            path(logdir, CHECKPOINT_DIR),
+            save_freq="epoch",
+            delete_checkpoint=False,
+        )
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            return
+        super().on_epoch_end(epoch, logs)
