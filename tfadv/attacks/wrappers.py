@@ -68,8 +68,41 @@ class _StraightThrough(keras.layers.Layer):
         return self.layer.compute_output_shape(input_shape)
 
 
+class Wrapper(base.Attack):
+    """An attack that runs another attack on a changed view of the model.
+
+    It takes the inner attack's threat model and `uses_gradients`, and
+    `replace` hands the changes that are not the wrapper's own to the inner
+    attack (`bpda.replace(num_steps=5)` shortens the wrapped PGD).
+
+    Args:
+        attack: the inner attack.
+        name: the report name; None derives `<prefix>_<inner name>`.
+        prefix: the prefix of the derived name.
+    """
+
+    def __init__(self, attack: base.Attack, *, name: str | None, prefix: str):
+        if not isinstance(attack, base.Attack):
+            raise TypeError(
+                f"{type(self).__name__} wraps a tfadv attack; got {attack!r}."
+            )
+        self.attack = attack
+        self.threat_model = attack.threat_model
+        self.uses_gradients = attack.uses_gradients
+        self._given_name = name
+        self.name = name or f"{prefix}_{attack.name}"
+
+    def replace(self, **changes):
+        """A copy; changes that are not the wrapper's go to the inner attack."""
+        config = self.get_config()
+        own = {k: changes.pop(k) for k in list(changes) if k in config}
+        if changes:
+            own.setdefault("attack", self.attack.replace(**changes))
+        return super().replace(**own)
+
+
 @gin.register
-class BPDA(base.Attack):
+class BPDA(Wrapper):
     """Backward Pass Differentiable Approximation around another attack.
 
     The inner attack runs against a copy of the classifier whose selected
@@ -103,8 +136,7 @@ class BPDA(base.Attack):
         approximation: Callable[[tf.Tensor], tf.Tensor] | None = None,
         name: str | None = None,
     ):
-        if not isinstance(attack, base.Attack):
-            raise TypeError(f"BPDA wraps a tfadv attack; got {attack!r}.")
+        super().__init__(attack, name=name, prefix="bpda")
         if isinstance(layers, str):
             layers = (layers,)
         if not callable(layers):
@@ -114,13 +146,8 @@ class BPDA(base.Attack):
                     f"BPDA layers must be layer names or a predicate; got "
                     f"{layers!r}."
                 )
-        self.attack = attack
         self.layers = layers
         self.approximation = approximation
-        self.threat_model = attack.threat_model
-        self.uses_gradients = attack.uses_gradients
-        self._given_name = name
-        self.name = name or f"bpda_{attack.name}"
         self._surrogates = {}
 
     def get_config(self):
@@ -130,15 +157,6 @@ class BPDA(base.Attack):
             "approximation": self.approximation,
             "name": self._given_name,
         }
-
-    def replace(self, **changes):
-        """A copy; changes that are not BPDA's own go to the inner attack."""
-        own = {
-            k: changes.pop(k) for k in list(changes) if k in self.get_config()
-        }
-        if changes:
-            own.setdefault("attack", self.attack.replace(**changes))
-        return super().replace(**own)
 
     def __repr__(self):
         return f"BPDA({self.attack!r}, layers={self.layers!r})"
@@ -241,7 +259,7 @@ class _Expectation:
 
 
 @gin.register
-class EOT(base.Attack):
+class EOT(Wrapper):
     """Expectation over Transformation around another attack.
 
     The inner attack sees the classifier's expected prediction over
@@ -273,17 +291,11 @@ class EOT(base.Attack):
         transform: Transform | None = None,
         name: str | None = None,
     ):
-        if not isinstance(attack, base.Attack):
-            raise TypeError(f"EOT wraps a tfadv attack; got {attack!r}.")
-        self.attack = attack
         self.num_samples = validation.count(
             "num_samples", num_samples, minimum=1
         )
+        super().__init__(attack, name=name, prefix=f"eot{num_samples}")
         self.transform = transform
-        self.threat_model = attack.threat_model
-        self.uses_gradients = attack.uses_gradients
-        self._given_name = name
-        self.name = name or f"eot{num_samples}_{attack.name}"
 
     def get_config(self):
         return {
@@ -292,15 +304,6 @@ class EOT(base.Attack):
             "transform": self.transform,
             "name": self._given_name,
         }
-
-    def replace(self, **changes):
-        """A copy; changes that are not EOT's own go to the inner attack."""
-        own = {
-            k: changes.pop(k) for k in list(changes) if k in self.get_config()
-        }
-        if changes:
-            own.setdefault("attack", self.attack.replace(**changes))
-        return super().replace(**own)
 
     def __repr__(self):
         return (

@@ -3,13 +3,15 @@
 Every method subclasses `AdversarialTrainer` and follows its contract
 (`tfadv.methods.base`): the training attack, the step, the epoch hooks,
 `results_info()` and `callbacks()`. Shared pieces live in modules of their
-own: `replay` (Free-AT's replay loop) and `layer_lr` (a per-layer learning
-rate inside one SGD optimizer).
+own: `replay` (Free-AT's replay loop), `layer_lr` (a per-layer learning
+rate inside one SGD optimizer) and `trades_family` (the β-weighted KL
+methods' base).
 """
 
 from tfadv.methods import base
 from tfadv.methods import layer_lr
 from tfadv.methods import replay
+from tfadv.methods import trades_family
 from tfadv.methods.base import AdversarialTrainer
 from tfadv.methods.fgsm_rs import FGSMRS
 from tfadv.methods.free_at import FreeAT

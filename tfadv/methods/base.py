@@ -344,9 +344,11 @@ class AdversarialTrainer(keras.Model):
 
     def step_count(self, name: str) -> int:
         """The count as a Python int; inside a trace, records the value."""
+        tracing = not tf.executing_eagerly()
         with tf.init_scope():  # eager even while the step is traced
             value = int(keras.ops.convert_to_numpy(self._step_counts[name]))
-        self._traced_counts[name] = value
+        if tracing:
+            self._traced_counts[name] = value
         return value
 
     def set_step_count(self, name: str, value: int) -> None:

@@ -4,10 +4,9 @@ import gin
 import numpy as np
 import tensorflow as tf
 
-from tfadv import validation
 from tfadv.attacks import objectives
 from tfadv.attacks import pgd
-from tfadv.methods import base
+from tfadv.methods import trades_family
 
 # The reference's guards against log(0), kept so losses match it.
 _BCE_OFFSET = 1.0001
@@ -16,7 +15,7 @@ _WEIGHT_OFFSET = 1.0000001
 
 
 @gin.register
-class MART(base.AdversarialTrainer):
+class MART(trades_family.KLRegularizedTrainer):
     """MART, Wang et al. (ICLR 2020).
 
     "Improving adversarial robustness requires revisiting misclassified
@@ -60,15 +59,6 @@ class MART(base.AdversarialTrainer):
     Raises:
         ValueError: a negative `beta`, or a bad training attack.
     """
-
-    default_epsilon = 0.031
-
-    def __init__(self, classifier, *, beta: float = 6.0, **kwargs):
-        super().__init__(classifier, **kwargs)
-        self.beta = validation.non_negative("beta", beta)
-
-    def get_config(self):
-        return {**super().get_config(), "beta": self.beta}
 
     def default_train_attack(self, epsilon):
         return pgd.trades_attack(

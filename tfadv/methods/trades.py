@@ -2,14 +2,13 @@
 
 import gin
 
-from tfadv import validation
 from tfadv.attacks import objectives
 from tfadv.attacks import pgd
-from tfadv.methods import base
+from tfadv.methods import trades_family
 
 
 @gin.register
-class TRADES(base.AdversarialTrainer):
+class TRADES(trades_family.KLRegularizedTrainer):
     """TRADES, Zhang et al. (ICML 2019), arXiv 1901.08573.
 
     "Theoretically principled trade-off between robustness and accuracy";
@@ -62,15 +61,6 @@ class TRADES(base.AdversarialTrainer):
     Raises:
         ValueError: a negative `beta`, or a bad training attack.
     """
-
-    default_epsilon = 0.031
-
-    def __init__(self, classifier, *, beta: float = 6.0, **kwargs):
-        super().__init__(classifier, **kwargs)
-        self.beta = validation.non_negative("beta", beta)
-
-    def get_config(self):
-        return {**super().get_config(), "beta": self.beta}
 
     def default_train_attack(self, epsilon):
         return pgd.trades_attack(epsilon, objective="kl", name="trades_kl10")
