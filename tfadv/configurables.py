@@ -16,6 +16,7 @@ import keras
 
 REGISTERING_MODULES = (
     "tfadv.attacks.apgd",
+    "tfadv.attacks.backward_smoothing",
     "tfadv.attacks.objectives",
     "tfadv.attacks.pgd",
     "tfadv.attacks.square",
@@ -26,6 +27,7 @@ REGISTERING_MODULES = (
     "tfadv.data.datasets",
     "tfadv.evaluation.runner",
     "tfadv.experiment",
+    "tfadv.methods.backward_smoothing",
     "tfadv.methods.fgsm_rs",
     "tfadv.methods.free_at",
     "tfadv.methods.mart",

@@ -1,11 +1,13 @@
 """Attacks: threat models, objectives and the attack drivers."""
 
+from tfadv.attacks import backward_smoothing
 from tfadv.attacks import base
 from tfadv.attacks import objectives
 from tfadv.attacks import threat_models
 from tfadv.attacks import wrappers
 from tfadv.attacks.apgd import APGD
 from tfadv.attacks.apgd import APGDTargeted
+from tfadv.attacks.backward_smoothing import BackwardSmoothingAttack
 from tfadv.attacks.base import Attack
 from tfadv.attacks.pgd import ProjectedGradient
 from tfadv.attacks.square import Square

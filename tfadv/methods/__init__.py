@@ -12,6 +12,7 @@ from tfadv.methods import base
 from tfadv.methods import layer_lr
 from tfadv.methods import replay
 from tfadv.methods import trades_family
+from tfadv.methods.backward_smoothing import BackwardSmoothing
 from tfadv.methods.base import AdversarialTrainer
 from tfadv.methods.fgsm_rs import FGSMRS
 from tfadv.methods.free_at import FreeAT

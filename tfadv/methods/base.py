@@ -210,6 +210,10 @@ class AdversarialTrainer(keras.Model):
         self._step_counts = {}
         self._traced_counts = {}
         self._method_callbacks = None
+        # The trainer's own variables exist now; with a built classifier it
+        # is complete (BackupAndRestore and save_weights need it built).
+        if classifier.built:
+            self.built = True
 
     # The training attack.
 

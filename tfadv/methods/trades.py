@@ -2,7 +2,6 @@
 
 import gin
 
-from tfadv.attacks import objectives
 from tfadv.attacks import pgd
 from tfadv.methods import trades_family
 
@@ -64,12 +63,3 @@ class TRADES(trades_family.KLRegularizedTrainer):
 
     def default_train_attack(self, epsilon):
         return pgd.trades_attack(epsilon, objective="kl", name="trades_kl10")
-
-    def compute_adversarial_loss(self, x, y, x_adv):
-        clean_logits = self.classifier(x, training=True)
-        adv_logits = self.classifier(x_adv, training=True)
-        kl = self.replica_mean(
-            objectives.kl_divergence(clean_logits, adv_logits)
-        )
-        loss = self.cross_entropy(y, clean_logits) + self.beta * kl
-        return loss, clean_logits, adv_logits

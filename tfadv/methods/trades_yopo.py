@@ -5,8 +5,8 @@ import keras
 import tensorflow as tf
 
 from tfadv import validation
-from tfadv.attacks import objectives
 from tfadv.attacks import pgd
+from tfadv.methods import trades_family
 from tfadv.methods import yopo
 from tfadv.models import common
 
@@ -123,9 +123,4 @@ class TRADESYOPO(yopo.YOPOBase):
 
     def compute_adversarial_loss(self, x, y, x_adv):
         """The TRADES loss with weight `beta`, in training mode."""
-        clean_logits = self.classifier(x, training=True)
-        adv_logits = self.classifier(x_adv, training=True)
-        kl = objectives.kl_divergence(clean_logits, adv_logits)
-        loss = self.cross_entropy(y, clean_logits)
-        loss += self.beta * self.replica_mean(kl)
-        return loss, clean_logits, adv_logits
+        return trades_family.trades_loss(self, x, y, x_adv, beta=self.beta)

@@ -13,6 +13,7 @@ from tfadv.models.common import LOGITS_LAYER
 from tfadv.models.common import NORMALIZE_LAYER
 from tfadv.models.common import split_at_first_layer
 from tfadv.models.resnet import preact_resnet18
+from tfadv.models.resnet import resnet18
 from tfadv.models.small_cnn import mnist_small_cnn
 from tfadv.models.small_cnn import small_cnn
 from tfadv.models.wide_resnet import wide_resnet
@@ -25,6 +26,7 @@ __all__ = [
     "NORMALIZE_LAYER",
     "mnist_small_cnn",
     "preact_resnet18",
+    "resnet18",
     "small_cnn",
     "split_at_first_layer",
     "wide_resnet",

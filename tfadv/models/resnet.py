@@ -1,4 +1,4 @@
-"""Pre-activation ResNet-18 for CIFAR-sized images."""
+"""ResNet-18 for CIFAR-sized images: pre-activation and standard."""
 
 from __future__ import annotations
 
@@ -171,6 +171,109 @@ def preact_resnet18(
             )
     x = common.batch_norm(name="final_bn")(x)
     x = keras.layers.ReLU(name="final_relu")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    logits = keras.layers.Dense(
+        num_classes,
+        kernel_initializer=common.torch_default_kernel_initializer(),
+        bias_initializer=common.torch_default_bias_initializer(x.shape[-1]),
+        dtype="float32",
+        name=common.LOGITS_LAYER,
+    )(x)
+    return keras.Model(inputs, logits, name=name)
+
+
+def _basic_block(x, *, filters: int, strides: int, name: str):
+    """BasicBlock of the CIFAR ResNet-18 (post-activation)."""
+    in_filters = x.shape[-1]
+    out = conv3x3(
+        x,
+        filters=filters,
+        strides=strides,
+        kernel_initializer=common.torch_default_kernel_initializer(),
+        name=f"{name}_conv1",
+    )
+    out = common.batch_norm(name=f"{name}_bn1")(out)
+    out = keras.layers.ReLU(name=f"{name}_relu1")(out)
+    out = conv3x3(
+        out,
+        filters=filters,
+        strides=1,
+        kernel_initializer=common.torch_default_kernel_initializer(),
+        name=f"{name}_conv2",
+    )
+    out = common.batch_norm(name=f"{name}_bn2")(out)
+    shortcut = x
+    if strides != 1 or in_filters != filters:
+        shortcut = conv1x1(
+            x,
+            filters=filters,
+            strides=strides,
+            kernel_initializer=common.torch_default_kernel_initializer(),
+            name=f"{name}_shortcut",
+        )
+        shortcut = common.batch_norm(name=f"{name}_shortcut_bn")(shortcut)
+    out = keras.layers.Add(name=f"{name}_add")([out, shortcut])
+    return keras.layers.ReLU(name=f"{name}_relu2")(out)
+
+
+@gin.register(module="tfadv.models")
+def resnet18(
+    *,
+    input_shape: Sequence[int] = (32, 32, 3),
+    num_classes: int = 10,
+    mean: common.ChannelStats = None,
+    std: common.ChannelStats = None,
+    name: str = "resnet18",
+) -> keras.Model:
+    """Builds the standard (post-activation) CIFAR ResNet-18.
+
+    The ResNet-18 of Backward Smoothing's CIFAR-10 runs
+    (`jinghuichen/BackwardSmoothing`, the common CIFAR variant of He et al.
+    2016): normalize -> Conv3x3(64, no bias) ["first_layer"] -> BN -> ReLU
+    -> 4 stages of 2 BasicBlocks with 64, 128, 256, 512 filters and strides
+    1, 2, 2, 2 -> global average pool -> Dense(num_classes). A BasicBlock
+    computes `relu(bn(conv(relu(bn(conv(x))))) + shortcut)`, the shortcut
+    being `x` or `bn(conv1x1(x))` when the shape changes. On 32x32x3 inputs
+    with 10 classes it has 11,173,962 trainable parameters. PyTorch's
+    default initialisation; BatchNorm momentum 0.9, epsilon 1e-5.
+
+    Args:
+        input_shape: Shape of one image, `(height, width, channels)`.
+        num_classes: Number of logits.
+        mean: Per-channel mean for the in-model normalisation (None: 0).
+        std: Per-channel std for the in-model normalisation (None: 1).
+        name: Name of the model.
+
+    Returns:
+        A functional `keras.Model` mapping images in [0, 1] to logits.
+
+    Raises:
+        ValueError: If an argument is out of range.
+    """
+    height, width, channels = common.check_input_shape(input_shape)
+    num_classes = common.check_num_classes(num_classes)
+
+    inputs = keras.Input(shape=(height, width, channels), name="image")
+    x = common.normalization(mean=mean, std=std, num_channels=channels)(inputs)
+    x = conv3x3(
+        x,
+        filters=64,
+        strides=1,
+        kernel_initializer=common.torch_default_kernel_initializer(),
+        name=common.FIRST_LAYER,
+    )
+    x = common.batch_norm(name="stem_bn")(x)
+    x = keras.layers.ReLU(name="stem_relu")(x)
+    for stage, (filters, strides) in enumerate(
+        zip((64, 128, 256, 512), (1, 2, 2, 2), strict=True), start=1
+    ):
+        for block in range(1, 3):
+            x = _basic_block(
+                x,
+                filters=filters,
+                strides=strides if block == 1 else 1,
+                name=f"stage{stage}_block{block}",
+            )
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     logits = keras.layers.Dense(
         num_classes,
