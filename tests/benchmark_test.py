@@ -3,9 +3,13 @@
 import importlib.util
 import os
 
+import gin
 import tensorflow as tf
+from absl import app
 from absl import flags
 from absl.testing import flagsaver
+
+from tfadv import train
 
 _PATH = os.path.join(
     os.path.dirname(os.path.dirname(__file__)), "tools", "benchmark.py"
@@ -59,3 +63,28 @@ class BenchmarkTest(tf.test.TestCase):
         ):
             self.assertIn("run.epochs = 1", benchmark._bindings_for("free_at"))
             self.assertNotIn("run.epochs = 1", benchmark._bindings_for("mart"))
+
+    def test_bindings_parse_with_every_method_file(self):
+        # The bindings benchmark.py passes use the current gin vocabulary.
+        flags.FLAGS.mark_as_parsed()
+        with flagsaver.flagsaver(
+            epochs=2,
+            train_examples=512,
+            eval_examples=100,
+            run_seed=3,
+            bindings=["make_datasets.batch_size = 64"],
+        ):
+            for method in ("standard", "pgd_at", "free_at", "yopo"):
+                bindings = benchmark._bindings_for(method)
+                self.assertIn("run.seed = 3", bindings)
+                self.assertIn("make_datasets.train_examples = 512", bindings)
+                gin.clear_config()
+                train.parse_gin([f"{method}.gin"], bindings)
+
+    def test_malformed_method_binding(self):
+        flags.FLAGS.mark_as_parsed()
+        with (
+            flagsaver.flagsaver(method_bindings=["free_at"]),
+            self.assertRaisesRegex(app.UsageError, "method=binding"),
+        ):
+            benchmark._bindings_for("free_at")

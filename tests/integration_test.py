@@ -1,28 +1,18 @@
-"""Slow tier: real training on the real Fashion-MNIST, every config run.
+"""Slow tier: real training on the real Fashion-MNIST, end to end.
 
-Run with `pytest --run_slow` (CI does).
+Run with `pytest --run_slow` (CI does). Every shipped gin file's tiny
+training run is in gin_configs_test.py.
 """
-
-import json
-import os
 
 import keras
 import pytest
 import tensorflow as tf
-import tensorflow_datasets as tfds
-from absl import flags
-from absl.testing import parameterized
 
-from tests import train_test
 from tfadv import attacks
 from tfadv import data
 from tfadv import evaluation
 from tfadv import methods
 from tfadv import models
-
-
-def setUpModule():
-    flags.FLAGS.mark_as_parsed()
 
 
 def _fashion_mnist_or_skip(**kw):
@@ -65,20 +55,3 @@ class PGDATLearnsRobustnessTest(tf.test.TestCase):
         # 10k examples x 2 epochs PGD-AT reached about 0.6 when written).
         self.assertLess(scores["standard"]["robust_accuracy"]["pgd20"], 0.25)
         self.assertGreater(scores["pgd_at"]["robust_accuracy"]["pgd20"], 0.5)
-
-
-@pytest.mark.slow
-class EveryConfigTrainsTest(tf.test.TestCase, parameterized.TestCase):
-    @parameterized.parameters(*train_test.SHIPPED)
-    def test_config_trains_with_tiny(self, gin_file):
-        logdir = os.path.join(self.create_tempdir().full_path, "run")
-        # CIFAR, MNIST and SVHN configs read tfds mock data (no network).
-        with tfds.testing.mock_data(num_examples=300):
-            train_test.run_cli(logdir, gin_file, "testing/tiny.gin")
-        with open(os.path.join(logdir, "results.json")) as f:
-            results = json.load(f)
-        self.assertGreaterEqual(results["epochs"], 1)
-        self.assertBetween(results["clean_accuracy"], 0.0, 1.0)
-        for value in results["robust_accuracy"].values():
-            self.assertBetween(value, 0.0, 1.0)
-        keras.saving.load_model(os.path.join(logdir, "model.keras"))

@@ -1,87 +1,36 @@
-"""The entry point end to end, every shipped gin file, run-folder rules."""
+"""tfadv.train, the command line: flags, bad input, the run folder's rules.
 
+Every run here goes through `train.main` and its flags (`run_cli`), as a
+user's command line does. Each shipped gin file is checked in
+gin_configs_test.py, `experiment.run` itself in experiment_test.py and the
+resume rule's unit tests in run_folder_test.py.
+"""
+
+import contextlib
 import glob
+import io
 import json
 import os
 from unittest import mock
 
-import gin
 import keras
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import app
 from absl import flags
 from absl.testing import flagsaver
 from absl.testing import parameterized
 
-from tfadv import distribute
-from tfadv import experiment
+from tests import cli_fixtures
+from tests.cli_fixtures import run_cli
+from tfadv import run_folder
 from tfadv import schedules
 from tfadv import train
-
-GIN_DIR = train.GIN_DIR
-# Included pieces, not runnable on their own.
-_FRAGMENTS = ("data/", "testing/", "models/", "eval/")
-SHIPPED = sorted(
-    os.path.relpath(p, GIN_DIR)
-    for p in glob.glob(os.path.join(GIN_DIR, "**", "*.gin"), recursive=True)
-    if not os.path.relpath(p, GIN_DIR).startswith(_FRAGMENTS)
-)
 
 
 def setUpModule():
     flags.FLAGS.mark_as_parsed()
-
-
-def run_cli(logdir, *gin_files, bindings=(), **extra):
-    """Drives train.main through its flags, as a user's command line does."""
-    gin.clear_config()  # Each command line starts from a fresh process.
-    with flagsaver.flagsaver(
-        gin_file=list(gin_files),
-        gin_bindings=list(bindings),
-        logdir=logdir,
-        **extra,
-    ):
-        train.main(["tfadv.train"])
-
-
-def write_idx(folder, prefix, images, labels):
-    import gzip
-
-    os.makedirs(folder, exist_ok=True)
-    n, h, w = images.shape
-    header = np.array([2051, n, h, w], ">i4").tobytes()
-    with gzip.open(
-        os.path.join(folder, f"{prefix}-images-idx3-ubyte.gz"), "wb"
-    ) as f:
-        f.write(header + images.astype(np.uint8).tobytes())
-    header = np.array([2049, n], ">i4").tobytes()
-    with gzip.open(
-        os.path.join(folder, f"{prefix}-labels-idx1-ubyte.gz"), "wb"
-    ) as f:
-        f.write(header + labels.astype(np.uint8).tobytes())
-
-
-class GinConfigsTest(tf.test.TestCase, parameterized.TestCase):
-    def test_shipped_configs_found(self):
-        self.assertIn("pgd_at.gin", SHIPPED)
-        self.assertIn("standard.gin", SHIPPED)
-
-    @parameterized.parameters(*SHIPPED)
-    def test_parses_and_builds_with_tiny(self, gin_file):
-        # Datasets not on this machine (CIFAR, MNIST, SVHN) come from tfds's
-        # mock data; Fashion-MNIST is read from its local copy.
-        train.parse_gin([gin_file, "testing/tiny.gin"], [])
-        with tfds.testing.mock_data(num_examples=300):
-            result = experiment.run(
-                logdir=os.path.join(self.create_tempdir().full_path, "run"),
-                dry_run=True,
-            )
-        self.assertEqual(result, {})
-
-    def test_unknown_binding_is_refused(self):
-        with self.assertRaisesRegex(ValueError, "epochz"):
-            train.parse_gin(["pgd_at.gin"], ["run.epochz = 3"])
 
 
 class TrainCliTest(tf.test.TestCase):
@@ -124,6 +73,54 @@ class TrainCliTest(tf.test.TestCase):
         # The operative config records what was actually used.
         with open(os.path.join(logdir, "config.operative.gin")) as f:
             self.assertIn("PGDAT", f.read())
+        # The epoch times are kept for a resumed run (run_folder.TIMING_FILE).
+        timing = run_folder.read_json(
+            run_folder.path(logdir, run_folder.TIMING_FILE)
+        )
+        self.assertEqual(timing["epoch_seconds"], results["epoch_seconds"])
+
+    def test_prints_the_final_numbers(self):
+        logdir = os.path.join(self.create_tempdir().full_path, "run")
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            run_cli(logdir, "standard.gin", "testing/tiny.gin")
+        self.assertIn(
+            "Standard on fashion_mnist (epsilon 0.1, 1 epochs", out.getvalue()
+        )
+        self.assertIn(logdir, out.getvalue())
+        self.assertRegex(out.getvalue(), r"robust accuracy pgd20 +\d\.\d{4}")
+
+    def test_mirrored_strategy_flags(self):
+        logdir = os.path.join(self.create_tempdir().full_path, "run")
+        run_cli(
+            logdir,
+            "standard.gin",
+            "testing/tiny.gin",
+            strategy="mirrored",
+            devices=2,
+        )
+        results = run_folder.read_json(
+            run_folder.path(logdir, run_folder.RESULTS_FILE)
+        )
+        self.assertEqual(results["method"], "Standard")
+        self.assertLen(results["epoch_seconds"], 1)
+
+    def test_dry_run_builds_and_writes_nothing(self):
+        logdir = os.path.join(self.create_tempdir().full_path, "run")
+        out = io.StringIO()
+        with (
+            mock.patch.object(keras.Model, "fit", autospec=True) as fit,
+            contextlib.redirect_stdout(out),
+        ):
+            run_cli(logdir, "pgd_at.gin", "testing/tiny.gin", dry_run=True)
+        fit.assert_not_called()
+        self.assertIn("Dry run", out.getvalue())
+        self.assertFalse(os.path.exists(logdir))
+
+    def test_default_logdir_is_named_after_the_first_gin_file(self):
+        logdir = train.default_logdir(["experiments/cifar10_mart.gin", "x"])
+        self.assertRegex(logdir, r"^runs/cifar10_mart-\d{8}-\d{6}$")
+        self.assertRegex(train.default_logdir([]), r"^runs/run-\d{8}-\d{6}$")
 
     def test_finished_run_is_never_overwritten(self):
         logdir = os.path.join(self.create_tempdir().full_path, "run")
@@ -166,72 +163,35 @@ class TrainCliTest(tf.test.TestCase):
         self.assertLen(results["epoch_seconds"], 2)
         self.assertLen(results["history"]["loss"], 1)
 
-    def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(self):
-        from tfadv import methods
 
-        logdir = os.path.join(self.create_tempdir().full_path, "run")
-        poisoned = tf.Variable(False)
-        real_loss = methods.Standard.compute_adversarial_loss
-
-        def loss_fn(self, x, y, x_adv):
-            loss, clean, adv = real_loss(self, x, y, x_adv)
-            return tf.where(poisoned, np.nan, loss), clean, adv
-
-        def poison_after_first_epoch(self, epoch, logs):
-            poisoned.assign(True)
-
+class UsageTest(tf.test.TestCase):
+    def test_no_gin_file(self):
         with (
-            mock.patch.object(
-                methods.Standard, "compute_adversarial_loss", loss_fn
-            ),
-            mock.patch.object(
-                methods.Standard,
-                "on_epoch_end",
-                poison_after_first_epoch,
-                create=True,
-            ),
-            self.assertRaisesRegex(
-                experiment.TrainingDivergedError, "NaN or infinite"
-            ),
+            flagsaver.flagsaver(gin_file=[]),
+            self.assertRaisesRegex(app.UsageError, "--gin_file"),
         ):
-            run_cli(
-                logdir,
-                "standard.gin",
-                "testing/tiny.gin",
-                bindings=["run.epochs = 3"],
-            )
-        self.assertFalse(os.path.exists(os.path.join(logdir, "results.json")))
-        # The checkpoint is the last good one: epoch 1, finite weights.
-        with open(
-            os.path.join(logdir, "checkpoint", "training_metadata.json")
-        ) as f:
-            self.assertEqual(json.load(f)["epoch"], 1)
-        import h5py
+            train.main(["tfadv.train"])
 
-        with h5py.File(
-            os.path.join(logdir, "checkpoint", "latest.weights.h5")
-        ) as f:
-            arrays = []
-            f.visititems(
-                lambda _, o: (
-                    arrays.append(o[()])
-                    if isinstance(o, h5py.Dataset)
-                    else None
-                )
-            )
-        self.assertNotEmpty(arrays)
-        for a in arrays:
-            if np.issubdtype(np.asarray(a).dtype, np.floating):
-                self.assertTrue(np.all(np.isfinite(a)))
+    def test_unexpected_arguments(self):
+        with (
+            flagsaver.flagsaver(gin_file=["standard.gin"]),
+            self.assertRaisesRegex(app.UsageError, "extra"),
+        ):
+            train.main(["tfadv.train", "extra"])
+
+    def test_unknown_binding_is_refused(self):
+        with self.assertRaisesRegex(ValueError, "epochz"):
+            train.parse_gin(["pgd_at.gin"], ["run.epochz = 3"])
 
 
 class BadInputTest(tf.test.TestCase, parameterized.TestCase):
     def _expect_exit(self, pattern, *gin_files, bindings=(), **extra):
         logdir = os.path.join(self.create_tempdir().full_path, "run")
-        with self.assertRaisesRegex(SystemExit, pattern):
+        with self.assertRaisesRegex(SystemExit, pattern) as cm:
             run_cli(logdir, *gin_files, bindings=bindings, **extra)
         # Rejected before training: no checkpoint, no results.
         self.assertFalse(os.path.exists(os.path.join(logdir, "checkpoint")))
+        return logdir, cm.exception
 
     @parameterized.parameters("0.0", "-0.1", "1.5")
     def test_bad_epsilon(self, eps):
@@ -278,51 +238,64 @@ class BadInputTest(tf.test.TestCase, parameterized.TestCase):
         rng = np.random.default_rng(0)
         images = rng.integers(0, 256, size=(300, 28, 28))
         labels = rng.integers(0, 10, size=300)
-        write_idx(data_dir, "train", images, labels)
+        cli_fixtures.write_idx(data_dir, "train", images, labels)
         test_labels = labels[:100].copy()
         test_labels[3] = 42
-        write_idx(data_dir, "t10k", images[:100], test_labels)
+        cli_fixtures.write_idx(data_dir, "t10k", images[:100], test_labels)
         self._expect_exit(
             "42", "standard.gin", "testing/tiny.gin", data_dir=data_dir
         )
 
+    def test_method_epsilon_must_be_the_runs(self):
+        # The training attack at 0.3, the run (and results.json) at 0.1.
+        with mock.patch.object(keras.Model, "fit", autospec=True) as fit:
+            logdir, exit_ = self._expect_exit(
+                r"^tfadv\.train: error: PGDAT trains at epsilon 0\.3 .*"
+                r"run\.epsilon is 0\.1",
+                "pgd_at.gin",
+                "testing/tiny.gin",
+                bindings=["train/ProjectedGradient.epsilon = 0.3"],
+            )
+        fit.assert_not_called()
+        # A non-zero exit (sys.exit with a message) and one paragraph.
+        self.assertIsInstance(exit_.code, str)
+        self.assertNotIn("\n", exit_.code)
+        self.assertTrue(cli_fixtures.folder_is_empty_or_absent(logdir))
 
-class DistributeTest(tf.test.TestCase):
-    def test_unknown_strategy(self):
-        with self.assertRaisesRegex(ValueError, "'tpu'.*default, mirrored"):
-            distribute.make_strategy("tpu")
+    @parameterized.parameters(
+        ("data_dir", "'/tmp'", "--data_dir"),
+        ("dry_run", "True", "--dry_run"),
+        ("logdir", "'/tmp/elsewhere'", "--logdir"),
+        ("strategy", "None", "--strategy"),
+    )
+    def test_binding_set_by_the_entry_point_is_refused(self, name, value, flag):
+        with mock.patch.object(keras.Model, "fit", autospec=True) as fit:
+            logdir, exit_ = self._expect_exit(
+                rf"^tfadv\.train: error: run\.{name} cannot be set in gin.*"
+                rf"Use {flag}",
+                "standard.gin",
+                "testing/tiny.gin",
+                bindings=[f"run.{name} = {value}"],
+            )
+        fit.assert_not_called()
+        self.assertNotIn("\n", exit_.code)
+        self.assertFalse(os.path.exists(logdir))
 
-    def test_mirrored_on_logical_cpus(self):
-        strategy = distribute.make_strategy("mirrored", num_devices=2)
-        self.assertEqual(strategy.num_replicas_in_sync, 2)
-
-    def test_mirrored_uses_gpus_when_present(self):
-        with (
-            mock.patch.object(
-                tf.config, "list_physical_devices", return_value=["g0", "g1"]
-            ),
-            mock.patch.object(tf.distribute, "MirroredStrategy") as mirrored,
-        ):
-            distribute.make_strategy("mirrored")
-        mirrored.assert_called_once_with(["/gpu:0", "/gpu:1"])
-
-    def test_multi_worker_needs_tf_config(self):
-        with (
-            mock.patch.dict(os.environ, {}, clear=True),
-            self.assertRaisesRegex(ValueError, "TF_CONFIG"),
-        ):
-            distribute.make_strategy("multi_worker")
+    def test_binding_set_by_the_entry_point_is_refused_in_a_file(self):
+        gin_file = os.path.join(self.create_tempdir().full_path, "mine.gin")
+        with open(gin_file, "w") as f:
+            f.write("include 'standard.gin'\nrun.dry_run = True\n")
+        self._expect_exit(
+            r"run\.dry_run cannot be set in gin.*--dry_run", gin_file
+        )
 
 
 class SchedulesTest(tf.test.TestCase):
-    def test_piecewise_constant_in_epochs(self):
-        lr = schedules.piecewise_constant(
-            steps_per_epoch=10, epochs=5, base_lr=0.1, boundaries=[2, 4]
-        )
-        self.assertAllClose(
-            [float(lr(s)) for s in (0, 20, 21, 40, 41)],
-            [0.1, 0.1, 0.01, 0.01, 0.001],
-        )
+    """Schedule checks that came with this file's tests.
+
+    They belong in schedules_test.py, which another change owns; until
+    they move there, they run here.
+    """
 
     def test_cyclic_is_triangular(self):
         lr = schedules.cyclic(

@@ -94,8 +94,9 @@ def check_method_epsilon(method, epsilon: float) -> None:
     raise ValueError(
         f"{name} trains at epsilon {trained:g} (its train_attack) but "
         f"run.epsilon is {epsilon:g}; results.json would report the wrong "
-        f"budget. Bind {name}.epsilon = %EPSILON (or the train_attack's "
-        "epsilon) to the run's budget, or change run.epsilon."
+        f"budget. Give the training attack the run's budget (e.g. "
+        f"train/ProjectedGradient.epsilon = %EPSILON when {name}.train_attack "
+        f"is bound, else {name}.epsilon = %EPSILON), or change run.epsilon."
     )
 
 

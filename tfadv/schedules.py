@@ -114,7 +114,7 @@ def cyclic(
     """Triangular cyclic schedule: min -> max at `peak_fraction` -> min.
 
     Stepped per optimizer step, as `locuslab/fast_adversarial` does
-    (ALGORITHMS.md §6.2: peak at half of training for CIFAR FGSM-RS, at 2/5
+    (docs/algorithms.md §6.2: peak at half of training for CIFAR FGSM-RS, at 2/5
     for MNIST).
     """
     validation.in_interval(

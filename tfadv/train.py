@@ -115,9 +115,11 @@ def main(argv):
             data_dir=_DATA_DIR.value,
             dry_run=_DRY_RUN.value,
         )
-    except (ValueError, OSError) as e:
-        # Bad input: one paragraph and a non-zero exit, no traceback.
-        sys.exit(f"tfadv.train: error: {e}")
+    except (ValueError, TypeError, OSError) as e:
+        # Bad input: one paragraph and a non-zero exit, no traceback (gin
+        # appends where the error was raised on a line of its own).
+        message = str(e).split("\n  In call to configurable")[0]
+        sys.exit(f"tfadv.train: error: {message}")
     if _DRY_RUN.value:
         print("Dry run: the config parsed and every object was built.")
         return

@@ -50,7 +50,7 @@ def _wrong(logits, y):
 class APGD(base.Attack):
     """Auto-PGD (Croce & Hein, ICML 2020), as in AutoAttack's standard version.
 
-    A PGD loop that needs no step-size tuning (ALGORITHMS.md §7.3):
+    A PGD loop that needs no step-size tuning (docs/algorithms.md §7.3):
 
     - the step starts at `2 * epsilon` (`initial_step` times epsilon);
     - each iterate mixes the projected step with the previous move,
@@ -299,7 +299,7 @@ class APGDTargeted(APGD):
 
     For each of the `num_targets` classes ranked highest by the clean logits
     after the top one, one APGD run of `num_steps` iterations maximises
-    `-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)` (ALGORITHMS.md §7.3);
+    `-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)` (docs/algorithms.md §7.3);
     each example keeps its worst case over the targets. AutoAttack's
     standard version uses 9 targets and 100 iterations; with fewer than
     `num_targets + 1` classes every other class is a target. Needs at least

@@ -4,7 +4,8 @@ An attack is a callable object
 
     x_adv = attack(model, x, y, seed=seed, training=False)
 
-with these invariants, which `tests/attacks_test.py` enforces:
+with these invariants, which `tests/attacks_pgd_test.py` and
+`tests/attacks_base_test.py` enforce:
 
 - `x_adv` has the shape and dtype of `x`;
 - `x_adv` lies inside the attack's threat set around `x` and inside [0, 1];
@@ -14,7 +15,7 @@ with these invariants, which `tests/attacks_test.py` enforces:
 - with `training=False` the model's weights and BatchNorm statistics are
   untouched. `training=True` runs the model in training mode (batch
   statistics, dropout, moving averages updated), which some methods ask for
-  (ALGORITHMS.md §0.3 rule 4).
+  (docs/algorithms.md §0.3 rule 4).
 
 Attacks contain no `tf.function`: they run inside whatever the caller
 compiles (a Keras `train_step`, `test_step`, or the evaluation loop), and use

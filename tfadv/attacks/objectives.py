@@ -39,8 +39,8 @@ def margin(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     """The CW margin `max_{j != y} z_j - z_y`, positive when misclassified.
 
     The true class is masked with -inf rather than zeroed, so the maximum is
-    right when every other logit is negative (the bug ALGORITHMS.md §7.2 notes
-    in one reference).
+    right when every other logit is negative (the bug of one reference that
+    docs/algorithms.md §7.2 notes).
     """
     logits = tf.cast(logits, tf.float32)
     true, other = _true_and_other_max(logits, labels)

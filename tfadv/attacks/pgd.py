@@ -143,7 +143,7 @@ class ProjectedGradient(base.Attack):
             x: clean images.
             seed: a stateless seed of shape [2].
             into_box: project the uniform start into [0, 1]; YOPO's start
-                is not projected (ALGORITHMS.md §1.6 P3).
+                is not projected (docs/algorithms.md §1.6 P3).
         """
         if self.start == "uniform":
             if into_box:

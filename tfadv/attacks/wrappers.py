@@ -2,7 +2,7 @@
 
 Both change only the model an inner attack sees, never the attack loop, so
 any gradient attack of `tfadv.attacks` (PGD, APGD, APGD-T) runs through
-them unchanged (ALGORITHMS.md §7.4). Nest them as `BPDA(EOT(attack))`: BPDA
+them unchanged (docs/algorithms.md §7.4). Nest them as `BPDA(EOT(attack))`: BPDA
 needs the Keras model itself to find the layer it replaces.
 """
 
@@ -109,7 +109,7 @@ class BPDA(Wrapper):
     layers compute their usual output in the forward pass but are replaced
     in the backward pass by the identity (`x + stop_gradient(g(x) - x)`) or
     by a differentiable `approximation` of them (Athalye, Carlini & Wagner,
-    ICML 2018; ALGORITHMS.md §7.4). The copy shares every weight with the
+    ICML 2018; docs/algorithms.md §7.4). The copy shares every weight with the
     classifier (it is built once per classifier with
     `keras.models.clone_model`), so nothing is trained or created. Works on
     Sequential and functional models, nested ones included.
@@ -267,7 +267,7 @@ class EOT(Wrapper):
     of its gradients averages the per-transform gradients (weighted by the
     probability each gives the class; Athalye et al., ICML 2018). The
     samples run as one batch of `num_samples * B`. Use it when the
-    classifier or its preprocessing is random (ALGORITHMS.md §4.4: at least
+    classifier or its preprocessing is random (docs/algorithms.md §7.4: at least
     20 draws of inference-time noise). With `transform=None` the classifier
     itself must be random at call time; otherwise `transform(x, seed)` draws
     a random transform from a stateless seed derived from the attack's seed

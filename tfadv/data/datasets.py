@@ -4,7 +4,7 @@
 (`tfadv.data.sources`), checks it, and returns training, validation and
 test pipelines plus a `DatasetInfo`. Every pipeline yields float32 images
 [B, H, W, C] in [0, 1] and int32 labels [B]; normalisation belongs inside
-the classifier (DESIGN.md, "Contracts: Pixel space").
+the classifier (the pixel-space contract; see the README).
 
 Example:
     data = make_datasets(name="fashion_mnist", batch_size=128)

@@ -35,6 +35,8 @@ class LayerLearningRate:
         boundaries: epochs at which the rate is multiplied by `factor`.
         factor: the decay factor.
         name: the variable's name, and the key of the logged value.
+        arg_prefix: the owner's argument names in error messages:
+            `<arg_prefix>`, `<arg_prefix>_boundaries`, `<arg_prefix>_factor`.
     """
 
     def __init__(
@@ -45,12 +47,13 @@ class LayerLearningRate:
         boundaries: Sequence[float] = (),
         factor: float = 0.1,
         name: str = "layer_learning_rate",
+        arg_prefix: str = "lr",
     ):
-        self.initial = validation.non_negative(name, initial)
+        self.initial = validation.non_negative(arg_prefix, initial)
         self.boundaries = validation.positive_epochs(
-            f"{name} boundaries", boundaries
+            f"{arg_prefix}_boundaries", boundaries
         )
-        self.factor = validation.non_negative(f"{name} factor", factor)
+        self.factor = validation.non_negative(f"{arg_prefix}_factor", factor)
         self.name = name
         self.variable = owner.add_weight(
             shape=(),

@@ -347,6 +347,7 @@ class YOPO(YOPOBase):
                 boundaries=first_layer_lr_boundaries,
                 factor=first_layer_lr_factor,
                 name="first_layer_learning_rate",
+                arg_prefix="first_layer_lr",
             )
         elif self.first_layer_lr_boundaries:
             raise ValueError(

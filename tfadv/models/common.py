@@ -12,7 +12,7 @@ builders share three conventions that the rest of tfadv relies on:
   `split_at_first_layer` can cut the model into `f0` and `rest` with
   `rest(f0(x)) == model(x)`.
 - BatchNorm uses `momentum=0.9, epsilon=1e-5`, the Keras equivalents of
-  PyTorch's defaults (ALGORITHMS.md §0.3, rule 3).
+  PyTorch's defaults (docs/algorithms.md §0.3, rule 3).
 
 Builders are also given PyTorch-style weight initialisers where the
 reference code relies on them, so that training curves are comparable with

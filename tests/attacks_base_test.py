@@ -1,0 +1,183 @@
+"""The attack interface: seeds, `repeat`, configs and `replace`, `x_init`
+and `uses_gradients` across the attacks."""
+
+import keras
+import tensorflow as tf
+from absl.testing import parameterized
+
+from tests import harness
+from tfadv import attacks
+from tfadv.attacks import base
+
+
+def image_model():
+    keras.utils.set_random_seed(0)
+    return keras.Sequential(
+        [
+            keras.Input((6, 6, 1)),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(4),
+        ]
+    )
+
+
+# One of each attack, cheap enough for a test.
+ATTACKS = {
+    "pgd": lambda: attacks.ProjectedGradient(
+        epsilon=0.1, step_size=0.05, num_steps=3
+    ),
+    "apgd": lambda: attacks.APGD(epsilon=0.1, num_steps=5),
+    "square": lambda: attacks.Square(epsilon=0.1, num_queries=20),
+}
+
+
+class SeedTest(tf.test.TestCase):
+    def test_as_seed_accepts_every_kind(self):
+        self.assertAllEqual(base.as_seed(None), base.as_seed(0))
+        self.assertAllEqual(base.as_seed(5), [5, 0])
+        self.assertEqual(base.as_seed(5).dtype, tf.int32)
+        self.assertAllEqual(base.as_seed(-1), [2**31 - 1, 0])
+        wide = base.as_seed(tf.constant([2**40 + 3, 7], tf.int64))
+        self.assertEqual(wide.dtype, tf.int32)
+        self.assertAllEqual(wide, [3, 7])
+        gen_a = keras.random.SeedGenerator(11)
+        gen_b = keras.random.SeedGenerator(11)
+        first = base.as_seed(gen_a)
+        self.assertAllEqual(first, base.as_seed(gen_b))
+        # A generator advances: its next seed differs.
+        self.assertNotAllEqual(first, base.as_seed(gen_a))
+        with self.assertRaisesRegex(ValueError, "shape"):
+            base.as_seed(tf.constant([1, 2, 3]))
+
+    def test_split_seed(self):
+        seeds = base.split_seed(base.as_seed(7), 3)
+        self.assertLen(seeds, 3)
+        values = {tuple(s.numpy()) for s in seeds}
+        self.assertLen(values, 3)
+        again = base.split_seed(base.as_seed(7), 3)
+        for a, b in zip(seeds, again, strict=True):
+            self.assertAllEqual(a, b)
+
+    def test_same_seed_same_output(self):
+        model = harness.bn_model()
+        x, y = harness.attack_data()
+        attack = attacks.ProjectedGradient(
+            epsilon=0.1, step_size=0.05, num_steps=3, restarts=2
+        )
+        a = attack(model, x, y, seed=5)
+        self.assertAllEqual(a, attack(model, x, y, seed=5))
+        self.assertNotAllClose(a, attack(model, x, y, seed=6))
+        gen_a = keras.random.SeedGenerator(11)
+        gen_b = keras.random.SeedGenerator(11)
+        self.assertAllEqual(
+            attack(model, x, y, seed=gen_a), attack(model, x, y, seed=gen_b)
+        )
+
+
+class RepeatTest(tf.test.TestCase, parameterized.TestCase):
+    @parameterized.parameters(0, 1, 2, 3, 7)
+    def test_applies_the_step_times_times(self, times):
+        value = base.repeat(lambda v: 2.0 * v + 1.0, tf.constant(1.0), times)
+        want = 1.0
+        for _ in range(times):
+            want = 2.0 * want + 1.0
+        self.assertAllClose(value, want)
+
+    @parameterized.parameters(2, 5)
+    def test_works_without_autograph(self, times):
+        @tf.function(autograph=False)
+        def run(v):
+            return base.repeat(lambda t: t + 1.0, v, times)
+
+        self.assertAllClose(run(tf.zeros([3])), [float(times)] * 3)
+
+    def test_short_runs_unroll_long_runs_loop(self):
+        def ops(times):
+            graph = (
+                tf.function(lambda v: base.repeat(lambda t: t * 3.0, v, times))
+                .get_concrete_function(tf.TensorSpec([], tf.float32))
+                .graph
+            )
+            return [op.type for op in graph.get_operations()]
+
+        self.assertNotIn("While", ops(2))
+        self.assertTrue(any("While" in t for t in ops(3)), ops(3))
+
+
+class ConfigTest(tf.test.TestCase, parameterized.TestCase):
+    @parameterized.parameters(*ATTACKS)
+    def test_get_config_rebuilds_the_attack(self, name):
+        attack = ATTACKS[name]()
+        config = attack.get_config()
+        rebuilt = type(attack)(**config)
+        self.assertEqual(rebuilt.get_config(), config)
+        self.assertEqual(rebuilt.name, attack.name)
+        self.assertEqual(repr(rebuilt), repr(attack))
+
+    @parameterized.parameters(*ATTACKS)
+    def test_replace(self, name):
+        attack = ATTACKS[name]()
+        copy = attack.replace(epsilon=0.05)
+        self.assertIsInstance(copy, type(attack))
+        self.assertNear(copy.epsilon, 0.05, 1e-9)
+        self.assertNear(attack.epsilon, 0.1, 1e-9)
+        self.assertEqual(
+            copy.get_config(), {**attack.get_config(), "epsilon": 0.05}
+        )
+        with self.assertRaisesRegex(TypeError, "no setting.*'bogus'"):
+            attack.replace(bogus=1)
+
+    def test_serialize(self):
+        self.assertIsNone(base.serialize(None))
+        attack = attacks.ProjectedGradient(
+            epsilon=0.1,
+            step_size=0.05,
+            num_steps=3,
+            objective=lambda logits, labels: logits[:, 0],
+        )
+        got = base.serialize(attack)
+        self.assertEqual(got["class_name"], "ProjectedGradient")
+        self.assertEqual(got["config"]["num_steps"], 3)
+        # A callable objective is named, so the config is JSON-friendly.
+        self.assertEqual(got["config"]["objective"], "<lambda>")
+
+    def test_base_class_has_no_config(self):
+        with self.assertRaises(NotImplementedError):
+            base.Attack().get_config()
+
+    def test_uses_gradients(self):
+        self.assertTrue(ATTACKS["pgd"]().uses_gradients)
+        self.assertTrue(ATTACKS["apgd"]().uses_gradients)
+        self.assertFalse(ATTACKS["square"]().uses_gradients)
+
+
+class XInitTest(tf.test.TestCase, parameterized.TestCase):
+    @parameterized.parameters(*ATTACKS)
+    def test_x_init_is_honoured_and_the_output_is_valid(self, name):
+        model = image_model()
+        x, y = harness.attack_data(num_classes=4)
+        attack = ATTACKS[name]()
+        # A start partly outside the ball and the box.
+        start = x + 0.3 * tf.cos(50.0 * x)
+        x_adv = attack(model, x, y, seed=1, x_init=start)
+        self.assertEqual(x_adv.shape, x.shape)
+        self.assertAllInRange(x_adv, 0.0, 1.0)
+        self.assertAllLessEqual(
+            attack.threat_model.distance(x, x_adv), 0.1 + 1e-5
+        )
+        # The start matters: another start, another result.
+        other = attack(model, x, y, seed=1, x_init=x)
+        self.assertNotAllClose(x_adv, other)
+
+    def test_gradient_attacks_from_x_init_do_not_depend_on_the_seed(self):
+        model = image_model()
+        x, y = harness.attack_data(num_classes=4)
+        start = x + 0.05 * tf.cos(50.0 * x)
+        for name in ("pgd", "apgd"):
+            attack = ATTACKS[name]()
+            self.assertAllClose(
+                attack(model, x, y, seed=1, x_init=start),
+                attack(model, x, y, seed=2, x_init=start),
+                msg=name,
+            )

@@ -1,0 +1,224 @@
+"""Callbacks: the catastrophic-overfitting guard and `co_guard`, the
+wall-clock logger and the adversarial image grid."""
+
+import json
+import os
+import types
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import flags
+from absl.testing import parameterized
+
+from tests import harness
+from tfadv import attacks
+from tfadv import callbacks
+from tfadv import methods
+
+
+def setUpModule():
+    # tf.test.TestCase.create_tempdir reads absl flags.
+    flags.FLAGS.mark_as_parsed()
+
+
+def _separable_problem(n=32, d=5, c=3, seed=0):
+    """A linear classifier that is right on every point, with margin."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(d, c)).astype("float32")
+    b = np.zeros(c, "float32")
+    x = rng.uniform(size=(n, d)).astype("float32")
+    z = x @ w
+    keep = np.sort(z, -1)[:, -1] - np.sort(z, -1)[:, -2] > 0.2
+    return w, b, x[keep], z[keep].argmax(-1).astype("int32")
+
+
+class _Scramble(keras.callbacks.Callback):
+    """Negates the classifier's weights at the end of epoch `epoch`."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            classifier = self.model.classifier
+            classifier.set_weights([-v for v in classifier.get_weights()])
+
+
+class _Scripted(callbacks.CatastrophicOverfittingStop):
+    """The guard with robust accuracies read from a script."""
+
+    def __init__(self, script, **kwargs):
+        x, y = np.zeros((2, 5), "float32"), np.zeros(2, "int32")
+        super().__init__(x, y, lambda *a, **k: None, **kwargs)
+        self.script = list(script)
+
+    def robust_accuracy(self):
+        return self.script[len(self.history)]
+
+
+class CatastrophicOverfittingStopTest(tf.test.TestCase, parameterized.TestCase):
+    def _drive(self, guard, epochs):
+        """Runs the guard's hooks; the weights record the epoch."""
+        model = methods.Standard(
+            keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])
+        )
+        model.stop_training = False  # as fit() sets it
+        guard.set_model(model)
+        guard.on_train_begin()
+        for epoch in range(epochs):
+            model.classifier.set_weights(
+                [np.full_like(v, epoch) for v in model.classifier.get_weights()]
+            )
+            guard.on_epoch_end(epoch)
+            if model.stop_training:
+                break
+        return model
+
+    @parameterized.parameters(
+        # compare_to, script, stopped at, restored epoch
+        ("previous", [0.5, 0.6, 0.45, 0.2, 0.9], 3, 2),
+        ("previous", [0.5, 0.6, 0.45, 0.38, 0.3], None, None),
+        ("best", [0.5, 0.6, 0.45, 0.38, 0.9], 3, 1),
+        ("best", [0.5, 0.6, 0.41, 0.5, 0.45], None, None),
+    )
+    def test_rule(self, compare_to, script, stopped_at, restored):
+        guard = _Scripted(script, compare_to=compare_to)
+        model = self._drive(guard, len(script))
+        info = guard.results_info()["catastrophic_overfitting"]
+        self.assertEqual(info["stopped"], stopped_at is not None)
+        self.assertEqual(info["epoch"], stopped_at)
+        self.assertEqual(info["restored_epoch"], restored)
+        if stopped_at is None:
+            self.assertEqual(info["robust_accuracy_history"], script)
+            return
+        self.assertEqual(
+            info["robust_accuracy_history"], script[: stopped_at + 1]
+        )
+        self.assertTrue(model.stop_training)
+        for v in model.classifier.get_weights():
+            self.assertAllEqual(v, np.full_like(v, restored))
+
+    def test_stops_a_collapsing_run_and_restores_weights(self):
+        w, b, x, y = _separable_problem()
+        classifier = keras.Sequential(
+            [keras.Input((5,)), keras.layers.Dense(3)]
+        )
+        classifier.layers[0].set_weights([w, b])
+        method = methods.Standard(classifier)
+        method.compile(optimizer=keras.optimizers.SGD(0.0))  # weights stay
+        guard = callbacks.co_guard(
+            datasets=types.SimpleNamespace(
+                train=tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+            ),
+            logdir=self.create_tempdir().full_path,
+            attack=attacks.ProjectedGradient(
+                epsilon=0.01, step_size=0.005, num_steps=5
+            ),
+        )
+        self.assertEqual(guard.images.shape[0], 16)  # the first batch
+        with self.assertLogs(level="WARNING") as logs:
+            history = method.fit(
+                x,
+                y,
+                batch_size=8,
+                epochs=6,
+                verbose=0,
+                callbacks=[*method.callbacks(), _Scramble(epoch=2), guard],
+            )
+        self.assertTrue(
+            any(
+                "Catastrophic overfitting at epoch 2" in m for m in logs.output
+            ),
+            logs.output,
+        )
+        self.assertLen(history.history["loss"], 3)  # stopped after epoch 2
+        info = guard.results_info()["catastrophic_overfitting"]
+        self.assertTrue(info["stopped"])
+        self.assertEqual(info["epoch"], 2)
+        self.assertEqual(info["restored_epoch"], 1)
+        self.assertEqual(info["robust_accuracy_history"][:2], [1.0, 1.0])
+        self.assertLess(info["robust_accuracy_history"][2], 0.5)
+        got_w, got_b = classifier.layers[0].get_weights()
+        self.assertAllClose(got_w, w)
+        self.assertAllClose(got_b, b)
+        json.dumps(guard.results_info())  # results.json can hold it
+
+    def test_bad_arguments(self):
+        x, y = np.zeros((2, 5), "float32"), np.zeros(2, "int32")
+        attack = harness.pgd()
+        for threshold in (0.0, 1.5, -0.2, "x"):
+            with self.assertRaisesRegex(ValueError, f"threshold.*{threshold}"):
+                callbacks.CatastrophicOverfittingStop(
+                    x, y, attack, threshold=threshold
+                )
+        with self.assertRaisesRegex(ValueError, "compare_to.*'worst'"):
+            callbacks.CatastrophicOverfittingStop(
+                x, y, attack, compare_to="worst"
+            )
+        with self.assertRaisesRegex(TypeError, "attack"):
+            callbacks.CatastrophicOverfittingStop(x, y, "pgd")
+
+
+class WallClockLoggerTest(tf.test.TestCase):
+    def test_logs_and_keeps_the_epoch_times(self):
+        path = os.path.join(self.create_tempdir().full_path, "timing.json")
+        x, y = harness.tiny_data()
+        method = methods.Standard(harness.tiny_classifier())
+        method.compile(optimizer="sgd")
+        logger = callbacks.WallClockLogger(len(x), timing_path=path)
+        history = method.fit(
+            x,
+            y,
+            batch_size=harness.BATCH,
+            epochs=2,
+            verbose=0,
+            callbacks=[logger],
+        )
+        for key in (
+            "time/epoch_seconds",
+            "time/cumulative_train_seconds",
+            "examples_per_second",
+        ):
+            self.assertLen(history.history[key], 2, msg=key)
+        seconds = history.history["time/epoch_seconds"]
+        self.assertAllClose(
+            history.history["time/cumulative_train_seconds"][-1], sum(seconds)
+        )
+        with open(path) as f:
+            self.assertAllClose(json.load(f)["epoch_seconds"], seconds)
+        # A resumed run reads the times back and drops the epochs it redoes.
+        resumed = callbacks.WallClockLogger(len(x), timing_path=path)
+        self.assertAllClose(resumed.epoch_seconds, seconds)
+        resumed.on_epoch_begin(1)
+        self.assertAllClose(resumed.epoch_seconds, seconds[:1])
+
+
+class AdversarialImageGridTest(tf.test.TestCase):
+    def test_writes_summaries_into_log_dir(self):
+        log_dir = os.path.join(self.create_tempdir().full_path, "images")
+        x, y = harness.tiny_data()
+        method = methods.Standard(harness.tiny_classifier())
+        method.compile(optimizer="sgd")
+        grid = callbacks.AdversarialImageGrid(
+            x[:4], y[:4], harness.eval_attack(), log_dir
+        )
+        method.fit(
+            x,
+            y,
+            batch_size=harness.BATCH,
+            epochs=1,
+            verbose=0,
+            callbacks=[grid],
+        )
+        events = [f for f in os.listdir(log_dir) if "tfevents" in f]
+        self.assertNotEmpty(events)
+        tags = set()
+        for event in tf.compat.v1.train.summary_iterator(
+            os.path.join(log_dir, events[0])
+        ):
+            tags.update(v.tag for v in event.summary.value)
+        self.assertContainsSubset(
+            {"clean", "adversarial/pgd3", "perturbation"}, tags
+        )

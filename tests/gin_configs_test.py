@@ -1,0 +1,77 @@
+"""The shipped gin files: each parses with testing/tiny.gin and builds.
+
+Fast tier: every runnable file (gin_configs/*.gin and experiments/) parses
+strictly stacked with testing/tiny.gin and builds everything with
+`dry_run`; every fragment (data/, eval/, testing/) stacks on a method
+file. Slow tier (`--run_slow`): each runnable file trains one tiny epoch
+through the command line and writes a loadable run folder. Datasets not on
+this machine (CIFAR, MNIST, SVHN) come from tfds's mock data; Fashion-MNIST
+is read from its local copy.
+"""
+
+import json
+import os
+
+import keras
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from absl import flags
+from absl.testing import parameterized
+
+from tests import cli_fixtures
+from tfadv import experiment
+from tfadv import train
+
+SHIPPED = cli_fixtures.SHIPPED
+FRAGMENTS = cli_fixtures.FRAGMENTS
+
+
+def _named(gin_files):
+    """(test name, gin file) pairs: "experiments/x.gin" -> "experiments_x"."""
+    return [(f[: -len(".gin")].replace("/", "_"), f) for f in gin_files]
+
+
+def setUpModule():
+    flags.FLAGS.mark_as_parsed()
+
+
+class GinConfigsTest(tf.test.TestCase, parameterized.TestCase):
+    def test_shipped_configs_found(self):
+        self.assertIn("pgd_at.gin", SHIPPED)
+        self.assertIn("standard.gin", SHIPPED)
+        self.assertIn("experiments/cifar10_trades.gin", SHIPPED)
+        self.assertIn("testing/tiny.gin", FRAGMENTS)
+        self.assertCountEqual(SHIPPED + FRAGMENTS, cli_fixtures.ALL_GIN_FILES)
+
+    @parameterized.named_parameters(*_named(SHIPPED))
+    def test_parses_and_builds_with_tiny(self, gin_file):
+        train.parse_gin([gin_file, "testing/tiny.gin"], [])
+        logdir = os.path.join(self.create_tempdir().full_path, "run")
+        with tfds.testing.mock_data(num_examples=300):
+            result = experiment.run(logdir=logdir, dry_run=True)
+        self.assertEqual(result, {})
+        self.assertFalse(os.path.exists(logdir))
+
+    @parameterized.named_parameters(*_named(FRAGMENTS))
+    def test_fragment_stacks_on_a_method_file(self, fragment):
+        train.parse_gin(["pgd_at.gin", fragment, "testing/tiny.gin"], [])
+        logdir = os.path.join(self.create_tempdir().full_path, "run")
+        self.assertEqual(experiment.run(logdir=logdir, dry_run=True), {})
+
+
+@pytest.mark.slow
+class EveryConfigTrainsTest(tf.test.TestCase, parameterized.TestCase):
+    @parameterized.named_parameters(*_named(SHIPPED))
+    def test_config_trains_with_tiny(self, gin_file):
+        logdir = os.path.join(self.create_tempdir().full_path, "run")
+        # CIFAR, MNIST and SVHN configs read tfds mock data (no network).
+        with tfds.testing.mock_data(num_examples=300):
+            cli_fixtures.run_cli(logdir, gin_file, "testing/tiny.gin")
+        with open(os.path.join(logdir, "results.json")) as f:
+            results = json.load(f)
+        self.assertGreaterEqual(results["epochs"], 1)
+        self.assertBetween(results["clean_accuracy"], 0.0, 1.0)
+        for value in results["robust_accuracy"].values():
+            self.assertBetween(value, 0.0, 1.0)
+        keras.saving.load_model(os.path.join(logdir, "model.keras"))

@@ -1,0 +1,207 @@
+"""tfadv.run_folder: the resume rule, the JSON writers and the callbacks."""
+
+import json
+import os
+
+import gin
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import flags
+
+from tests import harness
+from tfadv import run_folder
+
+
+def setUpModule():
+    flags.FLAGS.mark_as_parsed()
+
+
+class PrepareTest(tf.test.TestCase):
+    def setUp(self):
+        super().setUp()
+        self.root = self.create_tempdir().full_path
+
+    def _folder(self, *names, dirs=()):
+        logdir = os.path.join(self.root, "run")
+        os.makedirs(logdir)
+        for name in names:
+            with open(os.path.join(logdir, name), "w") as f:
+                f.write("{}")
+        for name in dirs:
+            os.makedirs(os.path.join(logdir, name))
+        return logdir
+
+    def test_new_folder_is_made_and_does_not_resume(self):
+        logdir = os.path.join(self.root, "a", "b", "run")
+        self.assertFalse(run_folder.prepare(logdir))
+        self.assertTrue(os.path.isdir(logdir))
+
+    def test_empty_folder_does_not_resume(self):
+        self.assertFalse(run_folder.prepare(self._folder()))
+
+    def test_interrupted_run_with_checkpoint_resumes(self):
+        logdir = self._folder(
+            run_folder.OPERATIVE_CONFIG_FILE,
+            run_folder.TIMING_FILE,
+            dirs=(
+                run_folder.CHECKPOINT_DIR,
+                run_folder.TRAIN_EVENTS,
+                run_folder.VALIDATION_EVENTS,
+                run_folder.IMAGE_EVENTS,
+            ),
+        )
+        self.assertTrue(run_folder.prepare(logdir))
+
+    def test_interrupted_run_without_checkpoint_starts_over(self):
+        logdir = self._folder(
+            run_folder.OPERATIVE_CONFIG_FILE, dirs=(run_folder.TRAIN_EVENTS,)
+        )
+        self.assertFalse(run_folder.prepare(logdir))
+
+    def test_finished_run_is_refused(self):
+        logdir = self._folder(
+            run_folder.RESULTS_FILE,
+            run_folder.MODEL_FILE,
+            dirs=(run_folder.CHECKPOINT_DIR,),
+        )
+        with self.assertRaisesRegex(
+            run_folder.RunFolderError,
+            "already holds a finished run .*results.json.*--logdir",
+        ):
+            run_folder.prepare(logdir)
+
+    def test_foreign_files_are_refused(self):
+        # A model.keras without results.json is not an interrupted run.
+        for name in ("thesis.tex", run_folder.MODEL_FILE):
+            with self.subTest(name=name):
+                logdir = self._folder(name, dirs=(run_folder.CHECKPOINT_DIR,))
+                with self.assertRaisesRegex(
+                    run_folder.RunFolderError,
+                    rf"not an interrupted tfadv run .*{name}",
+                ):
+                    run_folder.prepare(logdir)
+                self.assertTrue(os.path.exists(os.path.join(logdir, name)))
+                os.remove(os.path.join(logdir, name))
+                os.rmdir(os.path.join(logdir, run_folder.CHECKPOINT_DIR))
+                os.rmdir(logdir)
+
+    def test_error_is_a_value_error(self):
+        # tfadv.train turns ValueErrors into one-paragraph exits.
+        self.assertTrue(issubclass(run_folder.RunFolderError, ValueError))
+
+    def test_path(self):
+        self.assertEqual(
+            run_folder.path("runs/x", run_folder.RESULTS_FILE),
+            os.path.join("runs/x", "results.json"),
+        )
+
+
+class JsonTest(tf.test.TestCase):
+    def test_write_atomic_and_read(self):
+        folder = self.create_tempdir().full_path
+        path = os.path.join(folder, "r.json")
+        run_folder.write_json_atomic(path, {"a": [1, 2.5], "b": None})
+        self.assertEqual(run_folder.read_json(path), {"a": [1, 2.5], "b": None})
+        run_folder.write_json_atomic(path, {"a": 3})
+        with open(path) as f:
+            self.assertEqual(json.load(f), {"a": 3})
+        self.assertEqual(os.listdir(folder), ["r.json"])  # No .tmp left.
+
+    def test_read_missing_file_is_empty(self):
+        path = os.path.join(self.create_tempdir().full_path, "none.json")
+        self.assertEqual(run_folder.read_json(path), {})
+
+
+def _compiled_classifier():
+    model = harness.tiny_classifier()
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+@gin.configurable("run_folder_test_used")
+def _used(value=1):
+    return value
+
+
+class GinConfigWriterTest(tf.test.TestCase):
+    def test_writes_the_operative_config_once(self):
+        logdir = self.create_tempdir().full_path
+
+        gin.parse_config("run_folder_test_used.value = 7")
+        self.assertEqual(_used(), 7)
+        writer = run_folder.GinConfigWriter(logdir)
+        writer.on_train_batch_end(0)
+        path = run_folder.path(logdir, run_folder.OPERATIVE_CONFIG_FILE)
+        with open(path) as f:
+            self.assertIn("run_folder_test_used.value = 7", f.read())
+        with open(path, "w") as f:
+            f.write("kept")
+        writer.on_train_batch_end(1)
+        with open(path) as f:
+            self.assertEqual(f.read(), "kept")
+        events = os.listdir(run_folder.path(logdir, run_folder.TRAIN_EVENTS))
+        self.assertLen(events, 1)
+        self.assertStartsWith(events[0], "events.out.tfevents.")
+
+
+class ResumableCheckpointTest(tf.test.TestCase):
+    def test_keeps_checkpoint_and_skips_non_finite_epochs(self):
+        logdir = self.create_tempdir().full_path
+        checkpoint = run_folder.path(logdir, run_folder.CHECKPOINT_DIR)
+        metadata = os.path.join(checkpoint, "training_metadata.json")
+        weights = os.path.join(checkpoint, "latest.weights.h5")
+        model = _compiled_classifier()
+        x, y = harness.tiny_data()
+        callback = run_folder.ResumableCheckpoint(logdir)
+        model.fit(
+            x,
+            y,
+            batch_size=harness.BATCH,
+            epochs=1,
+            callbacks=[callback],
+            verbose=0,
+        )
+        # Kept after training (delete_checkpoint=False).
+        with open(metadata) as f:
+            self.assertEqual(json.load(f)["epoch"], 1)
+        saved = [w.numpy().copy() for w in model.weights]
+        for w in model.weights:
+            w.assign(np.full(w.shape, np.nan, w.dtype))
+        for loss in (float("nan"), float("inf"), np.float32("nan")):
+            callback.on_epoch_end(1, {"loss": loss})
+        with open(metadata) as f:
+            self.assertEqual(json.load(f)["epoch"], 1)
+        model.load_weights(weights)
+        for a, b in zip(model.weights, saved, strict=True):
+            self.assertAllClose(a, b)
+        # A finite epoch is saved.
+        callback.on_epoch_end(1, {"loss": 0.5})
+        with open(metadata) as f:
+            self.assertEqual(json.load(f)["epoch"], 2)
+
+    def test_resumes_from_the_checkpoint(self):
+        logdir = self.create_tempdir().full_path
+        x, y = harness.tiny_data()
+        model = _compiled_classifier()
+        model.fit(
+            x,
+            y,
+            batch_size=harness.BATCH,
+            epochs=1,
+            callbacks=[run_folder.ResumableCheckpoint(logdir)],
+            verbose=0,
+        )
+        fresh = _compiled_classifier()
+        history = fresh.fit(
+            x,
+            y,
+            batch_size=harness.BATCH,
+            epochs=3,
+            callbacks=[run_folder.ResumableCheckpoint(logdir)],
+            verbose=0,
+        )
+        self.assertEqual(history.epoch, [1, 2])
