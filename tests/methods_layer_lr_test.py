@@ -63,7 +63,7 @@ class LayerLearningRateTest(tf.test.TestCase, parameterized.TestCase):
 
     def test_bad_arguments(self):
         with self.assertRaisesRegex(ValueError, "rate0.*-1"):
-            self._rate(initial=-1, name="rate0")
+            self._rate(initial=-1, arg_prefix="rate0")
         with self.assertRaisesRegex(ValueError, "boundaries.*0.0"):
             self._rate(initial=0.1, boundaries=[0])
 

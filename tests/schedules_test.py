@@ -134,3 +134,24 @@ class PiecewiseConstantTest(tf.test.TestCase):
             callbacks=[Log()],
         )
         self.assertAllClose(rates, [0.4, 0.4, 0.2, 0.2])
+
+
+class CyclicTest(tf.test.TestCase):
+    def test_cyclic_is_triangular(self):
+        lr = schedules.cyclic(
+            steps_per_epoch=10, epochs=4, max_lr=0.2, peak_fraction=0.5
+        )
+        self.assertAllClose(
+            [float(lr(s)) for s in (0, 10, 20, 30, 40, 50)],
+            [0.0, 0.1, 0.2, 0.1, 0.0, 0.0],
+        )
+        restored = schedules.PiecewiseLinear.from_config(lr.get_config())
+        self.assertAllClose(float(restored(15)), float(lr(15)))
+
+    def test_bad_schedule_arguments(self):
+        with self.assertRaisesRegex(ValueError, "peak_fraction"):
+            schedules.cyclic(steps_per_epoch=1, epochs=1, peak_fraction=1.0)
+        with self.assertRaisesRegex(ValueError, "boundaries"):
+            schedules.piecewise_constant(
+                steps_per_epoch=1, epochs=1, boundaries=[-1]
+            )

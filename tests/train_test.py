@@ -25,7 +25,6 @@ from absl.testing import parameterized
 from tests import cli_fixtures
 from tests.cli_fixtures import run_cli
 from tfadv import run_folder
-from tfadv import schedules
 from tfadv import train
 
 
@@ -288,30 +287,3 @@ class BadInputTest(tf.test.TestCase, parameterized.TestCase):
         self._expect_exit(
             r"run\.dry_run cannot be set in gin.*--dry_run", gin_file
         )
-
-
-class SchedulesTest(tf.test.TestCase):
-    """Schedule checks that came with this file's tests.
-
-    They belong in schedules_test.py, which another change owns; until
-    they move there, they run here.
-    """
-
-    def test_cyclic_is_triangular(self):
-        lr = schedules.cyclic(
-            steps_per_epoch=10, epochs=4, max_lr=0.2, peak_fraction=0.5
-        )
-        self.assertAllClose(
-            [float(lr(s)) for s in (0, 10, 20, 30, 40, 50)],
-            [0.0, 0.1, 0.2, 0.1, 0.0, 0.0],
-        )
-        restored = schedules.PiecewiseLinear.from_config(lr.get_config())
-        self.assertAllClose(float(restored(15)), float(lr(15)))
-
-    def test_bad_schedule_arguments(self):
-        with self.assertRaisesRegex(ValueError, "peak_fraction"):
-            schedules.cyclic(steps_per_epoch=1, epochs=1, peak_fraction=1.0)
-        with self.assertRaisesRegex(ValueError, "boundaries"):
-            schedules.piecewise_constant(
-                steps_per_epoch=1, epochs=1, boundaries=[-1]
-            )
