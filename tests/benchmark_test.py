@@ -88,3 +88,38 @@ class BenchmarkTest(tf.test.TestCase):
             self.assertRaisesRegex(app.UsageError, "method=binding"),
         ):
             benchmark._bindings_for("free_at")
+
+
+class TimeToTargetTest(tf.test.TestCase):
+    def _with_history(self, robust, seconds):
+        result = _result(seconds[-1], len(seconds), 0.8, {"pgd20": robust[-1]})
+        result["history"] = {
+            "val_robust_accuracy": robust,
+            "time/cumulative_train_seconds": seconds,
+        }
+        return result
+
+    def test_first_epoch_at_the_target(self):
+        result = self._with_history([0.3, 0.62, 0.7], [10.0, 20.0, 30.0])
+        self.assertEqual(benchmark.time_to_target(result, 0.6), 20.0)
+        self.assertEqual(benchmark.time_to_target(result, 0.3), 10.0)
+        self.assertIsNone(benchmark.time_to_target(result, 0.9))
+
+    def test_default_target_is_95_percent_of_the_reference_best(self):
+        results = {
+            "pgd_at": self._with_history([0.5, 0.8, 0.7], [1.0, 2.0, 3.0]),
+            "fast": self._with_history([0.7, 0.78], [0.5, 1.0]),
+        }
+        self.assertAllClose(benchmark.default_target(results), 0.76)
+        self.assertIsNone(benchmark.default_target({"fast": results["fast"]}))
+        table = benchmark.make_table(results, 0.76)
+        self.assertIn("time to 0.760", table.splitlines()[0])
+        self.assertIn("| fast | 2 | 0.5 | 1 | 1 | 0.8000 |", table)
+        self.assertIn("| pgd_at | 3 | 1.0 | 3 | 2 | 0.8000 |", table)
+
+    def test_suite_column(self):
+        result = _result(10.0, 1, 0.5, {"pgd20": 0.4})
+        result["suite"] = {"name": "standard", "robust_accuracy": 0.35}
+        table = benchmark.make_table({"pgd_at": result})
+        self.assertIn("standard suite", table.splitlines()[0])
+        self.assertIn("| 0.4000 | 0.3500 | 1.00 |", table)

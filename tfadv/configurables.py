@@ -28,6 +28,8 @@ REGISTERING_MODULES = (
     "tfadv.evaluation.runner",
     "tfadv.experiment",
     "tfadv.methods.backward_smoothing",
+    "tfadv.methods.controllers",
+    "tfadv.methods.deat",
     "tfadv.methods.fgsm_rs",
     "tfadv.methods.free_at",
     "tfadv.methods.mart",

@@ -20,7 +20,18 @@ Flags:
     --bindings: extra gin bindings for every method.
     --method_bindings: "method=binding" for one method, e.g.
         "free_at=run.epochs = 1" (Free-AT trains epochs/m).
+    --target_robust: the validation robust accuracy (PGD-20 on the
+        validation images, every epoch) of the "time to target" column;
+        default: 95 % of the best that the reference (pgd_at) reached, when
+        it is among the methods.
+    --suite: also attack every final model with this `tfadv.evaluate`
+        suite (e.g. "standard") on the first --suite_examples test images,
+        and add its per-example worst case as a column.
     --out: output folder (must not exist, or be an unfinished benchmark).
+
+"Time to target" is the cumulative training time at the end of the first
+epoch whose validation robust accuracy reached the target ("-" if none
+did): a fast method is judged by it, not by seconds per epoch alone.
 """
 
 import json
@@ -42,6 +53,13 @@ _METHOD_BINDINGS = flags.DEFINE_multi_string(
     "method_bindings", [], "'method=binding' for one method."
 )
 _OUT = flags.DEFINE_string("out", None, "Output folder.")
+_TARGET = flags.DEFINE_float(
+    "target_robust", None, "Validation robust accuracy to time."
+)
+_SUITE = flags.DEFINE_string("suite", None, "Extra tfadv.evaluate suite.")
+_SUITE_EXAMPLES = flags.DEFINE_integer(
+    "suite_examples", 1000, "Test images for --suite."
+)
 # Not "seed": tfadv.evaluate defines that, and tests import both modules.
 _SEED = flags.DEFINE_integer("run_seed", 0, "run.seed and the shuffle seed.")
 
@@ -86,13 +104,65 @@ def train_one(method, out):
         return json.load(f)
 
 
-def make_table(results):
+def evaluate_suite(method, out):
+    """Runs `tfadv.evaluate --suite` on a method's run; its worst case."""
+    logdir = os.path.join(out, method)
+    tag = _SUITE.value.replace(",", "_")
+    path = os.path.join(logdir, f"benchmark-{tag}.json")
+    if not os.path.exists(path):
+        cmd = [
+            sys.executable,
+            "-m",
+            "tfadv.evaluate",
+            f"--model={logdir}",
+            f"--suite={_SUITE.value}",
+            f"--num_examples={_SUITE_EXAMPLES.value}",
+            f"--output={path}",
+        ]
+        print("$", shlex.join(cmd))
+        subprocess.run(cmd, check=True)
+    with open(path) as f:
+        scores = json.load(f)
+    return {
+        "name": _SUITE.value,
+        "robust_accuracy": scores["suite_robust_accuracy"],
+        "num_examples": scores["num_examples"],
+        "masking": scores.get("gradient_masking", {}).get("possible"),
+    }
+
+
+def time_to_target(result, target):
+    """Training seconds until validation robust accuracy reached `target`."""
+    history = result.get("history", {})
+    robust = history.get("val_robust_accuracy", [])
+    seconds = history.get("time/cumulative_train_seconds", [])
+    for accuracy, elapsed in zip(robust, seconds, strict=False):
+        if accuracy >= target:
+            return elapsed
+    return None
+
+
+def default_target(results):
+    """95 % of the best validation robust accuracy of the reference."""
+    history = results.get(REFERENCE, {}).get("history", {})
+    robust = history.get("val_robust_accuracy")
+    return 0.95 * max(robust) if robust else None
+
+
+def make_table(results, target=None):
     reference = results.get(REFERENCE)
     attack_names = sorted(
         {name for r in results.values() for name in r["robust_accuracy"]}
     )
-    header = ["method", "epochs", "s/epoch", "train s", "clean"]
+    suites = sorted(
+        {r["suite"]["name"] for r in results.values() if "suite" in r}
+    )
+    header = ["method", "epochs", "s/epoch", "train s"]
+    if target is not None:
+        header.append(f"time to {target:.3f}")
+    header.append("clean")
     header += [f"robust ({n})" for n in attack_names]
+    header += [f"{n} suite" for n in suites]
     header.append(f"time / {REFERENCE}")
     rows = []
     for method, r in results.items():
@@ -102,19 +172,26 @@ def make_table(results):
             if reference
             else float("nan")
         )
-        row = [
-            method,
-            str(r["epochs"]),
-            f"{per_epoch:.1f}",
-            f"{r['train_seconds']:.0f}",
-            f"{r['clean_accuracy']:.4f}",
-        ]
+        row = [method, str(r["epochs"]), f"{per_epoch:.1f}"]
+        row.append(f"{r['train_seconds']:.0f}")
+        if target is not None:
+            reached = time_to_target(r, target)
+            row.append("-" if reached is None else f"{reached:.0f}")
+        row.append(f"{r['clean_accuracy']:.4f}")
         row += [
             f"{r['robust_accuracy'][n]:.4f}"
             if n in r["robust_accuracy"]
             else "-"
             for n in attack_names
         ]
+        for name in suites:
+            suite = r.get("suite", {})
+            value = (
+                suite.get("robust_accuracy")
+                if suite.get("name") == name
+                else None
+            )
+            row.append("-" if value is None else f"{value:.4f}")
         row.append(f"{ratio:.2f}")
         rows.append(row)
     lines = ["| " + " | ".join(header) + " |"]
@@ -157,7 +234,13 @@ def main(argv):
         raise app.UsageError(f"{out} already holds a finished benchmark.")
     os.makedirs(out, exist_ok=True)
     results = {m: train_one(m, out) for m in _METHODS.value}
-    table = make_table(results)
+    if _SUITE.value:
+        for method in results:
+            results[method]["suite"] = evaluate_suite(method, out)
+    target = _TARGET.value
+    if target is None:
+        target = default_target(results)
+    table = make_table(results, target)
     command = "python tools/benchmark.py " + shlex.join(sys.argv[1:])
     with open(os.path.join(out, "benchmark.md"), "w") as f:
         f.write(f"Command: `{command}`\n\n{table}\n")

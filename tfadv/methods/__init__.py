@@ -3,17 +3,20 @@
 Every method subclasses `AdversarialTrainer` and follows its contract
 (`tfadv.methods.base`): the training attack, the step, the epoch hooks,
 `results_info()` and `callbacks()`. Shared pieces live in modules of their
-own: `replay` (Free-AT's replay loop), `layer_lr` (a per-layer learning
+own: `replay` (the replay loop of Free-AT and DEAT), `controllers` (step
+controllers: M+, DEAT-d, DEAT-p), `layer_lr` (a per-layer learning
 rate inside one SGD optimizer) and `trades_family` (the β-weighted KL
 methods' base).
 """
 
 from tfadv.methods import base
+from tfadv.methods import controllers
 from tfadv.methods import layer_lr
 from tfadv.methods import replay
 from tfadv.methods import trades_family
 from tfadv.methods.backward_smoothing import BackwardSmoothing
 from tfadv.methods.base import AdversarialTrainer
+from tfadv.methods.deat import DEAT
 from tfadv.methods.fgsm_rs import FGSMRS
 from tfadv.methods.free_at import FreeAT
 from tfadv.methods.mart import MART

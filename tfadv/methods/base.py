@@ -29,6 +29,11 @@ shares, and what a new one plugs into, is declared here:
   changes it; the next epoch's first batch then runs a retraced step
   (`fit` reads `train_function` at every batch, and the hook caller
   rebuilds it whenever a count differs from the traced value).
+- **Step controllers.** `step_controller=` takes a
+  `tfadv.methods.controllers.StepController` (M+, DEAT-d, DEAT-p) that
+  drives the method's step count named by `step_controller_count` (the
+  training attack's steps for PGD-AT, TRADES and MART, the replays for
+  DEAT) between epochs, from what the step reports to it (`observe`).
 - **Minibatch counting.** `minibatches` counts minibatches, whatever the
   number of optimizer updates per minibatch; a
   `tfadv.schedules.PerMinibatch` learning rate in the optimizer is bound
@@ -47,6 +52,8 @@ from tfadv import schedules
 from tfadv import validation
 from tfadv.attacks import base as attack_base
 from tfadv.attacks import objectives
+from tfadv.methods import controllers
+from tfadv.models import common
 
 # The metric names every method reports, so curves overlay in TensorBoard.
 LOSS = "loss"
@@ -79,11 +86,18 @@ class EpochHooks(keras.callbacks.Callback):
         self.trainer = trainer
 
     def on_epoch_begin(self, epoch, logs=None):
+        controller = self.trainer.step_controller
+        if controller is not None:
+            controller.on_epoch_begin(epoch)
         self.trainer.on_epoch_begin(epoch)
         self.trainer.retrace_if_counts_changed()
 
     def on_epoch_end(self, epoch, logs=None):
-        extra = self.trainer.on_epoch_end(epoch, logs)
+        extra = {}
+        controller = self.trainer.step_controller
+        if controller is not None:
+            extra.update(controller.on_epoch_end(epoch, logs))
+        extra.update(self.trainer.on_epoch_end(epoch, logs))
         if extra and logs is not None:
             logs.update(extra)
 
@@ -131,6 +145,9 @@ class AdversarialTrainer(keras.Model):
             where XLA drops assertions; `tfadv.train` checks its data before
             training either way).
         seed: seed of the method's `SeedGenerator`.
+        step_controller: a `tfadv.methods.controllers.StepController` that
+            changes the method's step count between epochs (M+PGD,
+            M+TRADES, M+MART, DEAT), or None.
         **kwargs: passed to `keras.Model` (e.g. `name`).
 
     Raises:
@@ -152,6 +169,8 @@ class AdversarialTrainer(keras.Model):
     # The attack classes the method can run (methods that step the
     # perturbation themselves need a ProjectedGradient's settings).
     train_attack_types: tuple = (attack_base.Attack,)
+    # The step count a step controller may drive (None: none).
+    step_controller_count: str | None = None
 
     def __init__(
         self,
@@ -164,6 +183,7 @@ class AdversarialTrainer(keras.Model):
         weight_decay: float = 0.0,
         check_inputs: bool = True,
         seed: int | None = None,
+        step_controller: controllers.StepController | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -210,6 +230,8 @@ class AdversarialTrainer(keras.Model):
         self._step_counts = {}
         self._traced_counts = {}
         self._method_callbacks = None
+        self.input_std = _input_std(classifier)
+        self.step_controller = self._attach_controller(step_controller)
         # The trainer's own variables exist now; with a built classifier it
         # is complete (BackupAndRestore and save_weights need it built).
         if classifier.built:
@@ -258,6 +280,63 @@ class AdversarialTrainer(keras.Model):
                 "same budget to both."
             )
         return train_attack
+
+    def _attach_controller(self, controller):
+        if controller is None:
+            return None
+        method = type(self).__name__
+        if not isinstance(controller, controllers.StepController):
+            raise TypeError(
+                f"{method}.step_controller must be a tfadv.methods."
+                f"controllers.StepController (e.g. MPlus); got {controller!r}."
+            )
+        if self.step_controller_count is None:
+            raise ValueError(
+                f"{method} has no step count that a step controller could "
+                "drive; controllers drive PGDAT, TRADES and MART (the "
+                "training attack's steps) and DEAT (its replays)."
+            )
+        config = self.train_attack.get_config()
+        if not {"num_steps", "step_size"} <= set(config):
+            raise ValueError(
+                f"{method}'s step controller changes its training attack's "
+                f"num_steps and step_size, which {self.train_attack!r} does "
+                "not have; use a ProjectedGradient."
+            )
+        controller.attach(self, self.step_controller_count)
+        return controller
+
+    def current_train_attack(self) -> attack_base.Attack:
+        """The training attack of this epoch.
+
+        With a step controller driving the attack's steps, a copy with its
+        `num_steps` and the step `max(ε / steps, step_size)`
+        (`controllers.controlled_step_size`); else `train_attack`.
+        """
+        controller = self.step_controller
+        if controller is None or controller.count_name != "attack_steps":
+            return self.train_attack
+        steps = controller.steps
+        floor = self.train_attack.step_size
+        return self.train_attack.replace(
+            num_steps=steps,
+            step_size=controllers.controlled_step_size(
+                self.epsilon, steps, floor
+            ),
+        )
+
+    def gradient_l1(self, input_gradient: tf.Tensor) -> tf.Tensor:
+        """This replica's share of `‖∇ₓ L‖₁` w.r.t. the normalised input.
+
+        The gradient in pixel space times the normalisation's std (the
+        gradient with respect to the model's normalised input, as DEAT
+        measures it), summed, divided by the replicas (summed over them,
+        it is the whole batch's, whatever the number of replicas).
+        """
+        scaled = tf.abs(tf.cast(input_gradient, tf.float32)) * self.input_std
+        # Each replica's mean is over its own (equal) share of the batch,
+        # so its gradient is R times its share of the global mean's.
+        return tf.reduce_sum(scaled) / num_replicas()
 
     @property
     def epsilon(self) -> float | None:
@@ -521,13 +600,14 @@ class AdversarialTrainer(keras.Model):
 
         Keeping the attack off the tape saves the memory and time a tape
         would spend recording the attack loop. The default runs
-        `train_attack` on the labels in the method's attack mode (None
-        without a training attack); methods whose attack needs another
-        target override `attack_target`.
+        `current_train_attack()` on the labels in the method's attack mode
+        (None without a training attack); methods whose attack needs
+        another target override `attack_target`.
         """
         if self.train_attack is None:
             return None
-        return self.attack(self.train_attack, x, self.attack_target(x, y))
+        attack = self.current_train_attack()
+        return self.attack(attack, x, self.attack_target(x, y))
 
     def attack_target(self, x, y):
         """What the training attack's objective compares the logits with.
@@ -566,12 +646,22 @@ class AdversarialTrainer(keras.Model):
         `compute_adversarial_loss`. Override it for another structure.
         """
         x_adv = self.perturb(x, y)
+        # A step controller observes the update's input gradient.
+        observed = self.step_controller is not None and x_adv is not None
         with tf.GradientTape() as tape:
+            if observed:
+                tape.watch(x_adv)
             loss, clean_logits, adv_logits = self.compute_adversarial_loss(
                 x, y, x_adv
             )
             scaled_loss = self.scale_loss(loss)
-        self.apply_gradients(tape, scaled_loss)
+        if observed:
+            _, input_grad = self.apply_gradients(
+                tape, scaled_loss, inputs=x_adv
+            )
+            self.step_controller.observe(self.gradient_l1(input_grad))
+        else:
+            self.apply_gradients(tape, scaled_loss)
         if clean_logits is None:
             clean_logits = self.classifier(x, training=False)
         self.update_metrics(
@@ -600,3 +690,20 @@ class AdversarialTrainer(keras.Model):
             self.trackers[ROBUST_ACCURACY].update_state(y, adv_logits)
             names = self.test_metric_names
         return self.logs(names)
+
+
+def _input_std(classifier: keras.Model):
+    """The std of the classifier's normalisation layer (1 without one).
+
+    tfadv's builders normalise with a `keras.layers.Normalization` named
+    `models.NORMALIZE_LAYER`; its std turns a pixel-space gradient into
+    the gradient with respect to the normalised input.
+    """
+    try:
+        layer = classifier.get_layer(common.NORMALIZE_LAYER)
+    except ValueError:
+        return 1.0
+    variance = getattr(layer, "input_variance", None)
+    if not isinstance(layer, keras.layers.Normalization) or variance is None:
+        return 1.0
+    return tf.sqrt(tf.cast(tf.reshape(variance, [-1]), tf.float32))

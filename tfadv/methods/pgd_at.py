@@ -47,6 +47,8 @@ class PGDAT(base.AdversarialTrainer):
             `attack_training_mode`, `eval_attack`, `weight_decay`).
     """
 
+    # M+ (tfadv.methods.controllers.MPlus) may drive the attack's steps.
+    step_controller_count = "attack_steps"
     default_epsilon = 8 / 255
     default_attack_training_mode = True
 

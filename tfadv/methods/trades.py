@@ -61,5 +61,8 @@ class TRADES(trades_family.KLRegularizedTrainer):
         ValueError: a negative `beta`, or a bad training attack.
     """
 
+    # M+ (tfadv.methods.controllers.MPlus) may drive the attack's steps.
+    step_controller_count = "attack_steps"
+
     def default_train_attack(self, epsilon):
         return pgd.trades_attack(epsilon, objective="kl", name="trades_kl10")
