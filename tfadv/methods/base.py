@@ -147,7 +147,8 @@ class AdversarialTrainer(keras.Model):
         seed: seed of the method's `SeedGenerator`.
         step_controller: a `tfadv.methods.controllers.StepController` that
             changes the method's step count between epochs (M+PGD,
-            M+TRADES, M+MART, DEAT), or None.
+            M+TRADES, M+MART, DEAT), or None. Its `max_steps` must be the
+            training attack's `num_steps`, which then is the cap.
         **kwargs: passed to `keras.Model` (e.g. `name`).
 
     Raises:
@@ -302,6 +303,13 @@ class AdversarialTrainer(keras.Model):
                 f"{method}'s step controller changes its training attack's "
                 f"num_steps and step_size, which {self.train_attack!r} does "
                 "not have; use a ProjectedGradient."
+            )
+        if controller.max_steps != config["num_steps"]:
+            raise ValueError(
+                f"{method}'s step controller stops at max_steps="
+                f"{controller.max_steps}, but its train_attack's num_steps, "
+                f"the most {self.step_controller_count} it may reach, is "
+                f"{config['num_steps']}; give both the same value."
             )
         controller.attach(self, self.step_controller_count)
         return controller

@@ -97,13 +97,6 @@ class DEAT(base.AdversarialTrainer):
                 f"initial_steps is {step_controller.initial_steps}."
             )
         super().__init__(classifier, step_controller=step_controller, **kwargs)
-        if step_controller.max_steps != self.train_attack.num_steps:
-            raise ValueError(
-                f"DEAT's r_max is its train_attack's num_steps "
-                f"({self.train_attack.num_steps}), but its step controller "
-                f"stops at max_steps={step_controller.max_steps}; give both "
-                "the same value."
-            )
 
     def default_train_attack(self, epsilon):
         return pgd.ProjectedGradient(
@@ -125,9 +118,11 @@ class DEAT(base.AdversarialTrainer):
             self.epsilon, replays, self.train_attack.step_size
         )
         attack = self.train_attack.replace(step_size=step_size)
+        # A fresh start every minibatch, made feasible for x.
         start = attack.initial_point(x, self.next_seed())
+        delta = self.threat_model.project(x, start) - x
         result = replay.replay(
-            self, x, y, start - x, num_replays=replays, attack=attack
+            self, x, y, delta, num_replays=replays, attack=attack
         )
         self.step_controller.observe(
             self.gradient_l1(result.input_gradients[-1])
