@@ -254,23 +254,39 @@ class StateTest(tf.test.TestCase):
         self._fit(method, epochs)
         return method
 
-    def test_resumed_run_continues_the_schedule(self):
-        whole = self._fit(self._method(), 5).history
-
+    def test_resumed_run_continues_from_the_checkpointed_state(self):
         class StopAfter(keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):
                 if epoch == 2:
                     raise RuntimeError("killed")
 
+        class Probe(keras.callbacks.Callback):
+            # After BackupAndRestore has restored the checkpoint.
+            def on_train_begin(self, logs=None):
+                trainer = self.model
+                self.state = (
+                    trainer.step_count("replays"),
+                    float(trainer.step_controller.threshold.numpy()),
+                )
+
         backup = keras.callbacks.BackupAndRestore(self.get_temp_dir())
+        interrupted = self._method()
         with self.assertRaisesRegex(RuntimeError, "killed"):
-            self._fit(self._method(), 5, [backup, StopAfter()])
-        resumed = self._fit(self._method(), 5, [backup]).history
-        self.assertLen(resumed["mplus/steps"], 2)  # epochs 3 and 4
-        self.assertEqual(resumed["mplus/steps"], whole["mplus/steps"][3:])
-        self.assertAllClose(
-            resumed["mplus/threshold"], whole["mplus/threshold"][3:]
+            self._fit(interrupted, 5, [backup, StopAfter()])
+        carried = (
+            interrupted.step_count("replays"),
+            float(interrupted.step_controller.threshold.numpy()),
         )
+        self.assertGreater(carried[0], 1)
+        self.assertGreater(carried[1], 0.0)
+        probe = Probe()
+        resumed = self._method()
+        history = self._fit(resumed, 5, [backup, probe]).history
+        self.assertEqual(probe.state[0], carried[0])
+        self.assertAllClose(probe.state[1], carried[1])
+        # Epochs 3 and 4 only, the first with the carried count.
+        self.assertLen(history["mplus/steps"], 2)
+        self.assertEqual(history["mplus/steps"][0], carried[0])
 
 
 class BadInputTest(tf.test.TestCase):

@@ -312,6 +312,10 @@ class AdversarialTrainer(keras.Model):
                 f"{config['num_steps']}; give both the same value."
             )
         controller.attach(self, self.step_controller_count)
+        self.mutable_state_paths = (
+            *self.mutable_state_paths,
+            *controller.mutable_state,
+        )
         return controller
 
     def current_train_attack(self) -> attack_base.Attack:

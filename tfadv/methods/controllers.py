@@ -37,6 +37,9 @@ class StepController:
         name: the prefix of the logged values (`<name>/steps`, ...).
     """
 
+    # Weights the training step itself changes (not only the epoch hooks).
+    mutable_state = ()
+
     def __init__(self, *, max_steps: int, initial_steps: int = 1, name: str):
         self.max_steps = validation.count(
             f"{type(self).__name__} max_steps", max_steps, minimum=1
@@ -126,6 +129,8 @@ class MPlus(StepController):
             M+TRADES and M+MART).
     """
 
+    mutable_state = ("mplus_magnitude",)
+
     def __init__(
         self,
         *,
@@ -144,14 +149,19 @@ class MPlus(StepController):
         self.threshold_set = None
 
     def build(self, trainer):
-        # M sums the replicas' contributions (each replica passes its share).
-        self.magnitude = trainer.add_weight(
-            shape=(),
+        # Each replica sums its own share of M (no all-reduce in the step);
+        # a read outside the step adds the replicas' sums. An attribute of
+        # the trainer, so checkpoints carry it.
+        trainer.mplus_magnitude = keras.Variable(
             initializer="zeros",
+            shape=(),
+            dtype="float32",
             trainable=False,
+            synchronization="on_read",
             aggregation="sum",
             name="mplus_magnitude",
         )
+        self.magnitude = trainer.mplus_magnitude
         self.threshold = trainer.add_weight(
             shape=(),
             initializer="zeros",
