@@ -34,7 +34,9 @@ _GIN_BINDINGS = flags.DEFINE_multi_string(
 )
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Data directory.", **_SHARED)
 _MODEL = flags.DEFINE_string("model", None, "Run folder or .keras file.")
-_SUITE = flags.DEFINE_string("suite", None, "quick, standard, or a list.")
+_SUITE = flags.DEFINE_string(
+    "suite", None, "quick, standard, or a list.", **_SHARED
+)
 _EPSILON = flags.DEFINE_float("epsilon", None, "Budget (default: the run's).")
 _NUM_EXAMPLES = flags.DEFINE_integer(
     "num_examples", None, "First N test examples (default: the run's, 1000)."

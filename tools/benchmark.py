@@ -56,7 +56,10 @@ _OUT = flags.DEFINE_string("out", None, "Output folder.")
 _TARGET = flags.DEFINE_float(
     "target_robust", None, "Validation robust accuracy to time."
 )
-_SUITE = flags.DEFINE_string("suite", None, "Extra tfadv.evaluate suite.")
+# tfadv.evaluate defines --suite too (tests import both modules).
+_SUITE = flags.DEFINE_string(
+    "suite", None, "Extra tfadv.evaluate suite.", allow_override=True
+)
 _SUITE_EXAMPLES = flags.DEFINE_integer(
     "suite_examples", 1000, "Test images for --suite."
 )

@@ -97,7 +97,8 @@ class EpochHooks(keras.callbacks.Callback):
         controller = self.trainer.step_controller
         if controller is not None:
             extra.update(controller.on_epoch_end(epoch, logs))
-        extra.update(self.trainer.on_epoch_end(epoch, logs))
+        # A hook that returns None has nothing to log.
+        extra.update(self.trainer.on_epoch_end(epoch, logs) or {})
         if extra and logs is not None:
             logs.update(extra)
 
