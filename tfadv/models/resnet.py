@@ -147,39 +147,15 @@ def preact_resnet18(
     Raises:
         ValueError: If an argument is out of range.
     """
-    height, width, channels = common.check_input_shape(input_shape)
-    num_classes = common.check_num_classes(num_classes)
-
-    inputs = keras.Input(shape=(height, width, channels), name="image")
-    x = common.normalization(mean=mean, std=std, num_channels=channels)(inputs)
-    x = conv3x3(
-        x,
-        filters=64,
-        strides=1,
-        kernel_initializer=common.torch_default_kernel_initializer(),
-        name=common.FIRST_LAYER,
+    return _resnet18(
+        _preact_block,
+        input_shape=input_shape,
+        num_classes=num_classes,
+        mean=mean,
+        std=std,
+        name=name,
+        preactivation=True,
     )
-    for stage, (filters, strides) in enumerate(
-        zip((64, 128, 256, 512), (1, 2, 2, 2), strict=True), start=1
-    ):
-        for block in range(1, 3):
-            x = _preact_block(
-                x,
-                filters=filters,
-                strides=strides if block == 1 else 1,
-                name=f"stage{stage}_block{block}",
-            )
-    x = common.batch_norm(name="final_bn")(x)
-    x = keras.layers.ReLU(name="final_relu")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    logits = keras.layers.Dense(
-        num_classes,
-        kernel_initializer=common.torch_default_kernel_initializer(),
-        bias_initializer=common.torch_default_bias_initializer(x.shape[-1]),
-        dtype="float32",
-        name=common.LOGITS_LAYER,
-    )(x)
-    return keras.Model(inputs, logits, name=name)
 
 
 def _basic_block(x, *, filters: int, strides: int, name: str):
@@ -250,6 +226,27 @@ def resnet18(
     Raises:
         ValueError: If an argument is out of range.
     """
+    return _resnet18(
+        _basic_block,
+        input_shape=input_shape,
+        num_classes=num_classes,
+        mean=mean,
+        std=std,
+        name=name,
+        preactivation=False,
+    )
+
+
+def _resnet18(
+    block, *, input_shape, num_classes, mean, std, name, preactivation
+):
+    """The CIFAR ResNet-18 skeleton around `block`.
+
+    normalize -> Conv3x3(64) ["first_layer"] -> (BN -> ReLU for the
+    standard ResNet) -> 4 stages of 2 blocks (64, 128, 256, 512 filters,
+    strides 1, 2, 2, 2) -> (BN -> ReLU for the pre-activation ResNet) ->
+    global average pool -> Dense(num_classes).
+    """
     height, width, channels = common.check_input_shape(input_shape)
     num_classes = common.check_num_classes(num_classes)
 
@@ -262,18 +259,22 @@ def resnet18(
         kernel_initializer=common.torch_default_kernel_initializer(),
         name=common.FIRST_LAYER,
     )
-    x = common.batch_norm(name="stem_bn")(x)
-    x = keras.layers.ReLU(name="stem_relu")(x)
+    if not preactivation:
+        x = common.batch_norm(name="stem_bn")(x)
+        x = keras.layers.ReLU(name="stem_relu")(x)
     for stage, (filters, strides) in enumerate(
         zip((64, 128, 256, 512), (1, 2, 2, 2), strict=True), start=1
     ):
-        for block in range(1, 3):
-            x = _basic_block(
+        for index in range(1, 3):
+            x = block(
                 x,
                 filters=filters,
-                strides=strides if block == 1 else 1,
-                name=f"stage{stage}_block{block}",
+                strides=strides if index == 1 else 1,
+                name=f"stage{stage}_block{index}",
             )
+    if preactivation:
+        x = common.batch_norm(name="final_bn")(x)
+        x = keras.layers.ReLU(name="final_relu")(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     logits = keras.layers.Dense(
         num_classes,
