@@ -13,15 +13,7 @@ from tfadv.data import augment
 from tfadv.data import datasets
 
 
-class MakeDatasetsIDXTest(fx.DataTestCase):
-    def setUp(self):
-        super().setUp()
-        self.tmp = self.make_tmp()
-        fx.write_tiny_dataset(self.tmp)
-        self.test_images, self.test_labels = fx.tiny_arrays(
-            fx.NUM_TEST, offset=100
-        )
-
+class MakeDatasetsIDXTest(fx.TinyDatasetTestCase):
     def test_directory_name(self):
         ds = data.make_datasets(
             name=self.tmp, batch_size=8, validation_examples=10

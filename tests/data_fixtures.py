@@ -84,3 +84,13 @@ class DataTestCase(tf.test.TestCase, parameterized.TestCase):
         tmp = tempfile.TemporaryDirectory()
         self.addCleanup(tmp.cleanup)
         return tmp.name
+
+
+class TinyDatasetTestCase(DataTestCase):
+    """A test case with the tiny IDX dataset written to `self.tmp`."""
+
+    def setUp(self):
+        super().setUp()
+        self.tmp = self.make_tmp()
+        write_tiny_dataset(self.tmp)
+        self.test_images, self.test_labels = tiny_arrays(NUM_TEST, offset=100)

@@ -69,15 +69,7 @@ class IDXTest(fx.DataTestCase):
             data.make_datasets(name=tmp, batch_size=4)
 
 
-class DataDirTest(fx.DataTestCase):
-    def setUp(self):
-        super().setUp()
-        self.tmp = self.make_tmp()
-        fx.write_tiny_dataset(self.tmp)
-        self.test_images, self.test_labels = fx.tiny_arrays(
-            fx.NUM_TEST, offset=100
-        )
-
+class DataDirTest(fx.TinyDatasetTestCase):
     def test_data_dir_argument_and_subfolder(self):
         root = self.make_tmp()
         fx.write_tiny_dataset(os.path.join(root, "fashion_mnist"), gz=False)
