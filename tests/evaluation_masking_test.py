@@ -179,3 +179,38 @@ class MaskingTest(tf.test.TestCase):
         self.assertEqual(
             list(single["gradient_masking"]["seconds"]), ["check/bpda_pgd5"]
         )
+
+
+class ApproximationCheckTest(tf.test.TestCase):
+    def report(self, broken):
+        suite = evaluation.make_suite("pgd20", epsilon=0.1)
+        suite = evaluation.with_masking_attacks(suite, ["sq"], epsilon=0.1)
+        names = list(suite.attacks)
+        return evaluation.masking_report(
+            suite.attacks,
+            clean=np.ones(100, bool),
+            broken={n: broken.get(n, np.zeros(100, bool)) for n in names},
+            accuracy={
+                n: 1.0 - broken.get(n, np.zeros(1)).mean() for n in names
+            },
+            sequential=False,
+            extra={},
+            zero_gradients=0,
+        )
+
+    def test_flags_points_only_the_approximation_breaks(self):
+        first = np.arange(100) < 30
+        report = self.report(
+            {"pgd20": np.arange(100) < 10, "bpda_pgd20": first}
+        )
+        check = report["checks"]["approximation_beats_true_gradient"]
+        self.assertTrue(check["flagged"])
+        self.assertEqual(check["count"], 20)
+        self.assertIn("mask gradients", " ".join(report["messages"]))
+
+    def test_quiet_when_both_break_the_same_points(self):
+        same = np.arange(100) < 30
+        report = self.report({"pgd20": same, "bpda_pgd20": same})
+        check = report["checks"]["approximation_beats_true_gradient"]
+        self.assertFalse(check["flagged"])
+        self.assertFalse(report["possible"])

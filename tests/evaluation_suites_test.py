@@ -1,5 +1,6 @@
 """The evaluation's attacks, name grammar and suites (evaluation.suites)."""
 
+import keras
 import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
@@ -7,6 +8,7 @@ from absl.testing import parameterized
 from tests import evaluation_fixtures as fx
 from tfadv import attacks
 from tfadv import evaluation
+from tfadv import layers
 from tfadv.attacks import objectives
 from tfadv.evaluation import suites
 
@@ -207,3 +209,86 @@ class SuiteTest(tf.test.TestCase, parameterized.TestCase):
         for name in ("pgd3", "square", "fgsm"):
             attack = evaluation.make_attack(name, epsilon=0.1)
             self.assertIsNone(suites.weaker_control(attack))
+
+
+class WithMaskingAttacksTest(tf.test.TestCase):
+    def test_adds_true_bpda_and_gradient_free_attacks(self):
+        quick = evaluation.make_suite("quick", epsilon=0.1)
+        suite = evaluation.with_masking_attacks(quick, ["sq"], epsilon=0.1)
+        self.assertEqual(list(suite.attacks), ["pgd20", "bpda_pgd20", "square"])
+        self.assertEqual(suite.name, "quick+masking")
+        self.assertFalse(suite.sequential)
+        bpda = suite.attacks["bpda_pgd20"]
+        self.assertIsInstance(bpda, attacks.BPDA)
+        self.assertEqual(bpda.layers, ("sq",))
+        self.assertTrue(suites.through_bpda(bpda))
+        self.assertFalse(suites.through_bpda(suite.attacks["pgd20"]))
+        self.assertFalse(suite.attacks["square"].uses_gradients)
+        self.assertAllClose(bpda.epsilon, 0.1)
+
+    def test_adds_only_what_is_missing_and_keeps_the_mode(self):
+        standard = evaluation.make_suite("standard", epsilon=0.1)
+        suite = evaluation.with_masking_attacks(standard, ["sq"], epsilon=0.1)
+        self.assertEqual(
+            list(suite.attacks), ["apgd_ce", "apgd_t", "square", "bpda_pgd20"]
+        )
+        self.assertTrue(suite.sequential)
+        # Gradient attacks already through BPDA: the true-layer PGD is
+        # added under a name of its own.
+        through = evaluation.make_suite(
+            "pgd20,square", epsilon=0.1, bpda_layers=["sq"]
+        )
+        suite = evaluation.with_masking_attacks(through, ["sq"], epsilon=0.1)
+        self.assertEqual(list(suite.attacks), ["pgd20", "square", "pgd20_"])
+        self.assertFalse(suites.through_bpda(suite.attacks["pgd20_"]))
+        self.assertEqual(suite.attacks["pgd20_"].name, "pgd20_")
+
+    def test_no_masking_layers_leaves_the_suite_alone(self):
+        quick = evaluation.make_suite("quick", epsilon=0.1)
+        self.assertIs(
+            evaluation.with_masking_attacks(quick, [], epsilon=0.1), quick
+        )
+        with self.assertRaisesRegex(ValueError, "must be layer names"):
+            evaluation.with_masking_attacks(quick, [3], epsilon=0.1)
+
+    def test_evaluate_suite_finds_the_layers_in_the_model(self):
+        # A steep quantiser and pixels 0.05-0.08 from its threshold: the
+        # true gradient is exactly 0 (the sigmoid saturates), but an epsilon
+        # of 0.1 crosses the threshold.
+        model = keras.Sequential(
+            [
+                keras.Input((4, 4, 1)),
+                layers.SoftQuantization(temperature=2000.0, name="sq"),
+                keras.layers.Flatten(),
+                keras.layers.Dense(2),
+            ]
+        )
+        rng = np.random.default_rng(0)
+        side = rng.choice([-1.0, 1.0], size=(32, 4, 4, 1))
+        x = (0.5 + side * rng.uniform(0.05, 0.08, size=side.shape)).astype(
+            "float32"
+        )
+        y = np.argmax(model(x), -1).astype("int32")
+        data = fx.as_dataset(x, y)
+        found = evaluation.evaluate_suite(
+            model, data, suite="pgd5,square100", epsilon=0.1
+        )
+        self.assertCountEqual(
+            found["robust_accuracy"],
+            ["pgd5", "square100", "bpda_pgd20", "worst_case"],
+        )
+        self.assertEqual(found["suite"], "pgd5,square100+masking")
+        # The masked model: BPDA breaks what PGD through the layer cannot.
+        self.assertGreater(found["robust_accuracy"]["pgd5"], 0.6)
+        self.assertLess(found["robust_accuracy"]["bpda_pgd20"], 0.3)
+        checks = found["gradient_masking"]["checks"]
+        check = checks["approximation_beats_true_gradient"]
+        self.assertTrue(check["flagged"])
+        self.assertIn(
+            "backward pass approximated",
+            " ".join(found["gradient_masking"]["messages"]),
+        )
+        none = evaluation.evaluate_suite(
+            model, data, suite="pgd5", epsilon=0.1, masking_layers=()
+        )
+        self.assertEqual(list(none["robust_accuracy"]), ["pgd5"])

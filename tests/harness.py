@@ -94,7 +94,8 @@ def _fit_once(make_method, mode, x, y, steps):
         shuffle=False,
     )
     logs = {k: v[-1] for k, v in history.history.items()}
-    return method, classifier, before, logs
+    # The method's classifier: make_method may have wrapped the one given.
+    return method, method.classifier, before, logs
 
 
 def run_method_test(

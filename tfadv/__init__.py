@@ -14,6 +14,7 @@ from tfadv import attacks
 from tfadv import callbacks
 from tfadv import data
 from tfadv import evaluation
+from tfadv import layers
 from tfadv import methods
 from tfadv import models
 from tfadv import schedules

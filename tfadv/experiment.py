@@ -112,6 +112,7 @@ def build(
     dataset_fn,
     data_dir,
     model_fn,
+    input_layers,
     method_cls,
     eval_attack,
     optimizer_cls,
@@ -138,6 +139,7 @@ def build(
                 mean=info.mean,
                 std=info.std,
             )
+            classifier = models.prepend_layers(classifier, input_layers)
             method = method_cls(classifier, eval_attack=eval_attack)
             check_method_epsilon(method, epsilon)
             optimizer = optimizer_cls(
@@ -237,6 +239,22 @@ def finish(
 ) -> dict:
     """Exports the classifier, evaluates it and writes results.json."""
     built.classifier.save(run_folder.path(logdir, run_folder.MODEL_FILE))
+    masking_layers = built.method.masking_layers()
+    if masking_layers:
+        suite = evaluation.with_masking_attacks(
+            suite,
+            masking_layers,
+            epsilon=epsilon,
+            norm=built.method.threat_model.norm
+            if built.method.threat_model is not None
+            else "linf",
+        )
+        logging.info(
+            "The classifier has layers that mask gradients (%s): the final "
+            "evaluation adds PGD through them, through BPDA and Square, and "
+            "reports the per-example minimum.",
+            ", ".join(masking_layers),
+        )
     logging.info("Final evaluation with %s.", ", ".join(suite.attacks))
     scores = evaluation.run_suite(
         built.classifier, built.datasets.test, suite, seed=seed
@@ -250,6 +268,8 @@ def finish(
         "epoch_seconds": wall_clock.epoch_seconds,
         "clean_accuracy": scores["clean_accuracy"],
         "robust_accuracy": scores["robust_accuracy"],
+        "suite_robust_accuracy": scores["suite_robust_accuracy"],
+        "masking_layers": masking_layers,
         "num_eval_examples": scores["num_examples"],
         "eval_suite": scores["suite"],
         "eval_attacks": scores["attacks"],
@@ -283,6 +303,7 @@ def run(
     dataset_fn: Callable[..., data.Datasets] = data.make_datasets,
     data_dir: str | None = None,
     model_fn: Callable[..., keras.Model] = models.small_cnn,
+    input_layers: Sequence[Callable[[], keras.layers.Layer]] = (),
     optimizer_cls: Callable[..., keras.optimizers.Optimizer] = (
         keras.optimizers.SGD
     ),
@@ -319,6 +340,9 @@ def run(
         data_dir: an explicit data directory (the `--data_dir` flag).
         model_fn: builds the classifier from `input_shape`, `num_classes`,
             `mean` and `std`.
+        input_layers: layers put in front of the classifier, before its
+            normalisation (`tfadv.models.prepend_layers`), as layer classes
+            or factories: `run.input_layers = [@SoftQuantization]`.
         optimizer_cls: the optimizer class, called with `learning_rate`.
         learning_rate: a float, or a schedule builder called with
             `steps_per_epoch` and `epochs` (see `tfadv.schedules`).
@@ -366,6 +390,7 @@ def run(
         dataset_fn=dataset_fn,
         data_dir=data_dir,
         model_fn=model_fn,
+        input_layers=input_layers,
         method_cls=method_cls,
         eval_attack=eval_attack,
         optimizer_cls=optimizer_cls,
@@ -410,6 +435,19 @@ def format_results(results: dict, logdir: str) -> str:
         f"  clean accuracy           {results['clean_accuracy']:.4f}",
     ]
     for name, value in results["robust_accuracy"].items():
+        if name == "worst_case":
+            name = "per-example minimum over the attacks"
         lines.append(f"  robust accuracy {name:<8} {value:.4f}")
+    if results.get("masking_layers"):
+        lines.append(
+            "  layers that mask gradients: "
+            + ", ".join(results["masking_layers"])
+            + " (attacked through them, through BPDA and with Square)"
+        )
+    masking = results.get("gradient_masking") or {}
+    if masking.get("possible"):
+        lines.append(
+            "  POSSIBLE GRADIENT MASKING: " + "; ".join(masking["messages"])
+        )
     lines.append(f"  on the first {results['num_eval_examples']} test examples")
     return "\n".join(lines)

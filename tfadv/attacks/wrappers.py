@@ -128,6 +128,9 @@ class BPDA(Wrapper):
         name: the report name; defaults to "bpda_<inner name>".
     """
 
+    # Read by the evaluation (`suites.through_bpda`) and its masking checks.
+    replaces_backward_pass = True
+
     def __init__(
         self,
         attack: base.Attack,

@@ -1,7 +1,9 @@
 """Robust accuracy under an attack suite, with gradient-masking checks.
 
 - `suites`: the attack-name grammar (`make_attack`) and the suites
-  (`make_suite`: quick, standard, or a list such as pgd20,pgd50x10,cw50);
+  (`make_suite`: quick, standard, or a list such as pgd20,pgd50x10,cw50;
+  `with_masking_attacks`: what a model with gradient-masking layers is
+  always attacked with as well);
 - `runner`: the batch loop (`evaluate_robustness`, `run_suite`, the
   gin-configurable `evaluate_suite`) and the printed table
   (`format_report`);
@@ -31,3 +33,4 @@ from tfadv.evaluation.suites import Suite
 from tfadv.evaluation.suites import make_attack
 from tfadv.evaluation.suites import make_suite
 from tfadv.evaluation.suites import pgd_step_size
+from tfadv.evaluation.suites import with_masking_attacks

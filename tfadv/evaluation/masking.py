@@ -177,6 +177,10 @@ def masking_report(
        which the runner adds when the suite has no such pair.
     3. More than `zero_gradient_threshold` of the correctly classified
        points have an all-zero input gradient of the margin loss.
+    4. A gradient attack through a backward-pass approximation breaks
+       points that every gradient attack through the true layers left
+       robust (more than `tolerance` and more than one): the approximated
+       layers mask gradients.
 
     Args:
         attacks: the suite's attacks, by report name.
@@ -219,6 +223,26 @@ def masking_report(
                 f"{'/'.join(free_names)} (gradient-free) broke "
                 f"{int(only_free.sum())} of {n} points that the gradient "
                 f"attacks ({', '.join(grad_names)}) left robust"
+            )
+    approx_names = [a for a in grad_names if suites.through_bpda(attacks[a])]
+    true_names = [a for a in grad_names if a not in approx_names]
+    if approx_names and true_names:
+        by_approx = np.any([broken[a] for a in approx_names], axis=0)
+        by_true = np.any([broken[a] for a in true_names], axis=0)
+        only_approx = clean & by_approx & ~by_true
+        flagged = _beyond(int(only_approx.sum()), n, tolerance)
+        checks["approximation_beats_true_gradient"] = {
+            "flagged": flagged,
+            "fraction": float(only_approx.mean()),
+            "count": int(only_approx.sum()),
+            "tolerance": tolerance,
+        }
+        if flagged:
+            messages.append(
+                f"{'/'.join(approx_names)} (backward pass approximated) broke "
+                f"{int(only_approx.sum())} of {n} points that the attacks "
+                f"through the true layers ({', '.join(true_names)}) left "
+                "robust: those layers mask gradients"
             )
     pairs = [] if sequential else strength_pairs(attacks)
     comparisons = [(a, b, accuracy[a], accuracy[b]) for a, b in pairs]

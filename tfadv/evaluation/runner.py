@@ -18,6 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfadv import layers
 from tfadv.attacks import apgd
 from tfadv.attacks import base as attack_base
 from tfadv.attacks import objectives
@@ -295,6 +296,7 @@ def evaluate_suite(
     epsilon: float,
     norm: str = "linf",
     bpda_layers: Sequence[str] = (),
+    masking_layers: Sequence[str] | None = None,
     sequential: bool | None = None,
     seed: int = 0,
     masking_checks: bool = True,
@@ -316,6 +318,11 @@ def evaluate_suite(
         epsilon: budget of the named attacks in pixel units.
         norm: their threat model.
         bpda_layers: run gradient attacks through BPDA over these layers.
+        masking_layers: layers that mask gradients: the suite then also
+            runs PGD through them, PGD through BPDA over them and Square
+            (`suites.with_masking_attacks`). None finds them in the
+            classifier (layers with `masks_gradients = True`, such as
+            `tfadv.layers.SoftQuantization`); () adds nothing.
         sequential: override the suite's mode.
         seed: base seed of the attacks.
         masking_checks: run the gradient-masking checks.
@@ -330,6 +337,11 @@ def evaluate_suite(
         norm=norm,
         bpda_layers=bpda_layers,
         sequential=sequential,
+    )
+    if masking_layers is None:
+        masking_layers = layers.masking_layer_names(classifier)
+    resolved = suites.with_masking_attacks(
+        resolved, masking_layers, epsilon=epsilon, norm=norm
     )
     return run_suite(
         classifier,
@@ -373,8 +385,9 @@ def format_report(result: dict) -> str:
     elif report["possible"]:
         if report.get("through_bpda"):
             lines.append(
-                "  POSSIBLE GRADIENT MASKING by the classifier; the gradient "
-                "attacks ran through BPDA, meant to undo it. Evidence:"
+                "  POSSIBLE GRADIENT MASKING by the classifier; attacks "
+                "through BPDA, meant to undo it, are in the suite and count "
+                "in the per-example minimum. Evidence:"
             )
         else:
             lines.append(

@@ -13,6 +13,10 @@ Suites (names resolved by `make_suite`):
 - an explicit comma-separated list of attack names, e.g.
   `pgd20,pgd50x10,cw50,apgd_ce,apgd_t,square` (see `make_attack`).
 
+A model with layers that mask gradients (a soft quantiser) gets PGD through
+the true layers, PGD through BPDA and Square added to any suite
+(`with_masking_attacks`).
+
 This module is the only part of `tfadv.evaluation` that names concrete
 attack classes: the runner and the masking checks go through the
 `tfadv.attacks.Attack` interface, and ask `weaker_control` for the
@@ -120,6 +124,78 @@ def make_attack(
         f"Unknown attack name {name!r}. Accepted: {ATTACK_NAMES_HELP}; or a "
         f"suite: {', '.join(SUITES)}."
     )
+
+
+# What a model with layers that mask gradients is always attacked with,
+# besides its suite: a gradient attack through the true layers, the same
+# through BPDA over them, and a gradient-free attack.
+MASKING_GRADIENT_ATTACK = "pgd20"
+MASKING_GRADIENT_FREE_ATTACK = "square"
+
+
+def through_bpda(attack) -> bool:
+    """Whether `attack` or an attack it wraps replaces the backward pass."""
+    while attack is not None:
+        if getattr(attack, "replaces_backward_pass", False):
+            return True
+        attack = getattr(attack, "attack", None)
+    return False
+
+
+def with_masking_attacks(
+    suite: "Suite",
+    masking_layers: Sequence[str],
+    *,
+    epsilon: float,
+    norm: str = "linf",
+) -> "Suite":
+    """The suite, plus what a model with gradient-masking layers needs.
+
+    With `masking_layers` (layer names, e.g. from
+    `tfadv.layers.masking_layer_names`), the suite gets whichever of these
+    it lacks (docs/algorithms.md §4.4):
+
+    - a gradient attack through the true layers (`pgd20`), unless one of
+      its gradient attacks is not through BPDA;
+    - the same attack through BPDA over those layers (`bpda_pgd20`), unless
+      one of its attacks is through BPDA already;
+    - a gradient-free attack (`square`, 5000 queries), unless it has one.
+
+    The suite keeps its mode and name (with "+masking" appended), so its
+    robust accuracy is the per-example minimum over all of them. Without
+    masking layers the suite is returned unchanged.
+
+    Raises:
+        ValueError: a layer name is not a string.
+    """
+    layers = tuple(masking_layers)
+    if not layers:
+        return suite
+    if not all(isinstance(name, str) for name in layers):
+        raise ValueError(f"masking_layers must be layer names; got {layers!r}")
+    attacks = dict(suite.attacks)
+
+    def add(attack):
+        name = attack.name
+        while name in attacks:
+            name = f"{name}_"
+        attacks[name] = (
+            attack if name == attack.name else attack.replace(name=name)
+        )
+
+    gradient = [a for a in attacks.values() if a.uses_gradients]
+    if not any(not through_bpda(a) for a in gradient):
+        add(make_attack(MASKING_GRADIENT_ATTACK, epsilon=epsilon, norm=norm))
+    if not any(through_bpda(a) for a in attacks.values()):
+        pgd20 = make_attack(MASKING_GRADIENT_ATTACK, epsilon=epsilon, norm=norm)
+        add(wrappers.BPDA(pgd20, layers=layers))
+    if all(a.uses_gradients for a in attacks.values()):
+        add(
+            make_attack(
+                MASKING_GRADIENT_FREE_ATTACK, epsilon=epsilon, norm=norm
+            )
+        )
+    return Suite(f"{suite.name}+masking", attacks, suite.sequential)
 
 
 def weaker_control(attack: attack_base.Attack) -> attack_base.Attack | None:

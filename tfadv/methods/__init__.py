@@ -19,7 +19,9 @@ from tfadv.methods.base import AdversarialTrainer
 from tfadv.methods.deat import DEAT
 from tfadv.methods.fgsm_rs import FGSMRS
 from tfadv.methods.free_at import FreeAT
+from tfadv.methods.gaat import GAAT
 from tfadv.methods.mart import MART
+from tfadv.methods.noisy_training import NoisyTraining
 from tfadv.methods.pgd_at import PGDAT
 from tfadv.methods.standard import Standard
 from tfadv.methods.trades import TRADES

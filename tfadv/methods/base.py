@@ -34,6 +34,9 @@ shares, and what a new one plugs into, is declared here:
   drives the method's step count named by `step_controller_count` (the
   training attack's steps for PGD-AT, TRADES and MART, the replays for
   DEAT) between epochs, from what the step reports to it (`observe`).
+- **Layers that mask gradients.** `masking_layers()` names them (by
+  default the classifier's layers with `masks_gradients = True`); the
+  final evaluation then adds BPDA and gradient-free attacks.
 - **Minibatch counting.** `minibatches` counts minibatches, whatever the
   number of optimizer updates per minibatch; a
   `tfadv.schedules.PerMinibatch` learning rate in the optimizer is bound
@@ -48,6 +51,7 @@ import math
 import keras
 import tensorflow as tf
 
+from tfadv import layers
 from tfadv import schedules
 from tfadv import validation
 from tfadv.attacks import base as attack_base
@@ -407,6 +411,18 @@ class AdversarialTrainer(keras.Model):
     def results_info(self) -> dict:
         """What the method reports in results.json after training."""
         return {}
+
+    def masking_layers(self) -> list[str]:
+        """Names of the classifier's layers that mask input gradients.
+
+        The run's final evaluation then always adds PGD through these
+        layers, PGD through BPDA over them and Square, and reports the
+        per-example minimum (`tfadv.evaluation.with_masking_attacks`). By
+        default, the layers that declare `masks_gradients = True`
+        (`tfadv.layers.SoftQuantization`); a method whose own layers mask
+        overrides this.
+        """
+        return layers.masking_layer_names(self.classifier)
 
     def extra_callbacks(self) -> list:
         """Callbacks of the method's own (a monitor batch, a guard)."""

@@ -3,7 +3,9 @@
 Every builder returns a functional `keras.Model` whose first layer,
 "normalize", maps pixels to `(x - mean) / std`, and whose layer named
 `FIRST_LAYER` ("first_layer") ends YOPO's layer 0; `split_at_first_layer`
-cuts a model there.
+cuts a model there. `prepend_layers` puts input layers such as
+`tfadv.layers.SoftQuantization` in front of any classifier, before its
+normalisation (in gin: `run.input_layers`).
 """
 
 from tfadv.models.common import BN_EPSILON
@@ -12,6 +14,7 @@ from tfadv.models.common import FIRST_LAYER
 from tfadv.models.common import LOGITS_LAYER
 from tfadv.models.common import NORMALIZE_LAYER
 from tfadv.models.common import split_at_first_layer
+from tfadv.models.input_layers import prepend_layers
 from tfadv.models.resnet import preact_resnet18
 from tfadv.models.resnet import resnet18
 from tfadv.models.small_cnn import mnist_small_cnn
@@ -26,6 +29,7 @@ __all__ = [
     "NORMALIZE_LAYER",
     "mnist_small_cnn",
     "preact_resnet18",
+    "prepend_layers",
     "resnet18",
     "small_cnn",
     "split_at_first_layer",
