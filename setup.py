@@ -23,6 +23,8 @@ setuptools.setup(
         "absl-py",
         "gin-config>=0.5",
         "numpy",
+        # Keras's weights format; checkpoints store their epoch in it.
+        "h5py",
         # tensorflow-datasets needs it to download or prepare data.
         "importlib_resources",
     ],

@@ -2,6 +2,9 @@
 
 import json
 import os
+import signal
+import subprocess
+import sys
 
 import gin
 import keras
@@ -205,3 +208,106 @@ class ResumableCheckpointTest(tf.test.TestCase):
             verbose=0,
         )
         self.assertEqual(history.epoch, [1, 2])
+
+
+# A child process that trains one epoch with the checkpoint, then is killed
+# (SIGKILL, no clean-up) in the middle of writing the second epoch's
+# weights: the file is half written when the process dies.
+_KILLED_IN_THE_WRITE = """
+import os
+import signal
+import sys
+
+import keras
+import numpy as np
+
+from tfadv import run_folder
+
+logdir = sys.argv[1]
+keras.utils.set_random_seed(0)
+model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+x = np.random.default_rng(0).uniform(size=(32, 4)).astype("float32")
+y = np.arange(32) % 3
+save_weights = keras.Model.save_weights
+writes = []
+
+
+def dies_while_writing(self, filepath, **kwargs):
+    save_weights(self, filepath, **kwargs)
+    writes.append(filepath)
+    if len(writes) == 2:
+        size = os.path.getsize(filepath)
+        with open(filepath, "r+b") as f:
+            f.truncate(size // 2)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+keras.Model.save_weights = dies_while_writing
+model.fit(x, y, epochs=3, verbose=0,
+          callbacks=[run_folder.ResumableCheckpoint(logdir)])
+"""
+
+
+class AtomicCheckpointTest(tf.test.TestCase):
+    def test_a_process_killed_inside_the_write_keeps_the_last_checkpoint(
+        self,
+    ):
+        logdir = self.create_tempdir().full_path
+        script = os.path.join(logdir, "child.py")
+        with open(script, "w") as f:
+            f.write(_KILLED_IN_THE_WRITE)
+        checkpoint = run_folder.path(logdir, run_folder.CHECKPOINT_DIR)
+        proc = subprocess.run(
+            [sys.executable, script, logdir],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        )
+        self.assertEqual(proc.returncode, -signal.SIGKILL, proc.stderr[-2000:])
+        # The half-written file is the incoming one; the checkpoint of
+        # epoch 1 is whole and loads.
+        incoming = os.path.join(checkpoint, "incoming.weights.h5")
+        self.assertTrue(os.path.exists(incoming))
+        callback = run_folder.ResumableCheckpoint(logdir)
+        self.assertEqual(callback.saved_epoch(), 1)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+        model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+        x = np.random.default_rng(0).uniform(size=(32, 4)).astype("float32")
+        history = model.fit(
+            x, np.arange(32) % 3, epochs=3, verbose=0, callbacks=[callback]
+        )
+        self.assertEqual(history.epoch, [1, 2])
+        self.assertEqual(callback.saved_epoch(), 3)
+        self.assertFalse(os.path.exists(incoming))
+
+    def test_the_weights_files_epoch_wins_over_stale_metadata(self):
+        # Killed between the weights' rename and the metadata's write: the
+        # weights are epoch 2's, the metadata still says 1.
+        logdir = self.create_tempdir().full_path
+        x, y = harness.tiny_data()
+        model = _compiled_classifier()
+        model.fit(
+            x,
+            y,
+            batch_size=harness.BATCH,
+            epochs=2,
+            callbacks=[run_folder.ResumableCheckpoint(logdir)],
+            verbose=0,
+        )
+        metadata = os.path.join(
+            run_folder.path(logdir, run_folder.CHECKPOINT_DIR),
+            "training_metadata.json",
+        )
+        with open(metadata, "w") as f:
+            json.dump({"epoch": 1, "batch": 0}, f)
+        fresh = _compiled_classifier()
+        history = fresh.fit(
+            x,
+            y,
+            batch_size=harness.BATCH,
+            epochs=3,
+            callbacks=[run_folder.ResumableCheckpoint(logdir)],
+            verbose=0,
+        )
+        self.assertEqual(history.epoch, [2])

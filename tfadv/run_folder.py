@@ -19,6 +19,7 @@ import math
 import os
 
 import gin
+import h5py
 import keras
 import tensorflow as tf
 
@@ -125,15 +126,26 @@ class GinConfigWriter(keras.callbacks.Callback):
 
 
 class ResumableCheckpoint(keras.callbacks.BackupAndRestore):
-    """`BackupAndRestore` that keeps its checkpoint and never saves NaNs.
+    """`BackupAndRestore` that keeps, writes atomically and never NaNs.
 
     The checkpoint (weights, optimizer state, epoch) stays in the run folder
     after training, and an epoch whose logs hold a non-finite loss is not
     saved, so the last good state survives a divergence.
 
+    Writes are atomic: the weights go to a file beside the checkpoint, which
+    then replaces it with one `os.replace`, so a process killed while
+    writing leaves the previous checkpoint whole. The epoch the weights
+    belong to is stored inside the weights file (an HDF5 attribute) as well
+    as in Keras's `training_metadata.json`; on resume the file's own epoch
+    wins, so a kill between the two writes cannot pair new weights with an
+    old epoch.
+
     Args:
         logdir: the run folder (the checkpoint goes to its `checkpoint/`).
     """
+
+    EPOCH_ATTRIBUTE = "tfadv_epoch"
+    INCOMING = "incoming.weights.h5"
 
     def __init__(self, logdir: str):
         super().__init__(
@@ -147,3 +159,32 @@ class ResumableCheckpoint(keras.callbacks.BackupAndRestore):
         if loss is not None and not math.isfinite(float(loss)):
             return
         super().on_epoch_end(epoch, logs)
+
+    def on_train_begin(self, logs=None):
+        # The weights file's own epoch is the truth (see the class doc).
+        epoch = self.saved_epoch()
+        if epoch is not None:
+            write_json_atomic(
+                self._training_metadata_path, {"epoch": epoch, "batch": 0}
+            )
+        super().on_train_begin(logs)
+
+    def saved_epoch(self) -> int | None:
+        """The epoch stored in the checkpoint's weights file, if any."""
+        if not os.path.isfile(self._weights_path):
+            return None
+        with h5py.File(self._weights_path, "r") as f:
+            epoch = f.attrs.get(self.EPOCH_ATTRIBUTE)
+        return None if epoch is None else int(epoch)
+
+    def _save_model(self):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        incoming = os.path.join(self.backup_dir, self.INCOMING)
+        self.model.save_weights(filepath=incoming, overwrite=True)
+        with h5py.File(incoming, "a") as f:
+            f.attrs[self.EPOCH_ATTRIBUTE] = self._current_epoch
+        os.replace(incoming, self._weights_path)
+        write_json_atomic(
+            self._training_metadata_path,
+            {"epoch": self._current_epoch, "batch": self._last_batch_seen},
+        )
