@@ -11,6 +11,9 @@ import glob
 import io
 import json
 import os
+import signal
+import subprocess
+import sys
 from unittest import mock
 
 import keras
@@ -161,6 +164,39 @@ class TrainCliTest(tf.test.TestCase):
         # Two epochs in all, of which only the second was trained now.
         self.assertLen(results["epoch_seconds"], 2)
         self.assertLen(results["history"]["loss"], 1)
+
+    def test_second_run_on_a_folder_is_refused_while_the_first_lives(self):
+        logdir = os.path.join(self.create_tempdir().full_path, "run")
+        # Another process holds the folder, as a running tfadv.train does.
+        holder = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import sys, time\n"
+                "from tfadv import run_folder\n"
+                "with run_folder.lock(sys.argv[1]):\n"
+                "    print('locked', flush=True)\n"
+                "    time.sleep(600)\n",
+                logdir,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            self.assertEqual(holder.stdout.readline().strip(), "locked")
+            with self.assertRaisesRegex(
+                SystemExit,
+                rf"in use by another tfadv run \(process "
+                rf"{holder.pid}\)",
+            ):
+                run_cli(logdir, "standard.gin", "testing/tiny.gin")
+            self.assertEqual(os.listdir(logdir), [run_folder.LOCK_FILE])
+        finally:
+            holder.send_signal(signal.SIGKILL)  # dies without clean-up
+            holder.wait()
+        # A killed holder leaves no stuck lock.
+        run_cli(logdir, "standard.gin", "testing/tiny.gin")
+        self.assertTrue(os.path.exists(os.path.join(logdir, "results.json")))
 
 
 class UsageTest(tf.test.TestCase):

@@ -9,6 +9,7 @@ the final evaluation through `tfadv.evaluation`, results.json). The run
 folder's files and resume rule belong to `tfadv.run_folder`.
 """
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Callable
@@ -376,54 +377,61 @@ def run(
         eval_attack=eval_attack,
     )
     strategy = strategy or tf.distribute.get_strategy()
-    resuming = False if dry_run else run_folder.prepare(logdir)
-    logging.info(
-        "jit_compile=%s, steps_per_execution=%d, mixed_precision=%s, "
-        "replicas=%d",
-        jit_compile,
-        steps_per_execution,
-        mixed_precision,
-        strategy.num_replicas_in_sync,
-    )
-    built = build(
-        strategy=strategy,
-        dataset_fn=dataset_fn,
-        data_dir=data_dir,
-        model_fn=model_fn,
-        input_layers=input_layers,
-        method_cls=method_cls,
-        eval_attack=eval_attack,
-        optimizer_cls=optimizer_cls,
-        learning_rate=learning_rate,
-        epochs=epochs,
-        epsilon=epsilon,
-        jit_compile=jit_compile,
-        steps_per_execution=steps_per_execution,
-        mixed_precision=mixed_precision,
-        seed=seed,
-    )
-    if dry_run:
-        return {}
-    if resuming:
-        logging.info("Resuming the interrupted run in %s.", logdir)
-    history, callbacks, wall_clock = fit(
-        built,
-        logdir=logdir,
-        epochs=epochs,
-        eval_attack=eval_attack,
-        callback_fns=callback_fns,
-        validation_freq=validation_freq,
-    )
-    return finish(
-        built,
-        logdir=logdir,
-        epsilon=epsilon,
-        suite=suite,
-        seed=seed,
-        history=history,
-        callbacks=callbacks,
-        wall_clock=wall_clock,
-    )
+    with contextlib.ExitStack() as stack:
+        resuming = False
+        if not dry_run:
+            # Refuse a finished or foreign folder before touching it, then
+            # check again under the lock (another run may have finished).
+            run_folder.prepare(logdir)
+            stack.enter_context(run_folder.lock(logdir))
+            resuming = run_folder.prepare(logdir)
+        logging.info(
+            "jit_compile=%s, steps_per_execution=%d, mixed_precision=%s, "
+            "replicas=%d",
+            jit_compile,
+            steps_per_execution,
+            mixed_precision,
+            strategy.num_replicas_in_sync,
+        )
+        built = build(
+            strategy=strategy,
+            dataset_fn=dataset_fn,
+            data_dir=data_dir,
+            model_fn=model_fn,
+            input_layers=input_layers,
+            method_cls=method_cls,
+            eval_attack=eval_attack,
+            optimizer_cls=optimizer_cls,
+            learning_rate=learning_rate,
+            epochs=epochs,
+            epsilon=epsilon,
+            jit_compile=jit_compile,
+            steps_per_execution=steps_per_execution,
+            mixed_precision=mixed_precision,
+            seed=seed,
+        )
+        if dry_run:
+            return {}
+        if resuming:
+            logging.info("Resuming the interrupted run in %s.", logdir)
+        history, callbacks, wall_clock = fit(
+            built,
+            logdir=logdir,
+            epochs=epochs,
+            eval_attack=eval_attack,
+            callback_fns=callback_fns,
+            validation_freq=validation_freq,
+        )
+        return finish(
+            built,
+            logdir=logdir,
+            epsilon=epsilon,
+            suite=suite,
+            seed=seed,
+            history=history,
+            callbacks=callbacks,
+            wall_clock=wall_clock,
+        )
 
 
 def format_results(results: dict, logdir: str) -> str:

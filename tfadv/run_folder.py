@@ -11,9 +11,13 @@ A run folder (`--logdir`) holds, when the run has finished:
 
 The resume rule: a folder with `results.json` is a finished run and is
 never written to; a folder holding only what an interrupted run leaves
-behind resumes from its checkpoint; anything else is refused.
+behind resumes from its checkpoint; anything else is refused. One run at a
+time: a run holds the folder's lock (`lock`) while it trains, and a second
+run on the folder is refused while the first lives.
 """
 
+import contextlib
+import fcntl
 import json
 import math
 import os
@@ -31,8 +35,10 @@ OPERATIVE_CONFIG_FILE = "config.operative.gin"
 TRAIN_EVENTS = "train"
 VALIDATION_EVENTS = "validation"
 IMAGE_EVENTS = "images"
+LOCK_FILE = ".lock"
 # What an interrupted run may leave behind.
 _INTERRUPTED_RUN = {
+    LOCK_FILE,
     OPERATIVE_CONFIG_FILE,
     CHECKPOINT_DIR,
     TIMING_FILE,
@@ -76,6 +82,42 @@ def prepare(logdir: str) -> bool:
             )
     os.makedirs(logdir, exist_ok=True)
     return os.path.isdir(path(logdir, CHECKPOINT_DIR))
+
+
+@contextlib.contextmanager
+def lock(logdir: str):
+    """Holds the run folder's lock: one run at a time per folder.
+
+    An exclusive `flock` on `<logdir>/.lock`, which holds the owner's
+    process id. The operating system releases it when the process ends,
+    however it ends, so a killed run never leaves the folder locked.
+
+    Raises:
+        RunFolderError: another live process holds the lock.
+    """
+    os.makedirs(logdir, exist_ok=True)
+    lock_path = path(logdir, LOCK_FILE)
+    handle = open(lock_path, "a+")  # noqa: SIM115 (held while the run lives)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        owner = handle.read().strip() or "unknown"
+        handle.close()
+        raise RunFolderError(
+            f"{logdir} is in use by another tfadv run (process {owner}); "
+            "two runs on one folder would overwrite each other. Wait for it "
+            "to finish, or pass another --logdir."
+        ) from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
 
 
 def write_json_atomic(file_path: str, payload) -> None:
