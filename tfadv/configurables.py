@@ -33,6 +33,7 @@ REGISTERING_MODULES = (
     "tfadv.methods.deat",
     "tfadv.methods.fgsm_rs",
     "tfadv.methods.free_at",
+    "tfadv.methods.gaat",
     "tfadv.methods.mart",
     "tfadv.methods.noisy_training",
     "tfadv.methods.pgd_at",
