@@ -85,6 +85,12 @@ class EvaluateCommandTest(tf.test.TestCase):
         self.assert_error("num_examples must be", model=run, num_examples=0)
         self.assert_error("batch_size must be", model=run, batch_size=0)
         self.assert_error("No such|nope", model=run, gin_bindings=["nope.x=1"])
+        # An output that cannot be written is refused before any attack.
+        self.assert_error(
+            "does not exist; create it",
+            model=run,
+            output=f"{self.root}/no/such/folder/eval.json",
+        )
 
     def test_end_to_end_never_overwrites(self):
         run = self.run_dir

@@ -149,6 +149,16 @@ class TrainCliTest(tf.test.TestCase):
         # Simulate an interruption after the first epoch's checkpoint.
         os.remove(os.path.join(logdir, "results.json"))
         os.remove(os.path.join(logdir, "model.keras"))
+        # More epochs is a changed configuration: refused unless asked for.
+        with self.assertRaisesRegex(
+            SystemExit, r"another configuration.*\+ *run.epochs = 2"
+        ):
+            run_cli(
+                logdir,
+                "standard.gin",
+                "testing/tiny.gin",
+                bindings=["run.epochs = 2"],
+            )
         with mock.patch.object(
             keras.Model, "fit", autospec=True, side_effect=keras.Model.fit
         ) as fit:
@@ -157,6 +167,7 @@ class TrainCliTest(tf.test.TestCase):
                 "standard.gin",
                 "testing/tiny.gin",
                 bindings=["run.epochs = 2"],
+                allow_config_change=True,
             )
         fit.assert_called_once()
         with open(os.path.join(logdir, "results.json")) as f:
@@ -196,6 +207,33 @@ class TrainCliTest(tf.test.TestCase):
             holder.wait()
         # A killed holder leaves no stuck lock.
         run_cli(logdir, "standard.gin", "testing/tiny.gin")
+        self.assertTrue(os.path.exists(os.path.join(logdir, "results.json")))
+
+    def test_resuming_with_a_changed_config_is_refused(self):
+        logdir = os.path.join(self.create_tempdir().full_path, "run")
+        run_cli(logdir, "pgd_at.gin", "testing/tiny.gin")
+        os.remove(os.path.join(logdir, "results.json"))
+        os.remove(os.path.join(logdir, "model.keras"))
+        before = sorted(os.listdir(logdir))
+        operative = os.path.join(logdir, run_folder.OPERATIVE_CONFIG_FILE)
+        with open(operative) as f:
+            kept = f.read()
+        for gin_files, bindings, changed in (
+            (["trades.gin"], [], "TRADES"),
+            (["pgd_at.gin"], ["piecewise_constant.base_lr = 0.2"], "0.2"),
+            (["pgd_at.gin"], ["small_cnn.dense_units = 32"], "32"),
+        ):
+            with self.assertRaisesRegex(
+                SystemExit, f"another configuration.*{changed}"
+            ):
+                run_cli(
+                    logdir, *gin_files, "testing/tiny.gin", bindings=bindings
+                )
+            self.assertEqual(sorted(os.listdir(logdir)), before)
+            with open(operative) as f:
+                self.assertEqual(f.read(), kept)
+        # The original command resumes.
+        run_cli(logdir, "pgd_at.gin", "testing/tiny.gin")
         self.assertTrue(os.path.exists(os.path.join(logdir, "results.json")))
 
 

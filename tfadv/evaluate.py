@@ -78,6 +78,22 @@ def _inputs():
     return model_file, folder, epsilon, dataset, num
 
 
+def _check_writable(file_path):
+    """Refuses, before any attack runs, an output that cannot be written."""
+    parent = os.path.dirname(os.path.abspath(file_path))
+    if not os.path.isdir(parent):
+        raise ValueError(
+            f"--output={file_path}: the folder {parent} does not exist; "
+            "create it or pass a path in an existing folder (nothing was "
+            "attacked)."
+        )
+    if not os.access(parent, os.W_OK):
+        raise ValueError(
+            f"--output={file_path}: the folder {parent} is not writable; "
+            "pass a path you can write (nothing was attacked)."
+        )
+
+
 def _output_path(folder, suite_name):
     """eval.json, else eval-<suite>.json; an existing file is an error."""
     if _OUTPUT.value:
@@ -87,6 +103,7 @@ def _output_path(folder, suite_name):
         candidates = [f"{folder}/eval.json", f"{folder}/eval-{tag}.json"]
     for candidate in candidates:
         if not os.path.exists(candidate):
+            _check_writable(candidate)
             return candidate
     raise ValueError(
         f"{' and '.join(candidates)} exist; tfadv.evaluate never overwrites "

@@ -30,7 +30,13 @@ from tfadv.attacks import base as attack_base
 
 # Arguments of `run` that the entry point sets from its flags; gin refuses
 # bindings of them.
-SET_BY_ENTRY_POINT = ("logdir", "strategy", "data_dir", "dry_run")
+SET_BY_ENTRY_POINT = (
+    "logdir",
+    "strategy",
+    "data_dir",
+    "dry_run",
+    "allow_config_change",
+)
 MIXED_PRECISION_POLICIES = (None, "mixed_float16", "mixed_bfloat16")
 
 
@@ -318,6 +324,7 @@ def run(
     mixed_precision: str | None = None,
     seed: int = 0,
     dry_run: bool = False,
+    allow_config_change: bool = False,
 ) -> dict:
     """Trains one method and writes the run folder (`tfadv.run_folder`).
 
@@ -365,6 +372,9 @@ def run(
         mixed_precision: None, "mixed_float16" or "mixed_bfloat16".
         seed: seed of weight initialisation and of the method's randomness.
         dry_run: build everything, then return without training.
+        allow_config_change: resume an interrupted run although the gin
+            configuration differs from the one it started with (else that
+            is an error naming what changed).
 
     Returns:
         The contents of results.json (empty for a dry run).
@@ -378,38 +388,46 @@ def run(
     )
     strategy = strategy or tf.distribute.get_strategy()
     with contextlib.ExitStack() as stack:
-        resuming = False
-        if not dry_run:
-            # Refuse a finished or foreign folder before touching it, then
-            # check again under the lock (another run may have finished).
-            run_folder.prepare(logdir)
-            stack.enter_context(run_folder.lock(logdir))
-            resuming = run_folder.prepare(logdir)
-        logging.info(
-            "jit_compile=%s, steps_per_execution=%d, mixed_precision=%s, "
-            "replicas=%d",
-            jit_compile,
-            steps_per_execution,
-            mixed_precision,
-            strategy.num_replicas_in_sync,
-        )
-        built = build(
-            strategy=strategy,
-            dataset_fn=dataset_fn,
-            data_dir=data_dir,
-            model_fn=model_fn,
-            input_layers=input_layers,
-            method_cls=method_cls,
-            eval_attack=eval_attack,
-            optimizer_cls=optimizer_cls,
-            learning_rate=learning_rate,
-            epochs=epochs,
-            epsilon=epsilon,
-            jit_compile=jit_compile,
-            steps_per_execution=steps_per_execution,
-            mixed_precision=mixed_precision,
-            seed=seed,
-        )
+        # A start refused before training leaves no folder behind.
+        with run_folder.removed_on_error(logdir):
+            resuming = False
+            if not dry_run:
+                # Refuse a finished or foreign folder before touching it, then
+                # check again under the lock (another run may have finished).
+                run_folder.prepare(logdir)
+                stack.enter_context(run_folder.lock(logdir))
+                resuming = run_folder.prepare(logdir)
+                run_folder.record_config(
+                    logdir,
+                    gin.config_str(),
+                    resuming=resuming,
+                    allow_change=allow_config_change,
+                )
+            logging.info(
+                "jit_compile=%s, steps_per_execution=%d, mixed_precision=%s, "
+                "replicas=%d",
+                jit_compile,
+                steps_per_execution,
+                mixed_precision,
+                strategy.num_replicas_in_sync,
+            )
+            built = build(
+                strategy=strategy,
+                dataset_fn=dataset_fn,
+                data_dir=data_dir,
+                model_fn=model_fn,
+                input_layers=input_layers,
+                method_cls=method_cls,
+                eval_attack=eval_attack,
+                optimizer_cls=optimizer_cls,
+                learning_rate=learning_rate,
+                epochs=epochs,
+                epsilon=epsilon,
+                jit_compile=jit_compile,
+                steps_per_execution=steps_per_execution,
+                mixed_precision=mixed_precision,
+                seed=seed,
+            )
         if dry_run:
             return {}
         if resuming:

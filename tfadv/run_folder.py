@@ -3,6 +3,8 @@
 A run folder (`--logdir`) holds, when the run has finished:
 
 - `config.operative.gin`: the values gin actually used;
+- `config.requested.gin`: every binding the run was started with, which a
+  resume must repeat;
 - TensorBoard events in `train/`, `validation/` and `images/`;
 - `checkpoint/`: weights, optimizer state and epoch, for resuming;
 - `timing.json`: the seconds of every finished epoch (kept across resumes);
@@ -17,10 +19,12 @@ run on the folder is refused while the first lives.
 """
 
 import contextlib
+import difflib
 import fcntl
 import json
 import math
 import os
+import shutil
 
 import gin
 import h5py
@@ -32,6 +36,7 @@ MODEL_FILE = "model.keras"
 CHECKPOINT_DIR = "checkpoint"
 TIMING_FILE = "timing.json"
 OPERATIVE_CONFIG_FILE = "config.operative.gin"
+REQUESTED_CONFIG_FILE = "config.requested.gin"
 TRAIN_EVENTS = "train"
 VALIDATION_EVENTS = "validation"
 IMAGE_EVENTS = "images"
@@ -39,6 +44,7 @@ LOCK_FILE = ".lock"
 # What an interrupted run may leave behind.
 _INTERRUPTED_RUN = {
     LOCK_FILE,
+    REQUESTED_CONFIG_FILE,
     OPERATIVE_CONFIG_FILE,
     CHECKPOINT_DIR,
     TIMING_FILE,
@@ -82,6 +88,72 @@ def prepare(logdir: str) -> bool:
             )
     os.makedirs(logdir, exist_ok=True)
     return os.path.isdir(path(logdir, CHECKPOINT_DIR))
+
+
+@contextlib.contextmanager
+def removed_on_error(logdir: str):
+    """Removes `logdir` if it did not exist before and the block fails.
+
+    For the checks and the build before training: a refused start leaves
+    nothing behind, and a folder that existed is left as it was found.
+    """
+    existed = os.path.exists(logdir)
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            shutil.rmtree(logdir, ignore_errors=True)
+        raise
+
+
+def record_config(
+    logdir: str, config: str, *, resuming: bool, allow_change: bool = False
+) -> None:
+    """Keeps the run's gin configuration; a resume must not change it.
+
+    A new run writes `config` (`gin.config_str()`: every binding, after the
+    includes) to `config.requested.gin`. A resumed run compares its own
+    with it: a difference would mix two runs in one folder (another
+    method, learning rate or model width on the old checkpoint), so it is
+    an error naming the changed lines, unless `allow_change`, which then
+    records the new configuration.
+
+    Raises:
+        RunFolderError: resuming with a changed configuration.
+    """
+    file_path = path(logdir, REQUESTED_CONFIG_FILE)
+    if resuming and os.path.isfile(file_path):
+        with open(file_path) as f:
+            before = _bindings(f.read())
+        now = _bindings(config)
+        if before == now:
+            return
+        if not allow_change:
+            changed = [
+                line
+                for line in difflib.unified_diff(before, now, lineterm="", n=0)
+                if line[:1] in "+-" and not line.startswith(("+++", "---"))
+            ]
+            shown = "; ".join(changed[:8])
+            if len(changed) > 8:
+                shown += f"; and {len(changed) - 8} more"
+            raise RunFolderError(
+                f"{logdir} holds an interrupted run started with another "
+                f"configuration; resuming would mix two runs. Changed "
+                f"(- before, + now): {shown}. Rerun the original command to "
+                "resume it, pass another --logdir, or pass "
+                "--allow_config_change to continue with the new one."
+            )
+    tmp = file_path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(config)
+    os.replace(tmp, file_path)
+
+
+def _bindings(config: str) -> list[str]:
+    """The binding lines of a gin config string (no comments or blanks)."""
+    lines = (line.rstrip() for line in config.splitlines())
+    return sorted(line for line in lines if line and not line.startswith("#"))
 
 
 @contextlib.contextmanager

@@ -47,6 +47,11 @@ _DEVICES = flags.DEFINE_integer(
 _DRY_RUN = flags.DEFINE_bool(
     "dry_run", False, "Parse the config and build everything, then stop."
 )
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change",
+    False,
+    "Resume an interrupted run although its gin configuration changed.",
+)
 
 
 # The flag that sets each argument of `run` that gin may not bind.
@@ -55,6 +60,7 @@ _FLAG_OF = {
     "strategy": "--strategy and --devices",
     "data_dir": "--data_dir (or TFADV_DATA_DIR)",
     "dry_run": "--dry_run",
+    "allow_config_change": "--allow_config_change",
 }
 
 
@@ -114,6 +120,7 @@ def main(argv):
             strategy=strategy,
             data_dir=_DATA_DIR.value,
             dry_run=_DRY_RUN.value,
+            allow_config_change=_ALLOW_CONFIG_CHANGE.value,
         )
     except (ValueError, TypeError, OSError) as e:
         # Bad input: one paragraph and a non-zero exit, no traceback (gin
