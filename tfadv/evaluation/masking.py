@@ -206,43 +206,43 @@ def masking_report(
     checks, messages = {}, []
     grad_names = [a for a in attacks if uses_gradients(attacks[a])]
     free_names = [a for a in attacks if not uses_gradients(attacks[a])]
-    if grad_names and free_names:
-        by_free = np.any([broken[a] for a in free_names], axis=0)
-        by_grad = np.any([broken[a] for a in grad_names], axis=0)
-        only_free = clean & by_free & ~by_grad
-        fraction = float(only_free.mean())
-        flagged = _beyond(int(only_free.sum()), n, tolerance)
-        checks["gradient_free_beats_gradient"] = {
-            "flagged": flagged,
-            "fraction": fraction,
-            "count": int(only_free.sum()),
-            "tolerance": tolerance,
-        }
-        if flagged:
-            messages.append(
-                f"{'/'.join(free_names)} (gradient-free) broke "
-                f"{int(only_free.sum())} of {n} points that the gradient "
-                f"attacks ({', '.join(grad_names)}) left robust"
-            )
     approx_names = [a for a in grad_names if suites.through_bpda(attacks[a])]
     true_names = [a for a in grad_names if a not in approx_names]
-    if approx_names and true_names:
-        by_approx = np.any([broken[a] for a in approx_names], axis=0)
-        by_true = np.any([broken[a] for a in true_names], axis=0)
-        only_approx = clean & by_approx & ~by_true
-        flagged = _beyond(int(only_approx.sum()), n, tolerance)
-        checks["approximation_beats_true_gradient"] = {
+    for key, stronger, weaker, message in (
+        (
+            "gradient_free_beats_gradient",
+            free_names,
+            grad_names,
+            "{s} (gradient-free) broke {k} of {n} points that the gradient "
+            "attacks ({w}) left robust",
+        ),
+        (
+            "approximation_beats_true_gradient",
+            approx_names,
+            true_names,
+            "{s} (backward pass approximated) broke {k} of {n} points that "
+            "the attacks through the true layers ({w}) left robust: those "
+            "layers mask gradients",
+        ),
+    ):
+        if not (stronger and weaker):
+            continue
+        by_stronger = np.any([broken[a] for a in stronger], axis=0)
+        by_weaker = np.any([broken[a] for a in weaker], axis=0)
+        only = clean & by_stronger & ~by_weaker
+        count = int(only.sum())
+        flagged = _beyond(count, n, tolerance)
+        checks[key] = {
             "flagged": flagged,
-            "fraction": float(only_approx.mean()),
-            "count": int(only_approx.sum()),
+            "fraction": float(only.mean()),
+            "count": count,
             "tolerance": tolerance,
         }
         if flagged:
             messages.append(
-                f"{'/'.join(approx_names)} (backward pass approximated) broke "
-                f"{int(only_approx.sum())} of {n} points that the attacks "
-                f"through the true layers ({', '.join(true_names)}) left "
-                "robust: those layers mask gradients"
+                message.format(
+                    s="/".join(stronger), k=count, n=n, w=", ".join(weaker)
+                )
             )
     pairs = [] if sequential else strength_pairs(attacks)
     comparisons = [(a, b, accuracy[a], accuracy[b]) for a, b in pairs]
