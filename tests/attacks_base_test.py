@@ -1,7 +1,9 @@
 """The attack interface: seeds, `repeat`, configs and `replace`, `x_init`
-and `uses_gradients` across the attacks."""
+and `uses_gradients` across the attacks; Keras serialization and the image
+check of every attack."""
 
 import keras
+import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
@@ -181,3 +183,129 @@ class XInitTest(tf.test.TestCase, parameterized.TestCase):
                 attack(model, x, y, seed=2, x_init=start),
                 msg=name,
             )
+
+
+def all_attacks():
+    """One of every attack class of tfadv, wrappers included."""
+    pgd = ATTACKS["pgd"]()
+    return {
+        **{name: make() for name, make in ATTACKS.items()},
+        "apgd_t": attacks.APGDTargeted(epsilon=0.1, num_steps=3, num_targets=2),
+        "backward_smoothing": attacks.BackwardSmoothingAttack(
+            epsilon=0.1, num_steps=2, gamma=0.5
+        ),
+        "bpda_eot": attacks.BPDA(
+            attacks.EOT(
+                pgd, num_samples=2, transform=attacks.GaussianNoise(0.05)
+            ),
+            layers=["dense"],
+        ),
+        "eot": attacks.EOT(pgd, num_samples=2),
+    }
+
+
+def tfadv_attack_classes():
+    found, todo = set(), [base.Attack]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            if sub not in found:
+                found.add(sub)
+                todo.append(sub)
+    return {c for c in found if c.__module__.startswith("tfadv.")}
+
+
+class SerializationTest(tf.test.TestCase, parameterized.TestCase):
+    @parameterized.parameters(*all_attacks())
+    def test_keras_round_trip(self, name):
+        attack = all_attacks()[name]
+        config = keras.saving.serialize_keras_object(attack)
+        self.assertEqual(
+            config["registered_name"], f"tfadv>{type(attack).__name__}"
+        )
+        rebuilt = keras.saving.deserialize_keras_object(config)
+        self.assertIs(type(rebuilt), type(attack))
+        self.assertEqual(repr(rebuilt), repr(attack))
+        self.assertEqual(rebuilt.name, attack.name)
+        self.assertEqual(keras.saving.serialize_keras_object(rebuilt), config)
+
+    def test_every_tfadv_attack_class_is_registered(self):
+        classes = tfadv_attack_classes()
+        self.assertGreaterEqual(len(classes), 7)
+        for cls in classes:
+            self.assertEqual(
+                keras.saving.get_registered_name(cls), f"tfadv>{cls.__name__}"
+            )
+
+    def test_a_new_attack_is_registered_and_checked_automatically(self):
+        class Identity(base.Attack):
+            def __init__(self, *, epsilon=0.1):
+                self.threat_model = attacks.LinfThreatModel(epsilon)
+
+            def get_config(self):
+                return {"epsilon": self.epsilon}
+
+            def __call__(self, model, x, y, *, seed=None, training=False):
+                return tf.stop_gradient(tf.convert_to_tensor(x))
+
+        self.assertEqual(
+            keras.saving.get_registered_name(Identity),
+            f"{__name__}>Identity",
+        )
+        rebuilt = keras.saving.deserialize_keras_object(
+            keras.saving.serialize_keras_object(Identity(epsilon=0.2))
+        )
+        self.assertAllClose(rebuilt.epsilon, 0.2)
+        x, y = harness.attack_data()
+        with self.assertRaisesRegex(ValueError, "Identity got images"):
+            Identity()(image_model(), x * 255.0, y)
+
+
+class ImageCheckTest(tf.test.TestCase, parameterized.TestCase):
+    @parameterized.parameters(*all_attacks())
+    def test_images_outside_the_unit_box_are_refused(self, name):
+        attack = all_attacks()[name]
+        model = image_model()
+        x, y = harness.attack_data(num_classes=4)
+        with self.assertRaisesRegex(
+            ValueError, r"values in \[0, 255\], outside \[0, 1\]"
+        ):
+            attack(model, x * 255.0, y, seed=0)
+        nan = tf.tensor_scatter_nd_update(x, [[0, 0, 0, 0]], [np.nan])
+        with self.assertRaisesRegex(ValueError, "NaN"):
+            attack(model, nan, y, seed=0)
+        with self.assertRaisesRegex(TypeError, "floating-point images"):
+            attack(model, tf.cast(x * 255.0, tf.uint8), y, seed=0)
+
+    def test_compiled_attacks_assert_the_range(self):
+        attack = ATTACKS["pgd"]()
+        model = image_model()
+        x, y = harness.attack_data(num_classes=4)
+        run = tf.function(lambda x: attack(model, x, y, seed=0))
+        self.assertAllInRange(run(x), 0.0, 1.0)
+        with self.assertRaisesRegex(
+            tf.errors.InvalidArgumentError, r"ProjectedGradient: Images must"
+        ):
+            run(x * 255.0)
+
+    def test_a_wrapper_checks_once_and_a_trainer_not_again(self):
+        def asserts(fn, *args):
+            graph = tf.function(fn).get_concrete_function(*args).graph
+            # TF2 builds each assertion as a conditional named assert_*.
+            return sum(
+                op.type in ("Assert", "If", "StatelessIf")
+                and "assert" in op.name
+                for op in graph.get_operations()
+            )
+
+        model = image_model()
+        x, y = harness.attack_data(num_classes=4)
+        pgd = ATTACKS["pgd"]()
+        wrapped = attacks.EOT(attacks.EOT(pgd, num_samples=1), num_samples=1)
+        self.assertEqual(asserts(lambda x: pgd(model, x, y), x), 2)
+        self.assertEqual(asserts(lambda x: wrapped(model, x, y), x), 2)
+
+        def checked(x):
+            with base.inputs_checked():
+                return pgd(model, x, y)
+
+        self.assertEqual(asserts(checked, x), 0)

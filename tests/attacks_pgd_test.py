@@ -58,9 +58,30 @@ class AttackInvariantsTest(tf.test.TestCase, parameterized.TestCase):
         model = harness.bn_model()
         x, y = harness.attack_data()
         attack = attacks.ProjectedGradient(
-            epsilon=0.1, step_size=0.1, num_steps=0, start="none"
-        )
+            epsilon=0.1, step_size=0.1, num_steps=1, start="none"
+        ).start_only()
+        self.assertEqual(attack.num_steps, 0)
         self.assertAllEqual(attack(model, x, y), x)
+
+    def test_zero_steps_are_refused_at_construction(self):
+        with self.assertRaisesRegex(
+            ValueError, r"num_steps.*start_only\(\).*>= 1; got 0"
+        ):
+            attacks.ProjectedGradient(epsilon=0.1, step_size=0.1, num_steps=0)
+        with self.assertRaisesRegex(ValueError, "num_steps"):
+            harness.pgd(num_steps=3).replace(num_steps=0)
+
+    def test_start_only_keeps_the_settings_and_cannot_be_replaced(self):
+        attack = harness.pgd(num_steps=3, start="gaussian", name="mine")
+        start = attack.start_only()
+        self.assertIsInstance(start, attacks.ProjectedGradient)
+        self.assertEqual(attack.num_steps, 3)
+        self.assertEqual(start.name, "mine")
+        self.assertEqual(
+            {**start.get_config(), "num_steps": 3}, attack.get_config()
+        )
+        with self.assertRaisesRegex(ValueError, "num_steps"):
+            start.replace()
 
     @parameterized.parameters("linf", "l2")
     def test_loss_rises_on_fixed_linear_model(self, norm):
@@ -242,7 +263,7 @@ class StartTest(tf.test.TestCase, parameterized.TestCase):
         attack = attacks.ProjectedGradient(
             epsilon=0.1,
             step_size=0.05,
-            num_steps=0,
+            num_steps=1,
             start="gaussian",
             start_stddev=0.5,
         )
@@ -266,10 +287,10 @@ class StartTest(tf.test.TestCase, parameterized.TestCase):
         attack = attacks.ProjectedGradient(
             epsilon=0.1,
             step_size=0.05,
-            num_steps=0,
+            num_steps=1,
             start="gaussian",
             start_stddev=0.5,
-        )
+        ).start_only()
         seed = base.as_seed(3)
         start = attack.initial_point(x, seed)
         got = attack(model, x, y, seed=seed)
@@ -284,10 +305,10 @@ class StartTest(tf.test.TestCase, parameterized.TestCase):
         attack = attacks.ProjectedGradient(
             epsilon=0.1,
             step_size=0.05,
-            num_steps=0,
+            num_steps=1,
             start="gaussian",
             start_stddev=0.0,
-        )
+        ).start_only()
         self.assertAllEqual(attack.initial_point(x, base.as_seed(1)), x)
         self.assertAllEqual(attack(model, x, y, seed=1), x)
 
@@ -326,7 +347,7 @@ class StartTest(tf.test.TestCase, parameterized.TestCase):
         self.assertLessEqual(np.abs(a - x).max(), 0.1 + 1e-6)
         self.assertBetween(float(np.min(a)), 0.0, 1.0)
         self.assertBetween(float(np.max(a)), 0.0, 1.0)
-        zero = harness.pgd(num_steps=0, start="none")
+        zero = harness.pgd(num_steps=1, start="none").start_only()
         self.assertAllClose(
             zero(model, x, y, x_init=start),
             np.clip(np.clip(start - x, -0.1, 0.1) + x, 0.0, 1.0),
@@ -337,7 +358,7 @@ class StartTest(tf.test.TestCase, parameterized.TestCase):
         _, _, x, y = harness.linear_problem()
         start = x + 0.05 * np.cos(50.0 * x)
         for kind in pgd.STARTS:
-            attack = harness.pgd(num_steps=0, start=kind)
+            attack = harness.pgd(num_steps=1, start=kind).start_only()
             self.assertAllClose(
                 attack(model, x, y, seed=1, x_init=start),
                 harness.project(x, start, 0.1),

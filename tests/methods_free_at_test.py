@@ -42,6 +42,7 @@ class FreeATTest(tf.test.TestCase, parameterized.TestCase):
             lambda c: methods.FreeAT(
                 c, train_attack=free_attack(), batch_size=harness.BATCH
             ),
+            subclassed="built",
         )
         self.assertNotIn(
             method.delta.path, [v.path for v in method.trainable_variables]
@@ -196,7 +197,8 @@ class FreeATTest(tf.test.TestCase, parameterized.TestCase):
         )
         self.assertGreater(np.abs(per_update - want_w).max(), 1e-3)
 
-    @parameterized.parameters((None, 8 / 255), (0.1, 0.1))
+    # The paper's budget, given: tfadv has no default for it.
+    @parameterized.parameters((8 / 255, 8 / 255), (0.1, 0.1))
     def test_default_attack(self, epsilon, want_epsilon):
         method = methods.FreeAT(harness.tiny_classifier(), epsilon=epsilon)
         attack = method.train_attack
@@ -218,8 +220,9 @@ class FreeATTest(tf.test.TestCase, parameterized.TestCase):
 
 class BadArgumentsTest(tf.test.TestCase, parameterized.TestCase):
     @parameterized.parameters(
-        ({"train_attack": free_attack(replays=0)}, "replays.*0"),
-        ({"batch_size": 0}, "batch_size.*0"),
+        # An attack of no step (the attack refuses num_steps=0 itself).
+        ({"train_attack": free_attack(replays=1).start_only()}, "replays.*0"),
+        ({"batch_size": 0, "epsilon": 0.1}, "batch_size.*0"),
         ({"epsilon": -0.1}, "epsilon.*-0.1"),
         ({"attack_training_mode": False}, "training-mode"),
     )
@@ -243,7 +246,9 @@ class BadArgumentsTest(tf.test.TestCase, parameterized.TestCase):
             )
 
     def test_free_at_batch_larger_than_buffer(self):
-        method = methods.FreeAT(harness.tiny_classifier(), batch_size=2)
+        method = methods.FreeAT(
+            harness.tiny_classifier(), epsilon=0.1, batch_size=2
+        )
         method.compile(optimizer="sgd")
         x, y = harness.tiny_data()
         ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(
@@ -258,4 +263,4 @@ class BadArgumentsTest(tf.test.TestCase, parameterized.TestCase):
             keras.layers.GlobalAveragePooling2D()(inputs)
         )
         with self.assertRaisesRegex(ValueError, "input shape"):
-            methods.FreeAT(keras.Model(inputs, outputs))
+            methods.FreeAT(keras.Model(inputs, outputs), epsilon=0.1)

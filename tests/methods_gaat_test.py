@@ -65,6 +65,7 @@ class HarnessTest(tf.test.TestCase, parameterized.TestCase):
         method, _ = harness.run_method_test(
             self,
             lambda c: methods.GAAT(c, train_attack=harness.pgd(), **kwargs),
+            subclassed="built",
         )
         # The step filled the monitor batch, in every phase.
         self.assertEqual(int(method.monitor_count.numpy()), harness.BATCH)
@@ -79,6 +80,7 @@ class HarnessTest(tf.test.TestCase, parameterized.TestCase):
                 c, train_attack=harness.pgd(), perturbation_attack=fgsm_rs
             ),
             compare_xla=False,
+            subclassed="built",
         )
 
 
@@ -539,7 +541,7 @@ class GuardTest(tf.test.TestCase, parameterized.TestCase):
 
 class ArgumentsTest(tf.test.TestCase, parameterized.TestCase):
     def test_defaults(self):
-        method = methods.GAAT(harness.tiny_classifier())
+        method = methods.GAAT(harness.tiny_classifier(), epsilon=8 / 255)
         attack = method.train_attack
         # PGDAT's default attack: PGD-7, steps of ε/4, at 8/255.
         self.assertIsInstance(attack, attacks.ProjectedGradient)

@@ -56,7 +56,8 @@ class MARTTest(tf.test.TestCase, parameterized.TestCase):
         self.assertAllClose(got_b, want_b, atol=1e-5)
         self.assertGreater(np.abs(want_w - w).max(), 1e-3)
 
-    @parameterized.parameters((None, 0.031), (0.1, 0.1))
+    # The paper's budget, given: tfadv has no default for it.
+    @parameterized.parameters((0.031, 0.031), (0.1, 0.1))
     def test_default_attack(self, epsilon, want_epsilon):
         method = methods.MART(harness.tiny_classifier(), epsilon=epsilon)
         attack = method.train_attack
@@ -72,7 +73,7 @@ class MARTTest(tf.test.TestCase, parameterized.TestCase):
     def test_bad_arguments(self):
         classifier = harness.tiny_classifier()
         with self.assertRaisesRegex(ValueError, "beta.*-6.0"):
-            methods.MART(classifier, beta=-6.0)
+            methods.MART(classifier, epsilon=0.031, beta=-6.0)
         with self.assertRaisesRegex(ValueError, "step_size.*-0.007"):
             methods.MART(classifier, train_attack=ce_attack(step=-0.007))
         with self.assertRaisesRegex(ValueError, "start_stddev.*-0.001"):

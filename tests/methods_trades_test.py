@@ -61,7 +61,8 @@ class TRADESTest(tf.test.TestCase, parameterized.TestCase):
         self.assertAllClose(got_b, want_b, atol=1e-5)
         self.assertGreater(np.abs(want_w - w).max(), 1e-3)
 
-    @parameterized.parameters((None, 0.031), (0.1, 0.1))
+    # The paper's budget, given: tfadv has no default for it.
+    @parameterized.parameters((0.031, 0.031), (0.1, 0.1))
     def test_default_attack(self, epsilon, want_epsilon):
         method = methods.TRADES(harness.tiny_classifier(), epsilon=epsilon)
         attack = method.train_attack
@@ -89,7 +90,7 @@ class TRADESTest(tf.test.TestCase, parameterized.TestCase):
     def test_bad_arguments(self):
         classifier = harness.tiny_classifier()
         with self.assertRaisesRegex(ValueError, "beta.*-1.0"):
-            methods.TRADES(classifier, beta=-1.0)
+            methods.TRADES(classifier, epsilon=0.031, beta=-1.0)
         with self.assertRaisesRegex(ValueError, "start_stddev.*-0.5"):
             methods.TRADES(
                 classifier, train_attack=kl_attack(start_stddev=-0.5)

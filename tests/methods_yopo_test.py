@@ -54,11 +54,14 @@ class HarnessTest(tf.test.TestCase, parameterized.TestCase):
                 first_layer_lr=0.05,
                 first_layer_lr_boundaries=[1],
             ),
+            subclassed="refused",
         )
 
     def test_yopo_hamiltonian_only_one_inner_step(self):
         harness.run_method_test(
-            self, lambda c: yopo(c, n=1, first_layer_grad="hamiltonian_only")
+            self,
+            lambda c: yopo(c, n=1, first_layer_grad="hamiltonian_only"),
+            subclassed="refused",
         )
 
 
@@ -322,7 +325,8 @@ class OptimizerTest(tf.test.TestCase, parameterized.TestCase):
 
 
 class SettingsTest(tf.test.TestCase, parameterized.TestCase):
-    @parameterized.parameters((None, 8 / 255), (0.1, 0.1))
+    # The paper's budget, given: tfadv has no default for it.
+    @parameterized.parameters((8 / 255, 8 / 255), (0.1, 0.1))
     def test_default_attack(self, epsilon, want_epsilon):
         method = methods.YOPO(harness.tiny_classifier(), epsilon=epsilon)
         self.assertNear(method.epsilon, want_epsilon, 1e-9)
@@ -383,7 +387,8 @@ class BadInputTest(tf.test.TestCase, parameterized.TestCase):
         ({"m": 0}, "m"),
         ({"m": 2.0}, "m"),
         ({"m": True}, "m"),
-        ({"n": 0}, r"n \(train_attack.num_steps"),
+        # The attack refuses 0 steps itself (YOPO's own guard: below).
+        ({"n": 0}, r"num_steps.*>= 1; got 0"),
         ({"n": -3}, "num_steps.*-3"),
         ({"sigma": 0.0}, r"sigma \(train_attack.step_size"),
         ({"sigma": -0.01}, "step_size.*-0.01"),
@@ -410,6 +415,11 @@ class BadInputTest(tf.test.TestCase, parameterized.TestCase):
                 train_attack=harness.yopo_attack(eps, **attack_kwargs),
                 **kwargs,
             )
+
+    def test_an_attack_of_no_step_is_refused(self):
+        attack = harness.yopo_attack(EPS, 0.01, 1).start_only()
+        with self.assertRaisesRegex(ValueError, r"n \(train_attack.num_steps"):
+            methods.YOPO(harness.tiny_classifier(), train_attack=attack)
 
     def test_the_attack_must_suit_yopo(self):
         classifier = harness.tiny_classifier()

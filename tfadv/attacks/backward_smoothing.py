@@ -45,7 +45,8 @@ class BackwardSmoothingAttack(base.Attack):
         epsilon: radius of the L-inf (or L2) ball in pixel units.
         step_size: α, the size of the initialisation and TRADES steps;
             None means `epsilon` (the reference's 0.031 at 0.031).
-        num_steps: K, the TRADES steps after the initialisation (1).
+        num_steps: K, the TRADES steps after the initialisation (1; 0
+            keeps the initialisation step alone).
         gamma: γ, the scale of the logit noise (>= 0; 1 in the reference).
         norm: "linf" or "l2".
         name: the report name; defaults to "backward_smoothing".
@@ -63,17 +64,25 @@ class BackwardSmoothingAttack(base.Attack):
     ):
         if step_size is None:
             step_size = validation.epsilon(epsilon)
+        num_steps = validation.count(
+            "BackwardSmoothingAttack num_steps",
+            num_steps,
+            meaning="TRADES steps after the initialisation step",
+        )
         self.trades_steps = pgd.ProjectedGradient(
             epsilon=epsilon,
             step_size=step_size,
-            num_steps=num_steps,
+            num_steps=max(num_steps, 1),
             norm=norm,
             objective="kl",
             start="none",
         )
+        if not num_steps:
+            # The initialisation alone: the TRADES part returns its start.
+            self.trades_steps = self.trades_steps.start_only()
         self.threat_model = self.trades_steps.threat_model
         self.step_size = self.trades_steps.step_size
-        self.num_steps = self.trades_steps.num_steps
+        self.num_steps = num_steps
         self.gamma = validation.non_negative("gamma", gamma)
         self._given_name = name
         self.name = name or "backward_smoothing"

@@ -28,8 +28,25 @@ Every attack also:
 - says whether it needs the model's gradients (`uses_gradients`; Square
   does not), which the evaluation's gradient-masking checks read;
 - describes itself with `get_config()` (its constructor arguments) and
-  gives a copy with other settings with `replace(num_steps=5, ...)`.
+  gives a copy with other settings with `replace(num_steps=5, ...)`;
+- is a registered Keras serializable (package "tfadv" for tfadv's own
+  attacks, the defining module's name for others): every subclass is
+  registered when it is defined, and `from_config` rebuilds it, so a
+  trainer holding attacks saves to `.keras` and loads with
+  `keras.saving.load_model`. Settings that are objects (an inner attack, a
+  transform, a custom objective) must be registered serializables too;
+- refuses images that are not floating point, finite and in [0, 1] (pixel
+  space), with a clear error: in eager mode at the call, inside a compiled
+  function through `tf.debugging` assertions (which XLA drops). A caller
+  that has checked its images already (a trainer's step) runs its attacks
+  inside `inputs_checked()`, and a wrapper's inner attack is not checked
+  again.
 """
+
+import contextlib
+import functools
+import math
+import threading
 
 import keras
 import tensorflow as tf
@@ -65,11 +82,147 @@ def split_seed(seed: tf.Tensor, num: int) -> list:
     return tf.unstack(tf.random.experimental.stateless_split(seed, num))
 
 
+def keras_package(cls: type) -> str:
+    """The Keras registration package of a class: "tfadv" for tfadv's own.
+
+    A class defined elsewhere (a user's attack or method) is registered
+    under its module's name, so it never shadows a tfadv class of the same
+    name.
+    """
+    module = cls.__module__
+    if module == "tfadv" or module.startswith("tfadv."):
+        return "tfadv"
+    return module
+
+
+def register_serializable(cls: type) -> type:
+    """Registers `cls` with Keras serialization (see `keras_package`)."""
+    return keras.saving.register_keras_serializable(package=keras_package(cls))(
+        cls
+    )
+
+
+def _is_serialized_object(value) -> bool:
+    return isinstance(value, dict) and {"class_name", "config"} <= set(value)
+
+
+def deserialize_config(config: dict) -> dict:
+    """A config with its serialized Keras objects rebuilt.
+
+    `keras.saving.serialize_keras_object` writes the objects a config holds
+    (an inner attack, a transform, a registered function) as nested dicts;
+    this turns them, and lists of them, back into objects.
+    """
+
+    def rebuild(value):
+        if _is_serialized_object(value):
+            return keras.saving.deserialize_keras_object(value)
+        if isinstance(value, (list, tuple)):
+            return type(value)(rebuild(v) for v in value)
+        return value
+
+    return {key: rebuild(value) for key, value in config.items()}
+
+
+# Per thread (MirroredStrategy traces each replica in a thread of its
+# own): how deep the current attack calls are, and whether the caller
+# checked the images itself.
+_call_state = threading.local()
+
+
+@contextlib.contextmanager
+def inputs_checked():
+    """Attacks called inside do not check their images again.
+
+    For callers that check their images themselves (a trainer's
+    `prepare_batch`), so an in-step attack adds no assertions.
+    """
+    previous = getattr(_call_state, "checked", False)
+    _call_state.checked = True
+    try:
+        yield
+    finally:
+        _call_state.checked = previous
+
+
+def check_images(x, who: str = "An attack") -> tf.Tensor:
+    """`x` as a tensor, refused unless floating point, finite, in [0, 1].
+
+    Eagerly the values are checked at once (a `ValueError`); inside a
+    compiled function the check is a pair of `tf.debugging` assertions on
+    the batch's minimum and maximum (an `InvalidArgumentError` when the
+    step runs; XLA drops them).
+
+    Raises:
+        TypeError: `x` is not floating point.
+        ValueError: eagerly, `x` has NaN values or values outside [0, 1].
+    """
+    x = tf.convert_to_tensor(x)
+    if not x.dtype.is_floating:
+        raise TypeError(
+            f"{who} takes floating-point images in [0, 1] (pixel space); "
+            f"got {x.dtype.name} images. Divide uint8 images by 255 in the "
+            "input pipeline."
+        )
+    hint = (
+        "Images must be floating point in [0, 1] (pixel space): divide "
+        "uint8 images by 255 in the input pipeline, and put normalisation "
+        "inside the model; epsilon is then in pixel units."
+    )
+    if tf.executing_eagerly():
+        if not tf.size(x):
+            return x
+        # The minimum and maximum are NaN when a pixel is.
+        low = float(tf.reduce_min(x))
+        high = float(tf.reduce_max(x))
+        if math.isnan(low) or math.isnan(high):
+            raise ValueError(f"{who} got images with NaN values. {hint}")
+        if not (low >= 0.0 and high <= 1.0):
+            raise ValueError(
+                f"{who} got images with values in [{low:g}, {high:g}], "
+                f"outside [0, 1]. {hint}"
+            )
+        return x
+    # A NaN pixel makes the minimum and maximum NaN, which fails both.
+    low, high = tf.reduce_min(x), tf.reduce_max(x)
+    checks = [
+        tf.debugging.assert_greater_equal(
+            low, tf.constant(0.0, x.dtype), message=f"{who}: {hint}"
+        ),
+        tf.debugging.assert_less_equal(
+            high, tf.constant(1.0, x.dtype), message=f"{who}: {hint}"
+        ),
+    ]
+    with tf.control_dependencies(checks):
+        return tf.identity(x)
+
+
+def _checked_call(call):
+    """Wraps an attack's `__call__` with the image check, once per call."""
+
+    @functools.wraps(call)
+    def checked(self, model, x, *args, **kwargs):
+        depth = getattr(_call_state, "depth", 0)
+        if not depth and not getattr(_call_state, "checked", False):
+            x = check_images(x, type(self).__name__)
+        _call_state.depth = depth + 1
+        try:
+            return call(self, model, x, *args, **kwargs)
+        finally:
+            _call_state.depth = depth
+
+    checked.checks_images = True
+    return checked
+
+
 class Attack:
     """Base class of every attack. Subclasses implement `__call__`.
 
     Subclasses keep their constructor arguments in `get_config()`, so that
-    `replace` can rebuild them with some settings changed.
+    `replace` can rebuild them with some settings changed and `from_config`
+    can rebuild them from a saved file. Defining a subclass registers it
+    with Keras serialization and wraps its `__call__` with the image check
+    (see the module docstring), so a new attack needs neither.
 
     Attributes:
         name: the name results are reported under (e.g. "pgd20").
@@ -81,6 +234,13 @@ class Attack:
     threat_model = None
     uses_gradients: bool = True
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        register_serializable(cls)
+        call = cls.__dict__.get("__call__")
+        if call is not None and not getattr(call, "checks_images", False):
+            cls.__call__ = _checked_call(call)
+
     @property
     def epsilon(self) -> float:
         return self.threat_model.epsilon
@@ -90,6 +250,11 @@ class Attack:
         raise NotImplementedError(
             f"{type(self).__name__} does not implement get_config()."
         )
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Attack":
+        """Rebuilds an attack from `get_config()` or its serialized form."""
+        return cls(**deserialize_config(config))
 
     def replace(self, **changes) -> "Attack":
         """A copy with some constructor arguments changed.
@@ -124,7 +289,13 @@ class Attack:
 
 
 def serialize(attack: Attack | None) -> dict | None:
-    """`{"class_name", "config"}` of an attack, for a trainer's config."""
+    """`{"class_name", "config"}`: a readable, JSON-friendly description.
+
+    Callables are replaced by their names, so this describes an attack
+    (for logs and reports) but does not rebuild it; the loadable form is
+    `keras.saving.serialize_keras_object(attack)`, which trainers' configs
+    use.
+    """
     if attack is None:
         return None
     config = {}

@@ -62,7 +62,11 @@ class ProjectedGradient(base.Attack):
     - "none": `x` itself;
     - a caller-chosen point: the keyword `x_init` of the call replaces the
       start, unprojected like the Gaussian one.
-    With `num_steps=0` the projected start is returned.
+
+    `num_steps` must be at least 1: an attack of no step returns its start,
+    and a "robust" accuracy under it would be a clean (or noisy) accuracy.
+    The start alone, projected, is `start_only()`, a copy for schedules
+    whose first epochs train on the start (M+PGD's 0 steps).
 
     Example:
         pgd = ProjectedGradient(epsilon=0.1, step_size=0.01, num_steps=20)
@@ -71,12 +75,14 @@ class ProjectedGradient(base.Attack):
     Args:
         epsilon: radius of the threat model in pixel units, in [0, 1].
         step_size: size of each step in pixel units (>= 0).
-        num_steps: number of ascent steps (>= 0).
+        num_steps: number of ascent steps (>= 1).
         norm: "linf" or "l2".
         objective: an objective name from `tfadv.attacks.objectives`
             ("cross_entropy", "margin", "kl", "dlr") or a callable
-            `(logits, target) -> per-example loss`. With "kl" the target
-            is the clean class distribution, not the labels.
+            `(logits, target) -> per-example loss` (register it with
+            `keras.saving.register_keras_serializable` for a trainer
+            holding the attack to save and load). With "kl" the target is
+            the clean class distribution, not the labels.
         start: "uniform", "gaussian" or "none" (see above).
         start_stddev: the standard deviation of the Gaussian start.
         restarts: number of independent runs (>= 1); the worst case is kept.
@@ -102,7 +108,13 @@ class ProjectedGradient(base.Attack):
     ):
         self.threat_model = threat_models.get(norm, epsilon)
         self.step_size = validation.non_negative("step_size", step_size)
-        self.num_steps = validation.count("num_steps", num_steps)
+        self.num_steps = validation.count(
+            "ProjectedGradient num_steps",
+            num_steps,
+            minimum=1,
+            meaning="ascent steps; 0 steps is no attack, and start_only() "
+            "gives the projected start alone",
+        )
         self.restarts = validation.count("restarts", restarts, minimum=1)
         self.objective = objectives.get(objective)
         self.start = validation.choice("start", start, STARTS)
@@ -128,6 +140,18 @@ class ProjectedGradient(base.Attack):
             "use_predicted_labels": self.use_predicted_labels,
             "name": self._given_name,
         }
+
+    def start_only(self) -> "ProjectedGradient":
+        """A copy that returns its projected start: no ascent step.
+
+        The start (uniform, Gaussian, none or the caller's `x_init`)
+        projected into the threat set, as a 0-step schedule needs (M+PGD's
+        first epoch). Not an attack to evaluate with; its `num_steps` is 0
+        and it cannot be `replace`d.
+        """
+        copy = self.replace()
+        copy.num_steps = 0
+        return copy
 
     def __repr__(self):
         return (

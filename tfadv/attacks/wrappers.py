@@ -124,7 +124,9 @@ class BPDA(Wrapper):
         layers: the layers to replace: a layer name, a sequence of names, or
             a predicate `layer -> bool` (e.g. matching a layer class).
         approximation: None for the identity, or a differentiable function
-            `x -> g_hat(x)` used in the backward pass.
+            `x -> g_hat(x)` used in the backward pass. Callables (here and
+            as `layers`) must be registered Keras serializables for a
+            trainer holding the attack to save and load.
         name: the report name; defaults to "bpda_<inner name>".
     """
 
@@ -215,8 +217,12 @@ class BPDA(Wrapper):
 
 
 @gin.register
+@base.register_serializable
 class GaussianNoise:
     """A random transform for EOT: add N(0, stddev^2) noise, clip to [0, 1].
+
+    A registered Keras serializable, so an `EOT` holding it saves and loads
+    with the trainer that holds the attack.
 
     Args:
         stddev: the noise scale in pixel units.
@@ -224,6 +230,13 @@ class GaussianNoise:
 
     def __init__(self, stddev: float):
         self.stddev = validation.non_negative("stddev", stddev)
+
+    def get_config(self) -> dict:
+        return {"stddev": self.stddev}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "GaussianNoise":
+        return cls(**config)
 
     def __call__(self, x, seed):
         noise = tf.random.stateless_normal(
@@ -282,7 +295,9 @@ class EOT(Wrapper):
     Args:
         attack: the inner attack.
         num_samples: transforms averaged per gradient (>= 1).
-        transform: None, or `transform(x, seed) -> x'` in [0, 1].
+        transform: None, or `transform(x, seed) -> x'` in [0, 1] (a
+            registered Keras serializable, as `GaussianNoise`, for a
+            trainer holding the attack to save and load).
         name: the report name; defaults to "eot<n>_<inner name>".
     """
 

@@ -25,8 +25,9 @@ class BackwardSmoothing(trades_family.KLRegularizedTrainer):
     TRADES loss in train mode, with gradients through both the clean and
     the adversarial branch (the clean softmax is not detached).
 
-    Defaults: ε = 0.031, α = ε, K = 1, γ = 1 and β = 10, the README's
-    documented setting of the reference (its argparse default is β = 6).
+    Defaults: α = ε, K = 1, γ = 1 and β = 10, the README's documented
+    setting of the reference (its argparse default is β = 6); ε is
+    required (the reference's is 0.031 on CIFAR-10).
 
     BatchNorm during the attack: eval mode, as the reference
     (`attack_training_mode=False`). Cost per minibatch: 1F (clean logits) +

@@ -5,9 +5,12 @@ shares, and what a new one plugs into, is declared here:
 
 - **The training attack.** `train_attack` (any `tfadv.attacks.Attack`) is
   an argument of every method; when it is None the method builds its
-  paper's default (`default_train_attack`) at `epsilon`, or at the paper's
-  budget (`default_epsilon`). `trainer.epsilon` and `trainer.threat_model`
-  always come from that attack, so a run has one ε.
+  paper's default (`default_train_attack`) at `epsilon`, which is then
+  required: ε depends on the dataset, so tfadv's methods have no default
+  for it (the error names the paper's, `paper_epsilon`; a subclass may
+  still declare a `default_epsilon` of its own). `trainer.epsilon` and
+  `trainer.threat_model` always come from that attack, so a run has one
+  ε.
 - **The step.** `train_step` unpacks and checks the batch, calls
   `minibatch_update(x, y)`, and counts the minibatch. The default update is
   the template "attack outside the tape (`perturb`), one loss
@@ -44,11 +47,36 @@ shares, and what a new one plugs into, is declared here:
 - **The input gradient of the update's own backward pass.**
   `apply_gradients(tape, scaled_loss, inputs=x_adv)` differentiates once
   with respect to the weights and the input together.
+- **A Keras citizen.** Every subclass is a registered Keras serializable:
+  `trainer.save("x.keras")` (and `ModelCheckpoint("x.keras")`) writes a
+  file that `keras.saving.load_model` loads after `import tfadv` (a
+  method defined elsewhere: after importing its module), with the
+  classifier, the attacks, the step controller, every weight (step counts,
+  per-layer rates, the seed generator's state), the optimizer and its
+  state, so `fit` continues where it stopped. The trainer is built as
+  soon as its classifier is, so `BackupAndRestore` and `save_weights`
+  work before the first step. `compile(metrics=[...])` and
+  `weighted_metrics=` are reported on the clean and adversarial logits
+  (`clean_<name>`, `adv_<name>`; `robust_<name>` on validation), and
+  `fit(sample_weight=...)` / `class_weight=` weigh each example's loss
+  (see `sample_weight`); `compile(loss=...)` is refused, because a method
+  defines its own loss.
+- **The classifier** maps [0, 1] images to logits, one per class: a
+  functional, Sequential or subclassed `keras.Model` (YOPO-style methods
+  need a functional or Sequential one to split). A probability output
+  (a final softmax) or an output that is not `(batch, num_classes)` is
+  refused when the classifier is first seen built.
+- **Labels** are integer class indices of shape `(batch,)` or
+  `(batch, 1)`, or one-hot rows of width num_classes (converted by
+  argmax); with `check_inputs`, fractional float labels, soft labels and
+  labels outside [0, num_classes) fail the step with a clear message.
 """
 
 import math
+import threading
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tfadv import layers
@@ -64,6 +92,14 @@ LOSS = "loss"
 CLEAN_ACCURACY = "clean_accuracy"
 ADV_ACCURACY = "adv_accuracy"
 ROBUST_ACCURACY = "robust_accuracy"
+# The logits a user metric is computed on, the prefixes of its logged names:
+# clean and adversarial in training, clean and robust in validation.
+USER_METRIC_PREFIXES = ("clean", "adv", "robust")
+_TRACKER_OF_PREFIX = {
+    "clean": CLEAN_ACCURACY,
+    "adv": ADV_ACCURACY,
+    "robust": ROBUST_ACCURACY,
+}
 
 
 def num_replicas() -> int:
@@ -107,6 +143,138 @@ class EpochHooks(keras.callbacks.Callback):
             logs.update(extra)
 
 
+class _BatchState(threading.local):
+    """The batch a step is working on, per thread.
+
+    MirroredStrategy traces each replica's step in a thread of its own, so
+    what the step sets for its batch (the sample weights) is thread-local.
+    """
+
+    sample_weight = None
+
+
+class _MetricGroups:
+    """The user's metrics by logit kind, outside Keras's state tracking.
+
+    `compile` may run after the trainer is built, when Keras refuses new
+    tracked state; the metrics need no tracking (`metrics` lists them, and
+    saving finds them through `user_metrics`).
+    """
+
+    def __init__(self):
+        self.groups = {}
+        self.specs = ([], [])
+
+
+class BatchWeightedCrossEntropy(keras.losses.SparseCategoricalCrossentropy):
+    """Cross-entropy on logits, weighted by the step's sample weights.
+
+    A `keras.losses.SparseCategoricalCrossentropy(from_logits=True)` whose
+    `sample_weight` defaults to the weights of the batch the trainer's step
+    is working on (`AdversarialTrainer.sample_weight`), so every method's
+    `self.cross_entropy(y, logits)` honours `fit(sample_weight=...)` and
+    `class_weight=` without passing them around. The reduction is Keras's:
+    the batch mean of `w_i · CE_i`, divided by the replicas.
+
+    Args:
+        state: the trainer's `_BatchState`.
+    """
+
+    def __init__(self, state: _BatchState, **kwargs):
+        super().__init__(from_logits=True, **kwargs)
+        self._state = state
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        if sample_weight is None:
+            sample_weight = self._state.sample_weight
+        return super().__call__(y_true, y_pred, sample_weight=sample_weight)
+
+
+def classifier_image_shape(classifier: keras.Model) -> tuple | None:
+    """The classifier's input shape without the batch axis, if known.
+
+    From `input_shape` (functional and Sequential models) or, for a built
+    subclassed model, from the shape it was built with; None otherwise.
+    """
+    try:
+        shape = classifier.input_shape
+    except (AttributeError, ValueError):
+        shape = None
+    if shape is None:
+        build_config = classifier.get_build_config() or {}
+        shape = build_config.get("input_shape")
+    if shape is None or not isinstance(shape, (tuple, list)) or not shape:
+        return None
+    if isinstance(shape[0], (tuple, list)):
+        return None  # several inputs
+    return tuple(shape[1:])
+
+
+def _metric_list(argument: str, metrics, method: str) -> list:
+    """`compile`'s `metrics` or `weighted_metrics` as a flat list."""
+    if metrics is None:
+        return []
+    if isinstance(metrics, (str, keras.metrics.Metric)) or callable(metrics):
+        metrics = [metrics]
+    if isinstance(metrics, dict) or not isinstance(metrics, (list, tuple)):
+        raise ValueError(
+            f"{method} has one output, the classifier's logits, so "
+            f"compile({argument}=...) takes one list of metrics (names, "
+            f"functions or keras.metrics.Metric objects); got {metrics!r}."
+        )
+    return list(metrics)
+
+
+def _resolve_metric(spec, method: str) -> keras.metrics.Metric | None:
+    """A user metric as a `keras.metrics.Metric` on (labels, logits).
+
+    None for accuracy, which every method reports already. Names resolve
+    as `compile` resolves them for integer labels and logits.
+    """
+    if isinstance(spec, str):
+        if spec in ("accuracy", "acc", "sparse_categorical_accuracy"):
+            return None
+        if spec in ("crossentropy", "ce", "sparse_categorical_crossentropy"):
+            return keras.metrics.SparseCategoricalCrossentropy(
+                name="crossentropy", from_logits=True
+            )
+        try:
+            spec = keras.metrics.get(spec)
+        except ValueError as e:
+            raise ValueError(
+                f"{method}: unknown metric {spec!r} in compile(metrics=...); "
+                "give a Keras metric name or a keras.metrics.Metric."
+            ) from e
+    if isinstance(spec, keras.metrics.Metric):
+        return spec
+    if callable(spec):
+        name = getattr(spec, "__name__", type(spec).__name__)
+        return keras.metrics.MeanMetricWrapper(spec, name=name)
+    raise ValueError(
+        f"{method} computes metrics on (labels, logits); compile(metrics="
+        f"...) takes names, functions or keras.metrics.Metric objects, not "
+        f"{spec!r}."
+    )
+
+
+def _probability_activation(model) -> str | None:
+    """The name of a final softmax or sigmoid of a layered model, if any."""
+    layer = model
+    # Descend into nested models through their last layer.
+    while isinstance(layer, keras.Model):
+        inner = getattr(layer, "layers", None)
+        if not inner:
+            return None
+        layer = inner[-1]
+    if isinstance(layer, keras.layers.Softmax):
+        return "softmax"
+    activation = getattr(layer, "activation", None)
+    name = getattr(activation, "__name__", "")
+    if name in ("softmax", "sigmoid"):
+        return name
+    return None
+
+
 class AdversarialTrainer(keras.Model):
     """A Keras model that trains a wrapped classifier with one method.
 
@@ -123,18 +291,29 @@ class AdversarialTrainer(keras.Model):
     `eval_attack`, so `fit(validation_data=...)` gives robust validation for
     free.
 
-    Writing a new method: subclass, set `default_epsilon`, implement
-    `default_train_attack` and `compute_adversarial_loss` (or
-    `minibatch_update`), and register it with `gin.register`. The README's
-    "Writing a new method" section has a complete example.
+    Saving: `trainer.save("x.keras")` writes the whole trainer, which
+    `keras.saving.load_model("x.keras")` rebuilds after `import tfadv`
+    (classifier, attacks, controller, weights, optimizer state); a
+    subclassed classifier, and any custom object an attack holds, must be
+    a registered Keras serializable for that.
+
+    Writing a new method: subclass, implement `default_train_attack` and
+    `compute_adversarial_loss` (or `minibatch_update`), and register it
+    with `gin.register` (the Keras registration is automatic). Compute
+    hand-written loss terms with `replica_mean` and the cross-entropy with
+    `self.cross_entropy`, so sample weights apply. The README's "Writing a
+    new method" section has a complete example.
 
     Args:
-        classifier: a Keras model mapping [0, 1] images to logits.
+        classifier: a Keras model mapping [0, 1] images to logits, one per
+            class (functional, Sequential or subclassed).
         train_attack: the attack that makes the training examples; None
             builds the method's paper default at `epsilon`.
-        epsilon: the budget of the default training attack (the paper's
-            when None). Given together with `train_attack`, it must equal
-            the attack's epsilon.
+        epsilon: the budget of the default training attack, in pixel units;
+            required when `train_attack` is None for a method with a
+            training attack (tfadv sets no dataset-specific default; each
+            method documents its paper's value). Given together with
+            `train_attack`, it must equal the attack's epsilon.
         eval_attack: the attack `test_step` uses for robust accuracy, or None
             for clean validation only.
         attack_training_mode: run the classifier in training mode (batch
@@ -146,9 +325,10 @@ class AdversarialTrainer(keras.Model):
             variables. Keep the optimizer's own decoupled `weight_decay`
             unset when using this.
         check_inputs: assert inside the step that images are finite and in
-            [0, 1] and labels in [0, num_classes) (not under `jit_compile`,
-            where XLA drops assertions; `tfadv.train` checks its data before
-            training either way).
+            [0, 1] and labels whole-number classes in [0, num_classes) (or
+            one-hot rows), not under `jit_compile`, where XLA drops
+            assertions; `tfadv.train` checks its data before training
+            either way.
         seed: seed of the method's `SeedGenerator`.
         step_controller: a `tfadv.methods.controllers.StepController` that
             changes the method's step count between epochs (M+PGD,
@@ -159,8 +339,10 @@ class AdversarialTrainer(keras.Model):
     Raises:
         TypeError: the classifier is not a Keras model, or the attack is not
             of a kind the method can run.
-        ValueError: `epsilon` disagrees with `train_attack`, or another
-            argument is out of range.
+        ValueError: no budget for a method with a training attack,
+            `epsilon` disagrees with `train_attack`, the classifier does
+            not output logits (one per class), or another argument is out
+            of range.
     """
 
     train_metric_names = (LOSS, CLEAN_ACCURACY, ADV_ACCURACY)
@@ -168,8 +350,12 @@ class AdversarialTrainer(keras.Model):
     # Non-trainable state the step changes on purpose (besides BatchNorm
     # statistics, seeds and the optimizer).
     mutable_state_paths = ("minibatches",)
-    # The paper's budget, used when neither train_attack nor epsilon is
-    # given; None for methods without a training attack.
+    # The budget of the method's paper, named in the error when neither
+    # epsilon nor train_attack is given (never used silently); None for
+    # methods without a training attack.
+    paper_epsilon: float | None = None
+    # A budget the subclass chooses to default to (tfadv's methods set
+    # none: epsilon is dataset-specific).
     default_epsilon: float | None = None
     default_attack_training_mode: bool = False
     # The attack classes the method can run (methods that step the
@@ -177,6 +363,12 @@ class AdversarialTrainer(keras.Model):
     train_attack_types: tuple = (attack_base.Attack,)
     # The step count a step controller may drive (None: none).
     step_controller_count: str | None = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # Every method loads with keras.saving.load_model once its module
+        # is imported (package "tfadv" for tfadv's own).
+        attack_base.register_serializable(cls)
 
     def __init__(
         self,
@@ -199,6 +391,9 @@ class AdversarialTrainer(keras.Model):
                 f"to logits; got {type(classifier).__name__}."
             )
         self.classifier = classifier
+        self._num_classes = None
+        self._batch = _BatchState()
+        self._metric_groups = _MetricGroups()
         self.train_attack = self._resolve_train_attack(train_attack, epsilon)
         self.eval_attack = eval_attack
         if attack_training_mode is None:
@@ -210,9 +405,7 @@ class AdversarialTrainer(keras.Model):
         self.check_inputs = bool(check_inputs)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
-        self.cross_entropy = keras.losses.SparseCategoricalCrossentropy(
-            from_logits=True
-        )
+        self.cross_entropy = BatchWeightedCrossEntropy(self._batch)
         self.trackers = {
             LOSS: keras.metrics.Mean(name=LOSS),
             CLEAN_ACCURACY: keras.metrics.SparseCategoricalAccuracy(
@@ -239,8 +432,11 @@ class AdversarialTrainer(keras.Model):
         self.input_std = _input_std(classifier)
         self.step_controller = self._attach_controller(step_controller)
         # The trainer's own variables exist now; with a built classifier it
-        # is complete (BackupAndRestore and save_weights need it built).
+        # is complete (BackupAndRestore and save_weights need it built),
+        # and the classifier is checked now. An unbuilt one (a subclassed
+        # model never called) is built and checked by the first step.
         if classifier.built:
+            self.inspect_classifier()
             self.built = True
 
     # The training attack.
@@ -253,12 +449,22 @@ class AdversarialTrainer(keras.Model):
         del epsilon
         return None
 
+    @classmethod
+    def has_default_train_attack(cls) -> bool:
+        """Whether the method builds a training attack of its own."""
+        return (
+            cls.default_train_attack
+            is not AdversarialTrainer.default_train_attack
+        )
+
     def _resolve_train_attack(self, train_attack, epsilon):
         method = type(self).__name__
         if train_attack is None:
             if epsilon is None:
                 epsilon = self.default_epsilon
             if epsilon is None:
+                if self.has_default_train_attack():
+                    raise ValueError(self._missing_budget_message())
                 return None
             attack = self.default_train_attack(
                 validation.epsilon(epsilon, allow_zero=False)
@@ -286,6 +492,23 @@ class AdversarialTrainer(keras.Model):
                 "same budget to both."
             )
         return train_attack
+
+    def _missing_budget_message(self) -> str:
+        method = type(self).__name__
+        paper = ""
+        if self.paper_epsilon is not None:
+            paper = (
+                f" (its paper trains at {self.paper_epsilon:.4g} on its "
+                "dataset; see the class docstring)"
+            )
+        return (
+            f"{method} needs its training budget: give epsilon= (in pixel "
+            "units, the radius of the training attack, e.g. 0.1 for "
+            "Fashion-MNIST or 8/255 = 0.0314 for CIFAR-10) or a "
+            f"train_attack=. tfadv sets no dataset-specific default for "
+            f"{method}'s epsilon{paper}, so that a run never trains at "
+            "another dataset's budget unawares."
+        )
 
     def _attach_controller(self, controller):
         if controller is None:
@@ -335,12 +558,14 @@ class AdversarialTrainer(keras.Model):
             return self.train_attack
         steps = controller.steps
         floor = self.train_attack.step_size
-        return self.train_attack.replace(
-            num_steps=steps,
+        attack = self.train_attack.replace(
+            num_steps=max(steps, 1),
             step_size=controllers.controlled_step_size(
                 self.epsilon, steps, floor
             ),
         )
+        # At 0 steps (M+PGD's first epoch) the examples are the start.
+        return attack.start_only() if steps == 0 else attack
 
     def gradient_l1(self, input_gradient: tf.Tensor) -> tf.Tensor:
         """This replica's share of `‖∇ₓ L‖₁` w.r.t. the normalised input.
@@ -369,34 +594,318 @@ class AdversarialTrainer(keras.Model):
 
     @property
     def metrics(self):
-        # Exactly the method's trackers: compile() adds a private `loss`
-        # tracker that a custom step never updates.
-        return list(self.trackers.values())
+        # Exactly the method's trackers and the user's metrics: compile()
+        # adds a private `loss` tracker that a custom step never updates.
+        user = [m for group in self.user_metrics.values() for m in group]
+        return [*self.trackers.values(), *user]
+
+    @property
+    def user_metrics(self) -> dict:
+        """The metrics of `compile`, by prefix ("clean", "adv", "robust")."""
+        return self._metric_groups.groups
 
     @property
     def num_classes(self) -> int:
-        return int(self.classifier.output_shape[-1])
+        """The classifier's number of outputs (logits, one per class)."""
+        if self._num_classes is None:
+            raise ValueError(
+                f"{type(self).__name__}'s classifier has not been built, so "
+                "its number of classes is not known yet; call it on a "
+                "batch of images (or let fit build it)."
+            )
+        return self._num_classes
+
+    @property
+    def sample_weight(self) -> tf.Tensor | None:
+        """The per-example weights of the batch the step is working on.
+
+        From `fit(sample_weight=...)` or `class_weight=` (which Keras
+        turns into sample weights), shape `(batch,)`, float32; None
+        without weights or outside a step. `self.cross_entropy` and
+        `replica_mean` weigh the losses with them the way Keras losses do:
+        the batch mean of `w_i · loss_i` (so unit weights change nothing,
+        and the mean stays exact across replicas). Attacks are not
+        weighted: each example's perturbation maximises its own loss.
+        """
+        return self._batch.sample_weight
+
+    # The classifier.
+
+    def inspect_classifier(self, image_shape: tuple | None = None) -> None:
+        """Checks that the classifier outputs logits, one per class.
+
+        Run at construction for a built classifier, and on the first batch
+        for one built there (a subclassed model). Eagerly, one inference
+        forward on two fixed images in [0, 1] builds the classifier if
+        needed and shows its outputs; in a trace only the static output
+        shape is checked. Sets `num_classes`.
+
+        Args:
+            image_shape: the input shape without the batch axis, when the
+                classifier does not know it.
+
+        Raises:
+            ValueError: the output is not `(batch, num_classes)` logits
+                with num_classes >= 2 (e.g. softmax probabilities).
+        """
+        method = type(self).__name__
+        activation = _probability_activation(self.classifier)
+        if activation is not None:
+            raise ValueError(
+                f"{method} trains a classifier that outputs logits (one "
+                "unnormalised score per class), but this classifier's last "
+                f"layer applies a {activation} activation, so its outputs "
+                "are probabilities. Remove that activation (e.g. "
+                "Dense(num_classes) instead of Dense(num_classes, "
+                f"activation='{activation}')): the losses and attacks "
+                "apply the softmax themselves."
+            )
+        if image_shape is None:
+            image_shape = classifier_image_shape(self.classifier)
+        known = image_shape is not None and all(
+            d is not None for d in image_shape
+        )
+        if known and tf.executing_eagerly():
+            size = 2 * int(np.prod(image_shape))
+            images = np.linspace(0.0, 1.0, size, dtype="float32")
+            outputs = self.classifier(
+                tf.constant(images.reshape((2, *image_shape))), training=False
+            )
+            self._check_logits(outputs)
+            return
+        try:
+            shape = self.classifier.output_shape
+        except (AttributeError, ValueError):
+            return  # known once the classifier runs
+        self._check_logits(keras.KerasTensor(shape))
+
+    def _check_logits(self, outputs) -> None:
+        """Refuses outputs that are not logits, one per class."""
+        method = type(self).__name__
+        accepted = (
+            "logits, one per class: a single (batch, num_classes) tensor "
+            "of unnormalised scores, with num_classes >= 2"
+        )
+        if not hasattr(outputs, "shape") or not hasattr(outputs, "dtype"):
+            raise ValueError(
+                f"{method} trains a classifier that outputs {accepted}; "
+                f"this one outputs a {type(outputs).__name__}."
+            )
+        shape = tuple(outputs.shape)
+        if len(shape) != 2:
+            raise ValueError(
+                f"{method} trains a classifier that outputs {accepted}; "
+                f"this one outputs shape {shape}."
+            )
+        classes = shape[-1]
+        if classes is not None and classes < 2:
+            raise ValueError(
+                f"{method} trains a classifier that outputs {accepted}; "
+                f"this one outputs {classes} value per example. For two "
+                "classes use two logits (Dense(2)), not one sigmoid output."
+            )
+        if (
+            isinstance(outputs, (tf.Tensor, np.ndarray))
+            and tf.executing_eagerly()
+        ):
+            values = np.asarray(outputs, dtype="float64")
+            in_unit = values.min() >= 0.0 and values.max() <= 1.0
+            sums_to_one = np.allclose(values.sum(-1), 1.0, atol=1e-3)
+            if in_unit and sums_to_one:
+                raise ValueError(
+                    f"{method} trains a classifier that outputs {accepted}; "
+                    "this one's outputs look like probabilities (every row "
+                    "is in [0, 1] and sums to 1, as after a softmax). "
+                    "Remove the final softmax: the losses and attacks apply "
+                    "it themselves."
+                )
+        if classes is not None:
+            self._num_classes = int(classes)
+
+    def _ensure_classifier_checked(self, x) -> None:
+        """Builds and checks an unbuilt classifier from the batch's shape."""
+        if self._num_classes is not None:
+            return
+        # Outside the trace (eagerly), so the classifier's variables are
+        # made once, as at construction.
+        with tf.init_scope():
+            self.inspect_classifier(tuple(x.shape[1:]))
+        if self._num_classes is None:
+            raise ValueError(
+                f"{type(self).__name__} could not find how many classes its "
+                "classifier outputs; build it on a batch of fully defined "
+                f"shape first (got images of shape {tuple(x.shape)})."
+            )
+        self.built = True
+
+    def build(self, input_shape=None):
+        # Eagerly (an explicit build, a first eager call), an unbuilt
+        # classifier is built and checked now; in a symbolic build, `call`
+        # builds it and checks its output shape.
+        if (
+            self._num_classes is None
+            and input_shape is not None
+            and tf.executing_eagerly()
+        ):
+            self.inspect_classifier(tuple(input_shape[1:]))
 
     def call(self, inputs, training=False):
-        return self.classifier(inputs, training=training)
+        logits = self.classifier(inputs, training=training)
+        if self._num_classes is None:
+            # First seen here (a symbolic build under a strategy).
+            self._check_logits(logits)
+        return logits
+
+    # Saving.
 
     def get_config(self):
+        """The constructor arguments, as a Keras config.
+
+        The classifier is a nested serialized model, the attacks and the
+        step controller serialized Keras objects; weights (including step
+        counts, a controller's state and the seed generator's state) are
+        in the file's weights, not here.
+        """
+        serialize = keras.saving.serialize_keras_object
         return {
-            "train_attack": attack_base.serialize(self.train_attack),
-            "eval_attack": attack_base.serialize(self.eval_attack),
+            **super().get_config(),
+            "classifier": serialize(self.classifier),
+            "train_attack": serialize(self.train_attack),
+            "eval_attack": serialize(self.eval_attack),
             "attack_training_mode": self.attack_training_mode,
             "weight_decay": self.weight_decay,
             "check_inputs": self.check_inputs,
             "seed": self.seed,
+            "step_controller": serialize(self.step_controller),
         }
 
-    def compile(self, *args, **kwargs):
-        """`keras.Model.compile`; binds a `PerMinibatch` learning rate."""
-        super().compile(*args, **kwargs)
+    @classmethod
+    def from_config(cls, config):
+        config = attack_base.deserialize_config(config)
+        classifier = config.pop("classifier")
+        return cls(classifier, **config)
+
+    def save_own_variables(self, store):
+        # Keras saves a layer's variables but not its seed generators'
+        # states; the trainer's generator is saved after its variables, so
+        # a loaded trainer draws the same random starts next.
+        super().save_own_variables(store)
+        own = len(self._trainable_variables + self._non_trainable_variables)
+        store[f"{own}"] = self.seed_generator.state
+
+    def load_own_variables(self, store):
+        own = self._trainable_variables + self._non_trainable_variables
+        if len(store.keys()) == len(own) + 1:
+            for i, variable in enumerate([*own, self.seed_generator.state]):
+                variable.assign(store[f"{i}"])
+            return
+        # A file written without the generator's state.
+        super().load_own_variables(store)
+
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if config:
+            metrics, weighted = self._metric_groups.specs
+            serialize = keras.saving.serialize_keras_object
+            config["metrics"] = serialize(list(metrics)) or None
+            config["weighted_metrics"] = serialize(list(weighted)) or None
+        return config
+
+    def compile_from_config(self, config):
+        # Keras skips a model whose compile() is overridden; tfadv's only
+        # adds checks and the user metrics, so compile as saved.
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.built:
+            # The optimizer's variables must exist before its state loads.
+            self.optimizer.build(self.trainable_variables)
+
+    # Compiling.
+
+    def compile(
+        self,
+        optimizer="rmsprop",
+        loss=None,
+        loss_weights=None,
+        metrics=None,
+        weighted_metrics=None,
+        **kwargs,
+    ):
+        """`keras.Model.compile`, with the method's own loss.
+
+        Binds a `PerMinibatch` learning rate to the minibatch counter.
+        `metrics` (names, functions or `keras.metrics.Metric`s, e.g.
+        `[keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")]`)
+        are computed on the clean and on the adversarial logits and logged
+        as `clean_<name>` and `adv_<name>` (`robust_<name>` on validation,
+        under `eval_attack`), like the built-in accuracies;
+        `weighted_metrics` too, with the batch's sample weights. "accuracy"
+        is always reported (`clean_accuracy`, `adv_accuracy`), so it is
+        not added twice.
+
+        Raises:
+            ValueError: `loss` or `loss_weights` is given (the method
+                defines its loss), or a metric is of a kind the trainer
+                cannot compute or clashes with a logged name.
+        """
+        method = type(self).__name__
+        for name, value in (("loss", loss), ("loss_weights", loss_weights)):
+            if value is not None:
+                raise ValueError(
+                    f"{method} defines its own training loss (the method's "
+                    "objective: cross-entropy on its adversarial or noisy "
+                    "examples, with its regularisers), so compile("
+                    f"{name}=...) would have no effect and is refused "
+                    f"rather than ignored; got {name}={value!r}. Compile "
+                    "with an optimizer and metrics only; weigh examples "
+                    "with fit's sample_weight or class_weight, and choose "
+                    "the method's loss through its own arguments."
+                )
+        metrics = _metric_list("metrics", metrics, method)
+        weighted_metrics = _metric_list(
+            "weighted_metrics", weighted_metrics, method
+        )
+        super().compile(optimizer=optimizer, **kwargs)
+        self._metric_groups.specs = (metrics, weighted_metrics)
+        self._metric_groups.groups = self._make_user_metrics(
+            metrics, weighted_metrics
+        )
         optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
         schedule = getattr(optimizer, "_learning_rate", None)
         if isinstance(schedule, schedules.PerMinibatch):
             schedule.bind(self.minibatches)
+
+    def _make_user_metrics(self, metrics, weighted_metrics) -> dict:
+        """One copy of every user metric per logit kind."""
+        method = type(self).__name__
+        made = {prefix: [] for prefix in USER_METRIC_PREFIXES}
+        taken = {*self.trackers}
+        for specs, weighted in ((metrics, False), (weighted_metrics, True)):
+            for spec in specs:
+                metric = _resolve_metric(spec, method)
+                if metric is None:
+                    continue  # accuracy: always reported
+                for prefix in USER_METRIC_PREFIXES:
+                    name = f"{prefix}_{metric.name}"
+                    if name in taken:
+                        raise ValueError(
+                            f"{method} would log two values named {name!r}; "
+                            "give the metric another name (e.g. "
+                            "keras.metrics.SparseTopKCategoricalAccuracy("
+                            "k=5, name='top5'))."
+                        )
+                    taken.add(name)
+                    copy = type(metric).from_config(
+                        {**metric.get_config(), "name": name}
+                    )
+                    copy.weighted_by_sample = weighted
+                    made[prefix].append(copy)
+        return made
+
+    def _update_user_metrics(self, prefix, y, logits) -> None:
+        for metric in self.user_metrics.get(prefix, ()):
+            weights = self.sample_weight if metric.weighted_by_sample else None
+            metric.update_state(y, logits, sample_weight=weights)
 
     # Epoch-level hooks (see the module docstring).
 
@@ -481,21 +990,96 @@ class AdversarialTrainer(keras.Model):
     # Helpers for subclasses.
 
     def prepare_batch(self, data):
-        """Unpacks a batch, casts it, and checks its values when asked."""
-        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        """Unpacks a batch, casts it, and checks its values when asked.
+
+        Images must be floating point (in [0, 1]); labels are integer class
+        indices of shape `(batch,)` or `(batch, 1)`, or one-hot rows of
+        width num_classes (converted by argmax). The batch's sample weights
+        (from `fit`'s `sample_weight` or `class_weight`) become
+        `self.sample_weight` until the step ends. With `check_inputs` (and
+        not under XLA), the step asserts finite images in [0, 1],
+        whole-number labels in [0, num_classes) and one-hot rows.
+
+        Returns:
+            `(x, y)`: the images and int32 labels of shape `(batch,)`.
+
+        Raises:
+            TypeError: images that are not floating point, or labels that
+                are not numbers.
+            ValueError: no labels, or labels of a shape that fits neither
+                form.
+        """
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        method = type(self).__name__
+        if y is None:
+            raise ValueError(
+                f"{method} trains on labelled batches: (images, labels) or "
+                "(images, labels, sample_weight); got images only."
+            )
         x = tf.convert_to_tensor(x)
         if not x.dtype.is_floating:
             raise TypeError(
                 f"Images must be floating point in [0, 1]; got {x.dtype}. "
                 "Divide uint8 images by 255 in the input pipeline."
             )
-        y = tf.cast(tf.reshape(y, [-1]), tf.int32)
+        self._ensure_classifier_checked(x)
         # XLA drops Assert ops (with a warning per op), so skip them there.
-        if self.check_inputs and not getattr(self, "jit_compile", False):
+        check = self.check_inputs and not getattr(self, "jit_compile", False)
+        y = self._prepare_labels(tf.convert_to_tensor(y), check)
+        if check:
             x, y = self._assert_valid(x, y)
+        self._batch.sample_weight = _prepare_sample_weight(
+            sample_weight, method
+        )
         return x, y
 
+    def _prepare_labels(self, y, check):
+        method = type(self).__name__
+        classes = self.num_classes
+        accepted = (
+            "integer class indices of shape (batch,) or (batch, 1), or "
+            f"one-hot rows of shape (batch, {classes}) (the classifier "
+            f"outputs {classes} logits)"
+        )
+        if not (y.dtype.is_integer or y.dtype.is_floating or y.dtype.is_bool):
+            raise TypeError(
+                f"{method} takes labels as {accepted}; got {y.dtype.name} "
+                "labels."
+            )
+        rank = y.shape.rank
+        width = y.shape[-1] if rank else None
+        if rank == 2 and width != 1:
+            if width != classes:
+                raise ValueError(
+                    f"{method} takes labels as {accepted}; got labels of "
+                    f"shape {tuple(y.shape)}, whose width is not the "
+                    "number of classes."
+                )
+            y = tf.cast(y, tf.float32)
+            if check:
+                y = _assert_one_hot(y)
+            return tf.argmax(y, axis=-1, output_type=tf.int32)
+        if rank is not None and rank > 2:
+            raise ValueError(
+                f"{method} takes labels as {accepted}; got labels of shape "
+                f"{tuple(y.shape)}."
+            )
+        y = tf.reshape(y, [-1])
+        if y.dtype.is_floating and check:
+            whole = tf.debugging.assert_equal(
+                y,
+                tf.round(y),
+                message="Labels must be whole-number class indices; a float "
+                "label has a fractional part (e.g. 2.7), which would be "
+                "truncated to another class. Give integer labels (or "
+                "one-hot rows).",
+            )
+            with tf.control_dependencies([whole]):
+                y = tf.identity(y)
+        return tf.cast(y, tf.int32)
+
     def _assert_valid(self, x, y):
+        classes = self.num_classes
         checks = [
             tf.debugging.assert_all_finite(
                 x, "Images contain NaN or inf; they must be finite in [0, 1]."
@@ -517,37 +1101,50 @@ class AdversarialTrainer(keras.Model):
             ),
             tf.debugging.assert_less(
                 y,
-                self.num_classes,
-                message=f"Labels must be in [0, {self.num_classes}) for this "
-                "classifier; got a label >= num_classes.",
+                classes,
+                message=f"Labels must be in [0, num_classes) = [0, {classes}) "
+                f"for this classifier, which outputs {classes} logits (one "
+                f"per class); got a label >= {classes}. The data has more "
+                "classes than the classifier has outputs: give the "
+                "classifier one output per class.",
             ),
         ]
         with tf.control_dependencies(checks):
             return tf.identity(x), tf.identity(y)
 
     def attack(self, attack, x, target, **kwargs):
-        """Runs `attack` on the classifier in the method's attack mode."""
-        return attack(
-            self.classifier,
-            x,
-            target,
-            seed=self.seed_generator,
-            training=self.attack_training_mode,
-            **kwargs,
-        )
+        """Runs `attack` on the classifier in the method's attack mode.
+
+        The images were checked by `prepare_batch` (when `check_inputs`),
+        so the attack does not check them again.
+        """
+        with attack_base.inputs_checked():
+            return attack(
+                self.classifier,
+                x,
+                target,
+                seed=self.seed_generator,
+                training=self.attack_training_mode,
+                **kwargs,
+            )
 
     def next_seed(self) -> tf.Tensor:
         """A fresh stateless seed from the method's generator."""
         return attack_base.as_seed(self.seed_generator)
 
     def replica_mean(self, values: tf.Tensor) -> tf.Tensor:
-        """Batch mean of per-example values, scaled for the strategy.
+        """Batch mean of per-example values, weighted and replica-scaled.
 
         Use this for hand-written loss terms: like a Keras loss object with
-        its default reduction, it divides by the number of replicas, since
-        the optimizer sums gradients over replicas.
+        its default reduction, it multiplies each value by the batch's
+        sample weight (`sample_weight`, when the step has one) and divides
+        by the number of replicas, since the optimizer sums gradients over
+        replicas.
         """
         values = tf.cast(values, tf.float32)
+        weights = self.sample_weight
+        if weights is not None:
+            values = values * weights
         return tf.reduce_mean(values) / num_replicas()
 
     def scale_loss(self, loss):
@@ -612,15 +1209,35 @@ class AdversarialTrainer(keras.Model):
         ]
 
     def update_metrics(self, loss, y, *, clean_logits=None, adv_logits=None):
-        """Updates the trackers; `loss` is the replica-scaled loss."""
-        self.trackers[LOSS].update_state(loss * num_replicas())
+        """Updates the trackers and the user's metrics.
+
+        Args:
+            loss: the replica-scaled loss, or None to leave `loss` alone.
+            y: integer labels.
+            clean_logits: logits on the clean batch, or None.
+            adv_logits: logits on the training examples, or None.
+        """
+        if loss is not None:
+            self.trackers[LOSS].update_state(loss * num_replicas())
         if clean_logits is not None:
             self.trackers[CLEAN_ACCURACY].update_state(y, clean_logits)
+            self._update_user_metrics("clean", y, clean_logits)
         if adv_logits is not None:
             self.trackers[ADV_ACCURACY].update_state(y, adv_logits)
+            self._update_user_metrics("adv", y, adv_logits)
 
     def logs(self, names):
-        return {name: self.trackers[name].result() for name in names}
+        """The results of the trackers `names`, and of the user's metrics.
+
+        A user metric is logged on the logits whose accuracy is among
+        `names` (`clean_<name>` with `clean_accuracy`, and so on).
+        """
+        logs = {name: self.trackers[name].result() for name in names}
+        for prefix, tracker in _TRACKER_OF_PREFIX.items():
+            if tracker in names:
+                for metric in self.user_metrics.get(prefix, ()):
+                    logs[metric.name] = metric.result()
+        return logs
 
     # The step.
 
@@ -700,25 +1317,72 @@ class AdversarialTrainer(keras.Model):
 
     def train_step(self, data):
         x, y = self.prepare_batch(data)
-        logs = self.minibatch_update(x, y)
+        try:
+            logs = self.minibatch_update(x, y)
+        finally:
+            self._batch.sample_weight = None
         self.minibatches.assign_add(1)
         return logs
 
     def test_step(self, data):
         x, y = self.prepare_batch(data)
+        try:
+            return self._validate(x, y)
+        finally:
+            self._batch.sample_weight = None
+
+    def _validate(self, x, y):
         logits = self.classifier(x, training=False)
         loss = self.cross_entropy(y, logits)
-        self.trackers[LOSS].update_state(loss * num_replicas())
-        self.trackers[CLEAN_ACCURACY].update_state(y, logits)
+        self.update_metrics(loss, y, clean_logits=logits)
         names = (LOSS, CLEAN_ACCURACY)
         if self.eval_attack is not None:
-            x_adv = self.eval_attack(
-                self.classifier, x, y, seed=self.seed_generator, training=False
-            )
+            with attack_base.inputs_checked():
+                x_adv = self.eval_attack(
+                    self.classifier,
+                    x,
+                    y,
+                    seed=self.seed_generator,
+                    training=False,
+                )
             adv_logits = self.classifier(x_adv, training=False)
             self.trackers[ROBUST_ACCURACY].update_state(y, adv_logits)
+            self._update_user_metrics("robust", y, adv_logits)
             names = self.test_metric_names
         return self.logs(names)
+
+
+def _assert_one_hot(y):
+    """`y` after asserting that its rows are one-hot."""
+    binary = tf.reduce_all((y == 0.0) | (y == 1.0))
+    single = tf.reduce_all(tf.reduce_sum(y, -1) == 1.0)
+    check = tf.debugging.Assert(
+        binary & single,
+        [
+            "One-hot labels must have a single 1 per row and 0 elsewhere "
+            "(soft labels, e.g. label smoothing, are not accepted: the "
+            "method's losses take class indices)."
+        ],
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(y)
+
+
+def _prepare_sample_weight(sample_weight, method: str):
+    """Per-example float32 weights of shape (batch,), or None."""
+    if sample_weight is None:
+        return None
+    weights = tf.cast(tf.convert_to_tensor(sample_weight), tf.float32)
+    shape = weights.shape
+    if shape.rank is not None and (
+        shape.rank > 2 or (shape.rank == 2 and shape[-1] not in (1, None))
+    ):
+        raise ValueError(
+            f"{method} weighs each example's loss by one number, so "
+            "sample_weight must have shape (batch,) or (batch, 1); got "
+            f"shape {tuple(shape)}."
+        )
+    return tf.reshape(weights, [-1])
 
 
 def _input_std(classifier: keras.Model):

@@ -24,12 +24,18 @@ import gin
 import keras
 
 from tfadv import validation
+from tfadv.attacks import base as attack_base
 
 STEPS = "steps"
 
 
 class StepController:
     """Base class: a rule that sets a step count between epochs.
+
+    Every subclass is a registered Keras serializable (its `get_config`
+    holds its constructor arguments), so a trainer driven by it saves to
+    `.keras` and loads whole; the controller's state lives in the
+    trainer's weights, which the file carries.
 
     Args:
         max_steps: the most steps the rule may reach (>= 1).
@@ -39,6 +45,10 @@ class StepController:
 
     # Weights the training step itself changes (not only the epoch hooks).
     mutable_state = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        attack_base.register_serializable(cls)
 
     def __init__(self, *, max_steps: int, initial_steps: int = 1, name: str):
         self.max_steps = validation.count(
@@ -90,10 +100,16 @@ class StepController:
         raise NotImplementedError
 
     def get_config(self) -> dict:
+        """The constructor arguments (not the state, which is weights)."""
         return {
             "max_steps": self.max_steps,
             "initial_steps": self.initial_steps,
         }
+
+    @classmethod
+    def from_config(cls, config: dict) -> "StepController":
+        """A fresh controller (not attached) from `get_config()`."""
+        return cls(**config)
 
 
 @gin.register

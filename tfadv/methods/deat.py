@@ -76,7 +76,7 @@ class DEAT(base.AdversarialTrainer):
             `num_steps`.
     """
 
-    default_epsilon = 8 / 255
+    paper_epsilon = 8 / 255  # CIFAR-10; never a default
     default_attack_training_mode = True
     train_attack_types = (pgd.ProjectedGradient,)
     step_controller_count = "replays"
@@ -128,5 +128,5 @@ class DEAT(base.AdversarialTrainer):
             self.gradient_l1(result.input_gradients[-1])
         )
         clean_logits = self.classifier(tf.convert_to_tensor(x), training=False)
-        self.trackers[base.CLEAN_ACCURACY].update_state(y, clean_logits)
+        self.update_metrics(None, y, clean_logits=clean_logits)
         return self.logs(self.train_metric_names)

@@ -48,14 +48,15 @@ class FGSMRS(base.AdversarialTrainer):
         classifier: a Keras model mapping [0, 1] images to logits.
         **kwargs: see `AdversarialTrainer` (`train_attack`, `epsilon`,
             `attack_training_mode`, `eval_attack`, `weight_decay`). Without a
-            `train_attack`, the reference's attack is built at `epsilon`
-            (8/255 by default): one step of `1.25 * epsilon` from a uniform
-            start. Plain FGSM-AT, which overfits catastrophically, is
+            `train_attack`, the reference's attack is built at `epsilon`,
+            then required (the paper's CIFAR-10 budget is 8/255): one step
+            of `1.25 * epsilon` from a uniform start. Plain FGSM-AT, which
+            overfits catastrophically, is
             `train_attack=ProjectedGradient(epsilon=eps, step_size=eps,
             num_steps=1, start="none")`.
     """
 
-    default_epsilon = 8 / 255
+    paper_epsilon = 8 / 255  # CIFAR-10; never a default
     default_attack_training_mode = True
 
     def default_train_attack(self, epsilon):

@@ -89,7 +89,7 @@ class FreeAT(base.AdversarialTrainer):
         *base.AdversarialTrainer.mutable_state_paths,
         DELTA_NAME,
     )
-    default_epsilon = 8 / 255
+    paper_epsilon = 8 / 255  # CIFAR-10; never a default
     default_attack_training_mode = True
     train_attack_types = (pgd.ProjectedGradient,)
 
@@ -106,12 +106,14 @@ class FreeAT(base.AdversarialTrainer):
             minimum=1,
         )
         self.batch_size = validation.count("batch_size", batch_size, minimum=1)
-        image_shape = tuple(classifier.input_shape[1:])
-        if any(d is None for d in image_shape):
+        image_shape = base.classifier_image_shape(classifier)
+        if image_shape is None or any(d is None for d in image_shape):
             raise ValueError(
                 "FreeAT keeps a perturbation of the input's shape, so the "
                 "classifier needs a fully defined input shape; got "
-                f"{classifier.input_shape}."
+                f"{image_shape}. Give a functional model a fully defined "
+                "keras.Input, or call a subclassed one on a batch of "
+                "images before building the trainer."
             )
         self.rows_per_replica = math.ceil(self.batch_size / base.num_replicas())
         # One buffer per replica, never synchronised: each replica reads
@@ -182,5 +184,5 @@ class FreeAT(base.AdversarialTrainer):
         )
         self.delta.assign(tf.concat([result.delta, stored[size:]], axis=0))
         clean_logits = self.classifier(x, training=False)
-        self.trackers[base.CLEAN_ACCURACY].update_state(y, clean_logits)
+        self.update_metrics(None, y, clean_logits=clean_logits)
         return self.logs(self.train_metric_names)

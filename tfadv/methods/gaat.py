@@ -289,7 +289,6 @@ class GAAT(base.AdversarialTrainer):
         MONITOR_LABELS,
         MONITOR_COUNT,
     )
-    default_epsilon = pgd_at.PGDAT.default_epsilon
     default_attack_training_mode = True
 
     def __init__(
@@ -343,12 +342,14 @@ class GAAT(base.AdversarialTrainer):
                 start="none",
                 name="gaat_fgsm",
             )
-        image_shape = tuple(classifier.input_shape[1:])
-        if any(d is None for d in image_shape):
+        image_shape = base.classifier_image_shape(classifier)
+        if image_shape is None or any(d is None for d in image_shape):
             raise ValueError(
                 "GAAT keeps a monitor batch of the input's shape, so the "
                 "classifier needs a fully defined input shape; got "
-                f"{classifier.input_shape}."
+                f"{image_shape}. Give a functional model a fully defined "
+                "keras.Input, or call a subclassed one on a batch of "
+                "images before building the trainer."
             )
         # One copy per replica, never synchronised, so the step fills it
         # inside a tf.cond without a cross-replica merge; each replica keeps
@@ -407,7 +408,7 @@ class GAAT(base.AdversarialTrainer):
             **super().get_config(),
             "order": self.order,
             "tau": self.tau,
-            "perturbation_attack": attack_base.serialize(
+            "perturbation_attack": keras.saving.serialize_keras_object(
                 self.perturbation_attack
             ),
             "initial_phase": self.initial_phase,

@@ -52,8 +52,9 @@ class MART(trades_family.KLRegularizedTrainer):
         beta: β, the weight of the KL term (>= 0; 6 in the reference).
         **kwargs: see `AdversarialTrainer` (`train_attack`, `epsilon`,
             `attack_training_mode`, `eval_attack`, `weight_decay`). Without
-            a `train_attack`, the reference's is built at `epsilon` (0.031
-            by default): `tfadv.attacks.pgd.trades_attack` on the
+            a `train_attack`, the reference's is built at `epsilon`, then
+            required (the paper's CIFAR-10 budget is 0.031):
+            `tfadv.attacks.pgd.trades_attack` on the
             cross-entropy, 10 steps of 0.007 from `x + 0.001·N(0, I)`.
 
     Raises:

@@ -21,8 +21,9 @@ class PGDAT(base.AdversarialTrainer):
         min_θ E[ max_{‖δ‖∞ ≤ ε} CE(f_θ(x + δ), y) ]
 
     Per minibatch: `x' = train_attack(x, y)` (PGD-k from a uniform random
-    start; by default Madry's CIFAR-10 PGD-7 with steps of ε/4 at
-    ε = 8/255, and any `tfadv.attacks.Attack` works), then one update on
+    start; without a `train_attack`, Madry's CIFAR-10 PGD-7 with steps of
+    ε/4, built at the required `epsilon` (the paper's is 8/255 on
+    CIFAR-10), and any `tfadv.attacks.Attack` works), then one update on
     `(1 − c)·CE(f(x'), y) + c·CE(f(x), y)` where
     `c = clean_weight`. Madry's objective is `c = 0` (the default). The PGD
     baseline of the YOPO repository trains on `CE(adv) + CE(clean)`, which is
@@ -43,13 +44,14 @@ class PGDAT(base.AdversarialTrainer):
     Args:
         classifier: a Keras model mapping [0, 1] images to logits.
         clean_weight: weight `c` in [0, 1] of the clean cross-entropy.
-        **kwargs: see `AdversarialTrainer` (`train_attack`, `epsilon`,
-            `attack_training_mode`, `eval_attack`, `weight_decay`).
+        **kwargs: see `AdversarialTrainer` (`train_attack` or `epsilon`,
+            one of them required; `attack_training_mode`, `eval_attack`,
+            `weight_decay`).
     """
 
     # M+ (tfadv.methods.controllers.MPlus) may drive the attack's steps.
     step_controller_count = "attack_steps"
-    default_epsilon = 8 / 255
+    paper_epsilon = 8 / 255  # CIFAR-10; never a default
     default_attack_training_mode = True
 
     def __init__(self, classifier, *, clean_weight: float = 0.0, **kwargs):

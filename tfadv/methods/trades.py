@@ -51,8 +51,9 @@ class TRADES(trades_family.KLRegularizedTrainer):
             CIFAR-10 runs and its released models).
         **kwargs: see `AdversarialTrainer` (`train_attack`, `epsilon`,
             `attack_training_mode`, `eval_attack`, `weight_decay`). Without
-            a `train_attack`, the reference's is built at `epsilon` (0.031
-            by default): `tfadv.attacks.pgd.trades_attack`, 10 KL steps of
+            a `train_attack`, the reference's is built at `epsilon`, then
+            required (the paper's CIFAR-10 budget is 0.031):
+            `tfadv.attacks.pgd.trades_attack`, 10 KL steps of
             0.007 from `x + 0.001·N(0, I)`. Another attack works too (e.g.
             APGD-CE); an attack whose objective is not the KL attacks the
             labels.

@@ -1,7 +1,8 @@
 """What the TRADES family shares: its budget, β and the TRADES loss.
 
-TRADES, MART and Backward Smoothing train at ε = 0.031 (not 8/255,
-docs/algorithms.md §0.3 rule 2) with a KL(clean ‖ adversarial) term
+TRADES, MART and Backward Smoothing's papers train CIFAR-10 at ε = 0.031
+(not 8/255, docs/algorithms.md §0.3 rule 2; tfadv requires ε, since it
+depends on the dataset) with a KL(clean ‖ adversarial) term
 weighted by β. TRADES and Backward Smoothing share the loss itself,
 `CE(f(x), y) + β·mean KL(p(x) ‖ p(x'))`, the default
 `compute_adversarial_loss` here; MART weighs its KL differently and
@@ -24,7 +25,7 @@ class KLRegularizedTrainer(base.AdversarialTrainer):
         **kwargs: see `AdversarialTrainer`.
     """
 
-    default_epsilon = 0.031
+    paper_epsilon = 0.031  # CIFAR-10; never a default
     default_beta = 6.0
 
     def __init__(self, classifier, *, beta: float | None = None, **kwargs):

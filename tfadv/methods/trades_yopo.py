@@ -49,8 +49,9 @@ class TRADESYOPO(yopo.YOPOBase):
     The perturbation's settings are those of the training attack, a
     `ProjectedGradient` on the "kl" objective: ε, σ (`step_size`), n
     (`num_steps`) and the start (`start="gaussian"`, `start_stddev`).
-    Without a `train_attack`, the reference's is built at `epsilon` (0.031
-    by default): σ = 0.007 at 0.031, n = 4, the Gaussian start.
+    Without a `train_attack`, the reference's is built at `epsilon`, then
+    required (the reference's is 0.031 on CIFAR-10): σ = 0.007 at 0.031,
+    n = 4, the Gaussian start.
 
     Example:
         trainer = tfadv.methods.TRADESYOPO(
@@ -72,7 +73,7 @@ class TRADESYOPO(yopo.YOPOBase):
             `eval_attack`, `weight_decay`).
     """
 
-    default_epsilon = 0.031
+    paper_epsilon = 0.031  # CIFAR-10; never a default
     costate_objective = "kl"
 
     def __init__(

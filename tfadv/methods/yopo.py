@@ -47,6 +47,14 @@ def split_classifier(
         ) from e
 
 
+class _Split:
+    """The two views of a YOPO split, held outside Keras's tracking."""
+
+    def __init__(self, layer0: keras.Model, rest: keras.Model):
+        self.layer0 = layer0
+        self.rest = rest
+
+
 class YOPOGradients(NamedTuple):
     """What `YOPO.compute_gradients` returns for one minibatch.
 
@@ -124,9 +132,22 @@ class YOPOBase(base.AdversarialTrainer):
             "m", m, minimum=1, meaning="outer iterations, 'K' in the code"
         )
         self.first_layer_name = first_layer_name
-        self.layer0, self.rest = split_classifier(
-            classifier, first_layer_name, method
+        # Views that share the classifier's layers and weights. Kept out of
+        # Keras's layer tracking, so summary() and count_params() count
+        # each weight once, under the classifier.
+        self._split = _Split(
+            *split_classifier(classifier, first_layer_name, method)
         )
+
+    @property
+    def layer0(self) -> keras.Model:
+        """Layer 0, `f0`: the classifier up to `first_layer_name`."""
+        return self._split.layer0
+
+    @property
+    def rest(self) -> keras.Model:
+        """The rest, `g`, with `g(f0(x)) == classifier(x)`."""
+        return self._split.rest
 
     @property
     def n(self) -> int:
@@ -238,8 +259,8 @@ class YOPO(YOPOBase):
     `ProjectedGradient`: ε and the projection from its threat model, σ its
     `step_size`, n its `num_steps`, the start its `start` ("uniform" is the
     reference's; "none" starts from η = 0). Without a `train_attack`, the
-    reference's CIFAR-10 setting is built at `epsilon` (8/255 by default):
-    σ = ε/4 (2/255), n = 3, a uniform start.
+    reference's CIFAR-10 setting is built at `epsilon`, then required (the
+    paper's is 8/255): σ = ε/4 (2/255 at 8/255), n = 3, a uniform start.
 
     η carries over between outer iterations; neither the start nor the
     outer input `x + η` is clipped to [0, 1] (docs/algorithms.md §1.6 P3:
@@ -307,7 +328,7 @@ class YOPO(YOPOBase):
             parameter groups).
     """
 
-    default_epsilon = 8 / 255
+    paper_epsilon = 8 / 255  # CIFAR-10; never a default
     default_attack_training_mode = True
     costate_objective = "cross_entropy"
 
