@@ -12,6 +12,7 @@ folder's files and resume rule belong to `tfadv.run_folder`.
 import contextlib
 import dataclasses
 import math
+import os
 from collections.abc import Callable
 from collections.abc import Sequence
 
@@ -54,7 +55,15 @@ class Built:
 
 
 def check_config(
-    *, epsilon, epochs, mixed_precision, final_suite, eval_attack
+    *,
+    epsilon,
+    epochs,
+    mixed_precision,
+    final_suite,
+    eval_attack,
+    validation_freq=1,
+    steps_per_execution=1,
+    learning_rate=0.01,
 ) -> tuple[float, evaluation.Suite]:
     """Checks the run's scalars and resolves the final suite.
 
@@ -66,6 +75,28 @@ def check_config(
     """
     epsilon = validation.epsilon(epsilon, allow_zero=False)
     validation.count("epochs", epochs, minimum=1)
+    validation.count(
+        "run.validation_freq",
+        validation_freq,
+        minimum=1,
+        meaning="validate every that many epochs",
+    )
+    validation.count(
+        "run.steps_per_execution",
+        steps_per_execution,
+        minimum=1,
+        meaning="batches per compiled call",
+    )
+    if not callable(learning_rate):
+        validation.in_interval(
+            "run.learning_rate",
+            learning_rate,
+            0.0,
+            math.inf,
+            low_open=True,
+            hint="Give a positive number, or a schedule such as "
+            "@piecewise_constant.",
+        )
     validation.choice(
         "mixed_precision", mixed_precision, MIXED_PRECISION_POLICIES
     )
@@ -180,8 +211,12 @@ def fit(
     eval_attack,
     callback_fns,
     validation_freq: int,
-) -> tuple[keras.callbacks.History, list, callbacks_lib.WallClockLogger]:
+) -> tuple[dict, list, callbacks_lib.WallClockLogger]:
     """Trains with the run's callbacks and the method's own.
+
+    Returns:
+        `(history, callbacks, wall_clock)`: history maps each log name to
+        its value per epoch, the epochs before a resume included.
 
     Raises:
         TrainingDivergedError: the loss became NaN or infinite.
@@ -192,15 +227,17 @@ def fit(
         run_folder.path(logdir, run_folder.TIMING_FILE),
     )
     guard = callbacks_lib.DivergenceGuard()
+    checkpoint = run_folder.ResumableCheckpoint(logdir)
     # The method's callbacks add to the epoch's logs, so they come before
     # the ones that write the logs.
     callbacks = [
         run_folder.GinConfigWriter(logdir),
+        datasets.order_callback(),
         guard,
         *built.method.callbacks(),
         wall_clock,
         keras.callbacks.TensorBoard(logdir, update_freq="epoch"),
-        run_folder.ResumableCheckpoint(logdir),
+        checkpoint,
     ]
     if eval_attack is not None and datasets.validation is not None:
         images, labels = next(iter(datasets.validation.take(1)))
@@ -213,7 +250,7 @@ def fit(
             )
         )
     callbacks += [fn(datasets=datasets, logdir=logdir) for fn in callback_fns]
-    history = built.method.fit(
+    built.method.fit(
         datasets.train,
         validation_data=datasets.validation,
         validation_freq=validation_freq,
@@ -223,14 +260,27 @@ def fit(
         verbose=2,
     )
     if guard.diverged_at is not None:
-        checkpoint = run_folder.path(logdir, run_folder.CHECKPOINT_DIR)
+        folder = run_folder.path(logdir, run_folder.CHECKPOINT_DIR)
+        epoch = guard.diverged_epoch + 1
+        if guard.diverged_epoch == 0:
+            kept = (
+                "No epoch finished, so there is no checkpoint to resume "
+                f"from; delete {logdir} before trying again."
+            )
+        else:
+            kept = (
+                f"The last good state (after epoch {epoch - 1}) is in "
+                f"{folder}; a rerun with the same --logdir resumes from "
+                "it (with --allow_config_change if you change the config)."
+            )
         raise TrainingDivergedError(
-            f"The training loss became NaN or infinite (batch "
-            f"{guard.diverged_at} of the last epoch); training stopped. The "
-            f"last good state is in {checkpoint}. Lower the learning rate or "
-            "check the data."
+            f"The training loss became NaN or infinite in epoch {epoch} "
+            f"(batch {guard.diverged_at + 1} of "
+            f"{built.datasets.steps_per_epoch}); training stopped. {kept} "
+            "Lower the learning rate or check the data."
         )
-    return history, callbacks, wall_clock
+    # The checkpoint's history covers the epochs before a resume too.
+    return checkpoint.history_dict(), callbacks, wall_clock
 
 
 def finish(
@@ -245,7 +295,10 @@ def finish(
     wall_clock: callbacks_lib.WallClockLogger,
 ) -> dict:
     """Exports the classifier, evaluates it and writes results.json."""
-    built.classifier.save(run_folder.path(logdir, run_folder.MODEL_FILE))
+    model_file = run_folder.path(logdir, run_folder.MODEL_FILE)
+    incoming = run_folder.path(logdir, "incoming." + run_folder.MODEL_FILE)
+    built.classifier.save(incoming)
+    os.replace(incoming, model_file)  # a kill mid-export keeps no half file
     masking_layers = built.method.masking_layers()
     if masking_layers:
         suite = evaluation.with_masking_attacks(
@@ -282,9 +335,8 @@ def finish(
         "eval_attacks": scores["attacks"],
         "eval_seconds": scores["attack_seconds"],
         "gradient_masking": scores["gradient_masking"],
-        "history": {
-            k: [float(v) for v in vs] for k, vs in history.history.items()
-        },
+        "data_source": built.datasets.info.source,
+        "history": history,
     }
     results.update(built.method.results_info())
     for callback in callbacks:
@@ -385,6 +437,9 @@ def run(
         mixed_precision=mixed_precision,
         final_suite=final_suite,
         eval_attack=eval_attack,
+        validation_freq=validation_freq,
+        steps_per_execution=steps_per_execution,
+        learning_rate=learning_rate,
     )
     strategy = strategy or tf.distribute.get_strategy()
     with contextlib.ExitStack() as stack:
@@ -432,6 +487,18 @@ def run(
             return {}
         if resuming:
             logging.info("Resuming the interrupted run in %s.", logdir)
+        info = built.datasets.info
+        run_folder.write_json_atomic(
+            run_folder.path(logdir, run_folder.DATA_FILE),
+            {
+                "dataset": info.name,
+                "source": info.source,
+                "num_train": info.num_train,
+                "num_test": info.num_test,
+                "num_classes": info.num_classes,
+                "image_shape": list(info.image_shape),
+            },
+        )
         history, callbacks, wall_clock = fit(
             built,
             logdir=logdir,

@@ -14,14 +14,13 @@ import datetime  # noqa: E402
 import re  # noqa: E402
 import sys  # noqa: E402
 
-import gin  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
-GIN_DIR = os.path.join(
-    os.path.dirname(os.path.dirname(__file__)), "gin_configs"
-)
+from tfadv import gin_files  # noqa: E402
+
+GIN_DIR = gin_files.GIN_DIR
 
 _GIN_FILE = flags.DEFINE_multi_string(
     "gin_file", [], "Gin config files, by path or bare name in gin_configs/."
@@ -64,20 +63,16 @@ _FLAG_OF = {
 }
 
 
-def parse_gin(gin_files, gin_bindings) -> None:
+def parse_gin(gin_files_, gin_bindings) -> None:
     """Parses gin files (searched in gin_configs/) and bindings, strictly.
 
     Raises:
-        ValueError: an unknown name, or a binding of an argument of `run`
+        ValueError: malformed gin, an unknown name or scope (see
+            `tfadv.gin_files.parse`), or a binding of an argument of `run`
             that a flag sets.
     """
-    from tfadv import configurables  # noqa: F401  (registers every name)
-
-    gin.add_config_file_search_path(GIN_DIR)
     try:
-        gin.parse_config_files_and_bindings(
-            gin_files, gin_bindings, skip_unknown=False
-        )
+        gin_files.parse(gin_files_, gin_bindings)
     except ValueError as e:
         match = re.search(r"'run' has denylisted kwarg '(\w+)'", str(e))
         if not match:
@@ -108,12 +103,13 @@ def main(argv):
     from tfadv import distribute
     from tfadv import experiment
 
-    # The strategy first: logical CPU devices must exist before TF starts.
-    strategy = distribute.make_strategy(
-        _STRATEGY.value, num_devices=_DEVICES.value
-    )
     logdir = _LOGDIR.value or default_logdir(_GIN_FILE.value)
     try:
+        # The strategy first: logical CPU devices must exist before TF
+        # starts.
+        strategy = distribute.make_strategy(
+            _STRATEGY.value, num_devices=_DEVICES.value
+        )
         parse_gin(_GIN_FILE.value, _GIN_BINDINGS.value)
         results = experiment.run(
             logdir=logdir,
