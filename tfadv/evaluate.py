@@ -2,7 +2,7 @@ r"""Attacks a trained classifier: `python -m tfadv.evaluate --model=runs/x`.
 
 `--model` is a run folder (its model.keras; dataset, epsilon and example
 count come from its results.json, flags override them) or a .keras file.
-`--suite` is quick (PGD-20), standard (APGD-CE, APGD-T, Square run
+`--suite` is quick (PGD-20), standard (APGD-CE, APGD-T, FAB-T, Square run
 AutoAttack-style; the default) or a list such as pgd20,pgd50x10,cw50. Prints
 a table with the gradient-masking checks and writes eval.json beside the
 model, or eval-<suite>.json when eval.json exists; it never overwrites a

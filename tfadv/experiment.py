@@ -409,7 +409,7 @@ def run(
         eval_attack: the attack for robust validation during training.
         final_suite: the attacks of the final numbers in results.json, as
             `tfadv.evaluation.make_suite` takes them: "quick" (PGD-20),
-            "standard" (APGD-CE, APGD-T, Square, run AutoAttack-style), a
+            "standard" (APGD-CE, APGD-T, FAB-T, Square, AutoAttack-style), a
             comma-separated list of attack names ("pgd20,cw50"), or a list
             of names and attacks (`[@final/ProjectedGradient()]`, reported
             under each attack's `name`).
