@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import sys
 from collections.abc import Callable
 from collections.abc import Sequence
 
@@ -37,7 +38,9 @@ SET_BY_ENTRY_POINT = (
     "data_dir",
     "dry_run",
     "allow_config_change",
+    "progress",
 )
+PROGRESS = ("auto", "bar", "epoch", "none")
 MIXED_PRECISION_POLICIES = (None, "mixed_float16", "mixed_bfloat16")
 
 
@@ -191,6 +194,9 @@ def build(
                 steps_per_execution=steps_per_execution,
             )
             method.build((None, *info.image_shape))
+            # Slot variables made now, not inside the first step: creating
+            # variables there makes tf.function trace the step twice.
+            method.optimizer.build(method.trainable_variables)
     finally:
         keras.mixed_precision.set_dtype_policy(previous_policy)
     return Built(datasets, classifier, method)
@@ -203,6 +209,13 @@ def _batch_size(datasets) -> int:
     return int(next(iter(datasets.train.take(1)))[0].shape[0])
 
 
+def _verbosity(progress: str) -> int:
+    """Keras's `verbose` for `progress` ("auto": a bar on a terminal)."""
+    if progress == "auto":
+        progress = "bar" if sys.stdout.isatty() else "epoch"
+    return {"bar": 1, "epoch": 2, "none": 0}[progress]
+
+
 def fit(
     built: Built,
     *,
@@ -211,6 +224,7 @@ def fit(
     eval_attack,
     callback_fns,
     validation_freq: int,
+    progress: str = "auto",
 ) -> tuple[dict, list, callbacks_lib.WallClockLogger]:
     """Trains with the run's callbacks and the method's own.
 
@@ -257,7 +271,7 @@ def fit(
         epochs=epochs,
         callbacks=callbacks,
         shuffle=False,  # The pipeline shuffles, seeded.
-        verbose=2,
+        verbose=_verbosity(progress),
     )
     if guard.diverged_at is not None:
         folder = run_folder.path(logdir, run_folder.CHECKPOINT_DIR)
@@ -377,6 +391,7 @@ def run(
     seed: int = 0,
     dry_run: bool = False,
     allow_config_change: bool = False,
+    progress: str = "auto",
 ) -> dict:
     """Trains one method and writes the run folder (`tfadv.run_folder`).
 
@@ -427,10 +442,14 @@ def run(
         allow_config_change: resume an interrupted run although the gin
             configuration differs from the one it started with (else that
             is an error naming what changed).
+        progress: the console during training: "bar" (Keras's progress
+            bar), "epoch" (one line per epoch, for logs), "none", or
+            "auto" (a bar on a terminal, else one line per epoch).
 
     Returns:
         The contents of results.json (empty for a dry run).
     """
+    validation.choice("progress", progress, PROGRESS)
     epsilon, suite = check_config(
         epsilon=epsilon,
         epochs=epochs,
@@ -506,6 +525,7 @@ def run(
             eval_attack=eval_attack,
             callback_fns=callback_fns,
             validation_freq=validation_freq,
+            progress=progress,
         )
         return finish(
             built,

@@ -29,9 +29,9 @@ import gin
 from gin import config as gin_config
 from gin import resource_reader
 
-GIN_DIR = os.path.join(
-    os.path.dirname(os.path.dirname(__file__)), "gin_configs"
-)
+# Shipped inside the package, so a wheel install has them too (the
+# repository's top-level gin_configs/ is a link to this folder).
+GIN_DIR = os.path.join(os.path.dirname(__file__), "gin_configs")
 
 
 def _drop_package_reader() -> None:

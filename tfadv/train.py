@@ -46,6 +46,13 @@ _DEVICES = flags.DEFINE_integer(
 _DRY_RUN = flags.DEFINE_bool(
     "dry_run", False, "Parse the config and build everything, then stop."
 )
+_PROGRESS = flags.DEFINE_enum(
+    "progress",
+    "auto",
+    ["auto", "bar", "epoch", "none"],
+    "Console during training: Keras's progress bar, one line per epoch, "
+    "nothing, or auto (a bar on a terminal, else one line per epoch).",
+)
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     "allow_config_change",
     False,
@@ -60,6 +67,7 @@ _FLAG_OF = {
     "data_dir": "--data_dir (or TFADV_DATA_DIR)",
     "dry_run": "--dry_run",
     "allow_config_change": "--allow_config_change",
+    "progress": "--progress",
 }
 
 
@@ -117,6 +125,7 @@ def main(argv):
             data_dir=_DATA_DIR.value,
             dry_run=_DRY_RUN.value,
             allow_config_change=_ALLOW_CONFIG_CHANGE.value,
+            progress=_PROGRESS.value,
         )
     except (ValueError, TypeError, OSError) as e:
         # Bad input: one paragraph and a non-zero exit, no traceback (gin
