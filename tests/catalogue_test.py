@@ -186,6 +186,11 @@ TRAIN_CASES = (
         "step_size",
     ),
     (
+        "zero_training_steps",
+        dict(bindings=["train/ProjectedGradient.num_steps = 0"]),
+        "num_steps = 0: .*train on noise.*num_steps >= 1",
+    ),
+    (
         "train_epsilon_mismatch",
         dict(bindings=["train/ProjectedGradient.epsilon = 0.2"]),
         "epsilon 0.2 .*run.epsilon is 0.1",
@@ -540,11 +545,6 @@ class LibraryCatalogueTest(tf.test.TestCase, parameterized.TestCase):
             "negative_step_size",
             dict(epsilon=0.1, step_size=-0.1, num_steps=3),
             "step_size",
-        ),
-        (
-            "zero_steps",
-            dict(epsilon=0.1, step_size=0.1, num_steps=0),
-            "num_steps",
         ),
         (
             "unknown_start",
