@@ -12,6 +12,15 @@ setuptools.setup(
     long_description=README,
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["tfadv", "tfadv.*"]),
+    # The gin configs ship with the package: `python -m tfadv.train
+    # --gin_file=yopo.gin` works from a wheel install too.
+    package_data={
+        "tfadv": [
+            "gin_configs/*.gin",
+            "gin_configs/*/*.gin",
+            "gin_configs/*/*/*.gin",
+        ]
+    },
     python_requires=">=3.10",
     install_requires=[
         # tensorflow-cpu is the lighter wheel; with a GPU install `tensorflow`

@@ -31,6 +31,9 @@ ATTACKS = {
     ),
     "apgd": lambda: attacks.APGD(epsilon=0.1, num_steps=5),
     "square": lambda: attacks.Square(epsilon=0.1, num_queries=20),
+    "fab_t": lambda: attacks.FABTargeted(
+        epsilon=0.1, num_steps=5, num_targets=2
+    ),
 }
 
 
@@ -152,6 +155,7 @@ class ConfigTest(tf.test.TestCase, parameterized.TestCase):
         self.assertTrue(ATTACKS["pgd"]().uses_gradients)
         self.assertTrue(ATTACKS["apgd"]().uses_gradients)
         self.assertFalse(ATTACKS["square"]().uses_gradients)
+        self.assertTrue(ATTACKS["fab_t"]().uses_gradients)
 
 
 class XInitTest(tf.test.TestCase, parameterized.TestCase):
@@ -176,7 +180,7 @@ class XInitTest(tf.test.TestCase, parameterized.TestCase):
         model = image_model()
         x, y = harness.attack_data(num_classes=4)
         start = x + 0.05 * tf.cos(50.0 * x)
-        for name in ("pgd", "apgd"):
+        for name in ("pgd", "apgd", "fab_t"):
             attack = ATTACKS[name]()
             self.assertAllClose(
                 attack(model, x, y, seed=1, x_init=start),

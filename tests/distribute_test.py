@@ -14,7 +14,7 @@ class DistributeTest(tf.test.TestCase):
             distribute.make_strategy("tpu")
 
     def test_bad_device_count(self):
-        with self.assertRaisesRegex(ValueError, "num_devices must be >= 1"):
+        with self.assertRaisesRegex(ValueError, "--devices=0: .*integer >= 1"):
             distribute.make_strategy("mirrored", num_devices=0)
 
     def test_mirrored_on_logical_cpus(self):

@@ -2,6 +2,7 @@
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 from absl.testing import parameterized
 
@@ -101,6 +102,7 @@ def invariant_attacks():
         ),
         "apgd_t": attacks.APGDTargeted(epsilon=0.1, num_steps=4, num_targets=2),
         "square": attacks.Square(epsilon=0.1, num_queries=20),
+        "square_l2": attacks.Square(epsilon=0.5, num_queries=20, norm="l2"),
         "bpda": attacks.BPDA(pgd3, layers="pre"),
         "eot": attacks.EOT(
             pgd3, num_samples=3, transform=attacks.GaussianNoise(0.05)
@@ -163,7 +165,7 @@ class SuiteTest(tf.test.TestCase, parameterized.TestCase):
         self.assertFalse(suite.sequential)
         standard = evaluation.make_suite("standard", epsilon=0.1)
         self.assertEqual(
-            list(standard.attacks), ["apgd_ce", "apgd_t", "square"]
+            list(standard.attacks), ["apgd_ce", "apgd_t", "fab_t", "square"]
         )
         self.assertTrue(standard.sequential)
         quick = evaluation.make_suite("quick", epsilon=0.1).attacks["pgd20"]
@@ -171,6 +173,32 @@ class SuiteTest(tf.test.TestCase, parameterized.TestCase):
         for bad in ("pgd", "pgd0", "apgd_x", "quick,square", "pgd20,pgd20"):
             with self.assertRaisesRegex(ValueError, "attack name|twice"):
                 evaluation.make_suite(bad, epsilon=0.1)
+
+    @parameterized.parameters(("linf", 8 / 255), ("l2", 0.5))
+    def test_standard_is_autoattacks_standard_version(self, norm, eps):
+        # AutoAttack's standard settings, each attack in the given norm.
+        suite = evaluation.make_suite("standard", epsilon=eps, norm=norm)
+        apgd_ce, apgd_t, fab_t, sq = suite.attacks.values()
+        self.assertEqual((apgd_ce.num_steps, apgd_ce.restarts), (100, 1))
+        self.assertIs(apgd_ce.objective, objectives.cross_entropy)
+        self.assertEqual((apgd_t.num_steps, apgd_t.num_targets), (100, 9))
+        self.assertIsInstance(fab_t, attacks.FABTargeted)
+        self.assertEqual(
+            (fab_t.num_steps, fab_t.num_targets, fab_t.restarts), (100, 9, 1)
+        )
+        self.assertEqual(
+            (fab_t.alpha_max, fab_t.eta, fab_t.beta), (0.1, 1.05, 0.9)
+        )
+        self.assertEqual((sq.num_queries, sq.p_init), (5000, 0.8))
+        self.assertFalse(sq.rescale_schedule)
+        for attack in suite.attacks.values():
+            self.assertEqual(attack.threat_model.norm, norm)
+            self.assertAlmostEqual(attack.epsilon, eps)
+        # The name alone keeps Square's class default.
+        named = evaluation.make_suite("fab_t20,square", epsilon=eps, norm=norm)
+        self.assertTrue(named.attacks["square"].rescale_schedule)
+        self.assertEqual(named.attacks["fab_t20"].num_steps, 20)
+        self.assertEqual(named.attacks["fab_t20"].name, "fab_t20")
 
     def test_starts(self):
         # FGSM starts at x; the named PGD attacks start uniformly at random.
@@ -206,9 +234,34 @@ class SuiteTest(tf.test.TestCase, parameterized.TestCase):
         self.assertEqual((control.name, control.num_steps), ("pgd5", 5))
         self.assertIs(control.objective, objectives.cross_entropy)
         self.assertEqual(control.threat_model.norm, "l2")
-        for name in ("pgd3", "square", "fgsm"):
+        for name in ("pgd3", "square", "fgsm", "fab_t"):
             attack = evaluation.make_attack(name, epsilon=0.1)
             self.assertIsNone(suites.weaker_control(attack))
+
+
+@pytest.mark.slow
+class StandardSuiteRunTest(tf.test.TestCase, parameterized.TestCase):
+    @parameterized.parameters(("linf", 0.02), ("l2", 0.2))
+    def test_standard_suite_runs_in_both_norms(self, norm, eps):
+        # The whole standard suite at its real settings, through the runner:
+        # the numbers only fall along the suite, and every attack ran.
+        model = fx.linear_model((6, 6, 1), 10)
+        x, y = fx.interior_data(model, (6, 6, 1), n=16)
+        result = evaluation.evaluate_suite(
+            model,
+            fx.as_dataset(x, y, batch=16),
+            suite="standard",
+            epsilon=eps,
+            norm=norm,
+            masking_checks=False,
+        )
+        acc = result["robust_accuracy"]
+        names = ["apgd_ce", "apgd_t", "fab_t", "square"]
+        self.assertEqual(list(acc), [*names, "worst_case"])
+        values = [acc[n] for n in names]
+        self.assertEqual(values, sorted(values, reverse=True))
+        self.assertLess(values[-1], 1.0)
+        self.assertEqual(result["norm"], norm)
 
 
 class WithMaskingAttacksTest(tf.test.TestCase):
@@ -230,7 +283,8 @@ class WithMaskingAttacksTest(tf.test.TestCase):
         standard = evaluation.make_suite("standard", epsilon=0.1)
         suite = evaluation.with_masking_attacks(standard, ["sq"], epsilon=0.1)
         self.assertEqual(
-            list(suite.attacks), ["apgd_ce", "apgd_t", "square", "bpda_pgd20"]
+            list(suite.attacks),
+            ["apgd_ce", "apgd_t", "fab_t", "square", "bpda_pgd20"],
         )
         self.assertTrue(suite.sequential)
         # Gradient attacks already through BPDA: the true-layer PGD is

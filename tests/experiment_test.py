@@ -320,3 +320,27 @@ class FormatResultsTest(tf.test.TestCase):
         self.assertIn("  clean accuracy           0.8000", lines)
         self.assertIn("  robust accuracy pgd20    0.5000", lines)
         self.assertEqual(lines[-1], "  on the first 64 test examples")
+
+
+class ProgressTest(tf.test.TestCase):
+    def test_auto_is_a_bar_on_a_terminal_and_one_line_per_epoch_otherwise(
+        self,
+    ):
+        for tty, verbose in ((True, 1), (False, 2)):
+            with mock.patch.object(
+                experiment.sys.stdout, "isatty", return_value=tty
+            ):
+                self.assertEqual(experiment._verbosity("auto"), verbose)
+        self.assertEqual(experiment._verbosity("bar"), 1)
+        self.assertEqual(experiment._verbosity("epoch"), 2)
+        self.assertEqual(experiment._verbosity("none"), 0)
+
+    def test_the_choice_reaches_fit(self):
+        logdir = os.path.join(self.create_tempdir().full_path, "run")
+        with mock.patch.object(
+            keras.Model, "fit", autospec=True, side_effect=keras.Model.fit
+        ) as fit:
+            cli_fixtures.run_cli(
+                logdir, "standard.gin", "testing/tiny.gin", progress="none"
+            )
+        self.assertEqual(fit.call_args.kwargs["verbose"], 0)

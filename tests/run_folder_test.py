@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -75,19 +76,33 @@ class PrepareTest(tf.test.TestCase):
             run_folder.prepare(logdir)
 
     def test_foreign_files_are_refused(self):
-        # A model.keras without results.json is not an interrupted run.
-        for name in ("thesis.tex", run_folder.MODEL_FILE):
+        # A model.keras beside no checkpoint is someone's model, not a run.
+        for name, dirs in (
+            ("thesis.tex", (run_folder.CHECKPOINT_DIR,)),
+            (run_folder.MODEL_FILE, ()),
+        ):
             with self.subTest(name=name):
-                logdir = self._folder(name, dirs=(run_folder.CHECKPOINT_DIR,))
+                logdir = self._folder(name, dirs=dirs)
                 with self.assertRaisesRegex(
                     run_folder.RunFolderError,
                     rf"not an interrupted tfadv run .*{name}",
                 ):
                     run_folder.prepare(logdir)
                 self.assertTrue(os.path.exists(os.path.join(logdir, name)))
-                os.remove(os.path.join(logdir, name))
-                os.rmdir(os.path.join(logdir, run_folder.CHECKPOINT_DIR))
-                os.rmdir(logdir)
+                shutil.rmtree(logdir)
+
+    def test_a_run_killed_during_export_or_a_write_resumes(self):
+        # Killed after training: model.keras (whole or not) and the
+        # temporary files of atomic writes sit beside the checkpoint.
+        for names in (
+            (run_folder.MODEL_FILE,),
+            ("incoming." + run_folder.MODEL_FILE,),
+            (run_folder.TIMING_FILE + ".tmp", run_folder.DATA_FILE),
+        ):
+            with self.subTest(names=names):
+                logdir = self._folder(*names, dirs=(run_folder.CHECKPOINT_DIR,))
+                self.assertTrue(run_folder.prepare(logdir))
+                shutil.rmtree(logdir)
 
     def test_error_is_a_value_error(self):
         # tfadv.train turns ValueErrors into one-paragraph exits.

@@ -83,11 +83,17 @@ class DivergenceGuard(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
         self.diverged_at = None
+        self.diverged_epoch = None
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             self.diverged_at = batch
+            self.diverged_epoch = self._epoch
             self.model.stop_training = True
 
 

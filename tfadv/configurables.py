@@ -17,6 +17,7 @@ import keras
 REGISTERING_MODULES = (
     "tfadv.attacks.apgd",
     "tfadv.attacks.backward_smoothing",
+    "tfadv.attacks.fab",
     "tfadv.attacks.objectives",
     "tfadv.attacks.pgd",
     "tfadv.attacks.square",

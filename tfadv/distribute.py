@@ -39,17 +39,27 @@ def make_strategy(
         raise ValueError(
             f"Unknown strategy {name!r}; accepted: {', '.join(STRATEGIES)}."
         )
-    if num_devices is not None and num_devices < 1:
-        raise ValueError(f"num_devices must be >= 1; got {num_devices}.")
+    if num_devices is not None and (
+        isinstance(num_devices, bool)
+        or not isinstance(num_devices, int)
+        or num_devices < 1
+    ):
+        raise ValueError(
+            f"--devices={num_devices!r}: the number of devices for "
+            "--strategy=mirrored must be an integer >= 1 (GPUs, or logical "
+            "CPUs when there is no GPU); leave it out to use every GPU (2 "
+            "logical CPUs without one)."
+        )
+    if num_devices is not None and name != "mirrored":
+        raise ValueError(
+            f"--devices={num_devices} applies to --strategy=mirrored only; "
+            f"--strategy={name} would ignore it. Add --strategy=mirrored or "
+            "remove --devices."
+        )
     if name == "default":
         strategy = tf.distribute.get_strategy()
     elif name == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
-            raise ValueError(
-                "strategy 'multi_worker' needs the TF_CONFIG environment "
-                "variable (cluster spec and this worker's task)."
-            )
-        json.loads(os.environ["TF_CONFIG"])  # Fails early on bad JSON.
+        check_tf_config(os.environ.get("TF_CONFIG"))
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
     else:
         strategy = _mirrored(num_devices)
@@ -59,6 +69,59 @@ def make_strategy(
         strategy.num_replicas_in_sync,
     )
     return strategy
+
+
+_TF_CONFIG_EXAMPLE = (
+    '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+    '"task": {"type": "worker", "index": 0}}'
+)
+
+
+def check_tf_config(text: str | None) -> dict:
+    """The parsed TF_CONFIG of a multi-worker run, checked.
+
+    Raises:
+        ValueError: TF_CONFIG missing, not JSON, or without a cluster of
+            workers and this process's task in it.
+    """
+    accepted = (
+        "TF_CONFIG must be JSON naming the cluster and this worker's task, "
+        f"e.g. TF_CONFIG='{_TF_CONFIG_EXAMPLE}' (index 1 on the second "
+        "machine)."
+    )
+    if not text:
+        raise ValueError(
+            "--strategy=multi_worker needs the TF_CONFIG environment "
+            f"variable, which is unset or empty. {accepted}"
+        )
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"TF_CONFIG is not valid JSON ({e.msg} at character {e.pos}): "
+            f"{text[:200]!r}. {accepted}"
+        ) from None
+    cluster = config.get("cluster") if isinstance(config, dict) else None
+    task = config.get("task") if isinstance(config, dict) else None
+    workers = cluster.get("worker") if isinstance(cluster, dict) else None
+    problem = None
+    if not isinstance(workers, list) or not workers:
+        problem = 'it has no "cluster": {"worker": [addresses]}'
+    elif not isinstance(task, dict) or task.get("type") not in cluster:
+        problem = 'its "task" has no "type" that names a job of the cluster'
+    elif not (
+        isinstance(task.get("index"), int)
+        and 0 <= task["index"] < len(cluster[task["type"]])
+    ):
+        problem = (
+            f'its task "index" {task.get("index")!r} is not in '
+            f"[0, {len(cluster[task['type']])})"
+        )
+    if problem:
+        raise ValueError(
+            f"TF_CONFIG {text[:200]!r} is unusable: {problem}. {accepted}"
+        )
+    return config
 
 
 def split_cpu(num_devices: int) -> list:

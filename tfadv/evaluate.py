@@ -2,7 +2,7 @@ r"""Attacks a trained classifier: `python -m tfadv.evaluate --model=runs/x`.
 
 `--model` is a run folder (its model.keras; dataset, epsilon and example
 count come from its results.json, flags override them) or a .keras file.
-`--suite` is quick (PGD-20), standard (APGD-CE, APGD-T, Square run
+`--suite` is quick (PGD-20), standard (APGD-CE, APGD-T, FAB-T, Square run
 AutoAttack-style; the default) or a list such as pgd20,pgd50x10,cw50. Prints
 a table with the gradient-masking checks and writes eval.json beside the
 model, or eval-<suite>.json when eval.json exists; it never overwrites a
@@ -24,9 +24,9 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
-GIN_DIR = os.path.join(
-    os.path.dirname(os.path.dirname(__file__)), "gin_configs"
-)
+from tfadv import gin_files  # noqa: E402
+
+GIN_DIR = gin_files.GIN_DIR
 _SHARED = dict(allow_override=True)  # also defined by tfadv.train
 _GIN_FILE = flags.DEFINE_multi_string("gin_file", [], "Gin files.", **_SHARED)
 _GIN_BINDINGS = flags.DEFINE_multi_string(
@@ -78,6 +78,36 @@ def _inputs():
     return model_file, folder, epsilon, dataset, num
 
 
+def _load(model_file):
+    """The classifier in `model_file`, or one paragraph on why not."""
+    import keras
+
+    try:
+        return keras.saving.load_model(model_file)  # safe mode on
+    except Exception as e:  # noqa: BLE001  (any reason: say it, no trace)
+        reason = " ".join(str(e).split())[:300]
+        raise ValueError(
+            f"--model: {model_file} exists but cannot be loaded as a Keras "
+            f"model ({type(e).__name__}: {reason}). It may be truncated "
+            "(a run killed while exporting; rerun its training command to "
+            "finish it) or not a .keras file. Accepted: a .keras file "
+            "written by keras Model.save, or a finished run folder."
+        ) from None
+
+
+def _check_input_shape(classifier, info, model_file):
+    shape = getattr(classifier, "input_shape", None)
+    if not isinstance(shape, tuple) or len(shape) != 4:
+        return  # a subclassed model: the first call will tell
+    expected = tuple(info.image_shape)
+    if tuple(shape[1:]) != expected and None not in shape[1:]:
+        raise ValueError(
+            f"--model: {model_file} takes images of shape {shape[1:]}, but "
+            f"{info.name!r} has images of shape {expected}. Pass the "
+            "dataset the model was trained on (--dataset)."
+        )
+
+
 def _check_writable(file_path):
     """Refuses, before any attack runs, an output that cannot be written."""
     parent = os.path.dirname(os.path.abspath(file_path))
@@ -115,8 +145,6 @@ def main(argv):
     """Checks every flag, then loads, attacks, prints and writes."""
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    import keras
-
     import tfadv  # noqa: F401  (registers every gin name and Keras layer)
     from tfadv import configurables  # noqa: F401
     from tfadv import data
@@ -124,10 +152,7 @@ def main(argv):
 
     try:
         model_file, folder, epsilon, dataset, num = _inputs()
-        gin.add_config_file_search_path(GIN_DIR)
-        gin.parse_config_files_and_bindings(
-            _GIN_FILE.value, _GIN_BINDINGS.value, skip_unknown=False
-        )
+        gin_files.parse(_GIN_FILE.value, _GIN_BINDINGS.value)
         options = dict(epsilon=epsilon, seed=_SEED.value)
         if _SUITE.value is not None:
             options["suite"] = _SUITE.value
@@ -143,7 +168,7 @@ def main(argv):
         if isinstance(suite, str):  # checks the names before anything loads
             name = evaluation.make_suite(suite, epsilon=epsilon).name
         output = _output_path(folder, name)
-        classifier = keras.saving.load_model(model_file)  # safe mode on
+        classifier = _load(model_file)
         datasets = gin.get_configurable(data.make_datasets)(
             name=dataset,
             data_dir=_DATA_DIR.value,
@@ -152,6 +177,7 @@ def main(argv):
             eval_examples=num,
             validation_examples=0,
         )
+        _check_input_shape(classifier, datasets.info, model_file)
         evaluate = gin.get_configurable(evaluation.evaluate_suite)
         result = evaluate(classifier, datasets.test, **options)
     except (ValueError, OSError) as e:

@@ -12,6 +12,8 @@ folder's files and resume rule belong to `tfadv.run_folder`.
 import contextlib
 import dataclasses
 import math
+import os
+import sys
 from collections.abc import Callable
 from collections.abc import Sequence
 
@@ -36,7 +38,9 @@ SET_BY_ENTRY_POINT = (
     "data_dir",
     "dry_run",
     "allow_config_change",
+    "progress",
 )
+PROGRESS = ("auto", "bar", "epoch", "none")
 MIXED_PRECISION_POLICIES = (None, "mixed_float16", "mixed_bfloat16")
 
 
@@ -54,7 +58,15 @@ class Built:
 
 
 def check_config(
-    *, epsilon, epochs, mixed_precision, final_suite, eval_attack
+    *,
+    epsilon,
+    epochs,
+    mixed_precision,
+    final_suite,
+    eval_attack,
+    validation_freq=1,
+    steps_per_execution=1,
+    learning_rate=0.01,
 ) -> tuple[float, evaluation.Suite]:
     """Checks the run's scalars and resolves the final suite.
 
@@ -66,6 +78,28 @@ def check_config(
     """
     epsilon = validation.epsilon(epsilon, allow_zero=False)
     validation.count("epochs", epochs, minimum=1)
+    validation.count(
+        "run.validation_freq",
+        validation_freq,
+        minimum=1,
+        meaning="validate every that many epochs",
+    )
+    validation.count(
+        "run.steps_per_execution",
+        steps_per_execution,
+        minimum=1,
+        meaning="batches per compiled call",
+    )
+    if not callable(learning_rate):
+        validation.in_interval(
+            "run.learning_rate",
+            learning_rate,
+            0.0,
+            math.inf,
+            low_open=True,
+            hint="Give a positive number, or a schedule such as "
+            "@piecewise_constant.",
+        )
     validation.choice(
         "mixed_precision", mixed_precision, MIXED_PRECISION_POLICIES
     )
@@ -86,6 +120,23 @@ def check_config(
                 epsilon,
             )
     return epsilon, suite
+
+
+def check_training_attack(method) -> None:
+    """Refuses a training attack that takes no step (it trains on noise).
+
+    Raises:
+        ValueError: naming the attack and its `num_steps`.
+    """
+    attack = getattr(method, "train_attack", None)
+    if attack is not None and getattr(attack, "num_steps", 1) == 0:
+        raise ValueError(
+            f"{type(method).__name__}'s training attack {attack.name!r} has "
+            "num_steps = 0: it would return its random start, so the run "
+            "would train on noise, not on adversarial examples. Give it "
+            "num_steps >= 1 (e.g. train/ProjectedGradient.num_steps = 10), "
+            "or use NoisyTraining to train on noise on purpose."
+        )
 
 
 def check_method_epsilon(method, epsilon: float) -> None:
@@ -149,6 +200,7 @@ def build(
             classifier = models.prepend_layers(classifier, input_layers)
             method = method_cls(classifier, eval_attack=eval_attack)
             check_method_epsilon(method, epsilon)
+            check_training_attack(method)
             optimizer = optimizer_cls(
                 learning_rate=_learning_rate(
                     learning_rate, datasets.steps_per_epoch, epochs
@@ -160,6 +212,9 @@ def build(
                 steps_per_execution=steps_per_execution,
             )
             method.build((None, *info.image_shape))
+            # Slot variables made now, not inside the first step: creating
+            # variables there makes tf.function trace the step twice.
+            method.optimizer.build(method.trainable_variables)
     finally:
         keras.mixed_precision.set_dtype_policy(previous_policy)
     return Built(datasets, classifier, method)
@@ -172,6 +227,13 @@ def _batch_size(datasets) -> int:
     return int(next(iter(datasets.train.take(1)))[0].shape[0])
 
 
+def _verbosity(progress: str) -> int:
+    """Keras's `verbose` for `progress` ("auto": a bar on a terminal)."""
+    if progress == "auto":
+        progress = "bar" if sys.stdout.isatty() else "epoch"
+    return {"bar": 1, "epoch": 2, "none": 0}[progress]
+
+
 def fit(
     built: Built,
     *,
@@ -180,8 +242,13 @@ def fit(
     eval_attack,
     callback_fns,
     validation_freq: int,
-) -> tuple[keras.callbacks.History, list, callbacks_lib.WallClockLogger]:
+    progress: str = "auto",
+) -> tuple[dict, list, callbacks_lib.WallClockLogger]:
     """Trains with the run's callbacks and the method's own.
+
+    Returns:
+        `(history, callbacks, wall_clock)`: history maps each log name to
+        its value per epoch, the epochs before a resume included.
 
     Raises:
         TrainingDivergedError: the loss became NaN or infinite.
@@ -192,15 +259,17 @@ def fit(
         run_folder.path(logdir, run_folder.TIMING_FILE),
     )
     guard = callbacks_lib.DivergenceGuard()
+    checkpoint = run_folder.ResumableCheckpoint(logdir)
     # The method's callbacks add to the epoch's logs, so they come before
     # the ones that write the logs.
     callbacks = [
         run_folder.GinConfigWriter(logdir),
+        datasets.order_callback(),
         guard,
         *built.method.callbacks(),
         wall_clock,
         keras.callbacks.TensorBoard(logdir, update_freq="epoch"),
-        run_folder.ResumableCheckpoint(logdir),
+        checkpoint,
     ]
     if eval_attack is not None and datasets.validation is not None:
         images, labels = next(iter(datasets.validation.take(1)))
@@ -213,24 +282,37 @@ def fit(
             )
         )
     callbacks += [fn(datasets=datasets, logdir=logdir) for fn in callback_fns]
-    history = built.method.fit(
+    built.method.fit(
         datasets.train,
         validation_data=datasets.validation,
         validation_freq=validation_freq,
         epochs=epochs,
         callbacks=callbacks,
         shuffle=False,  # The pipeline shuffles, seeded.
-        verbose=2,
+        verbose=_verbosity(progress),
     )
     if guard.diverged_at is not None:
-        checkpoint = run_folder.path(logdir, run_folder.CHECKPOINT_DIR)
+        folder = run_folder.path(logdir, run_folder.CHECKPOINT_DIR)
+        epoch = guard.diverged_epoch + 1
+        if guard.diverged_epoch == 0:
+            kept = (
+                "No epoch finished, so there is no checkpoint to resume "
+                f"from; delete {logdir} before trying again."
+            )
+        else:
+            kept = (
+                f"The last good state (after epoch {epoch - 1}) is in "
+                f"{folder}; a rerun with the same --logdir resumes from "
+                "it (with --allow_config_change if you change the config)."
+            )
         raise TrainingDivergedError(
-            f"The training loss became NaN or infinite (batch "
-            f"{guard.diverged_at} of the last epoch); training stopped. The "
-            f"last good state is in {checkpoint}. Lower the learning rate or "
-            "check the data."
+            f"The training loss became NaN or infinite in epoch {epoch} "
+            f"(batch {guard.diverged_at + 1} of "
+            f"{built.datasets.steps_per_epoch}); training stopped. {kept} "
+            "Lower the learning rate or check the data."
         )
-    return history, callbacks, wall_clock
+    # The checkpoint's history covers the epochs before a resume too.
+    return checkpoint.history_dict(), callbacks, wall_clock
 
 
 def finish(
@@ -245,7 +327,10 @@ def finish(
     wall_clock: callbacks_lib.WallClockLogger,
 ) -> dict:
     """Exports the classifier, evaluates it and writes results.json."""
-    built.classifier.save(run_folder.path(logdir, run_folder.MODEL_FILE))
+    model_file = run_folder.path(logdir, run_folder.MODEL_FILE)
+    incoming = run_folder.path(logdir, "incoming." + run_folder.MODEL_FILE)
+    built.classifier.save(incoming)
+    os.replace(incoming, model_file)  # a kill mid-export keeps no half file
     masking_layers = built.method.masking_layers()
     if masking_layers:
         suite = evaluation.with_masking_attacks(
@@ -282,9 +367,8 @@ def finish(
         "eval_attacks": scores["attacks"],
         "eval_seconds": scores["attack_seconds"],
         "gradient_masking": scores["gradient_masking"],
-        "history": {
-            k: [float(v) for v in vs] for k, vs in history.history.items()
-        },
+        "data_source": built.datasets.info.source,
+        "history": history,
     }
     results.update(built.method.results_info())
     for callback in callbacks:
@@ -325,6 +409,7 @@ def run(
     seed: int = 0,
     dry_run: bool = False,
     allow_config_change: bool = False,
+    progress: str = "auto",
 ) -> dict:
     """Trains one method and writes the run folder (`tfadv.run_folder`).
 
@@ -357,7 +442,7 @@ def run(
         eval_attack: the attack for robust validation during training.
         final_suite: the attacks of the final numbers in results.json, as
             `tfadv.evaluation.make_suite` takes them: "quick" (PGD-20),
-            "standard" (APGD-CE, APGD-T, Square, run AutoAttack-style), a
+            "standard" (APGD-CE, APGD-T, FAB-T, Square, AutoAttack-style), a
             comma-separated list of attack names ("pgd20,cw50"), or a list
             of names and attacks (`[@final/ProjectedGradient()]`, reported
             under each attack's `name`).
@@ -375,16 +460,23 @@ def run(
         allow_config_change: resume an interrupted run although the gin
             configuration differs from the one it started with (else that
             is an error naming what changed).
+        progress: the console during training: "bar" (Keras's progress
+            bar), "epoch" (one line per epoch, for logs), "none", or
+            "auto" (a bar on a terminal, else one line per epoch).
 
     Returns:
         The contents of results.json (empty for a dry run).
     """
+    validation.choice("progress", progress, PROGRESS)
     epsilon, suite = check_config(
         epsilon=epsilon,
         epochs=epochs,
         mixed_precision=mixed_precision,
         final_suite=final_suite,
         eval_attack=eval_attack,
+        validation_freq=validation_freq,
+        steps_per_execution=steps_per_execution,
+        learning_rate=learning_rate,
     )
     strategy = strategy or tf.distribute.get_strategy()
     with contextlib.ExitStack() as stack:
@@ -432,6 +524,18 @@ def run(
             return {}
         if resuming:
             logging.info("Resuming the interrupted run in %s.", logdir)
+        info = built.datasets.info
+        run_folder.write_json_atomic(
+            run_folder.path(logdir, run_folder.DATA_FILE),
+            {
+                "dataset": info.name,
+                "source": info.source,
+                "num_train": info.num_train,
+                "num_test": info.num_test,
+                "num_classes": info.num_classes,
+                "image_shape": list(info.image_shape),
+            },
+        )
         history, callbacks, wall_clock = fit(
             built,
             logdir=logdir,
@@ -439,6 +543,7 @@ def run(
             eval_attack=eval_attack,
             callback_fns=callback_fns,
             validation_freq=validation_freq,
+            progress=progress,
         )
         return finish(
             built,

@@ -6,14 +6,20 @@ A run folder (`--logdir`) holds, when the run has finished:
 - `config.requested.gin`: every binding the run was started with, which a
   resume must repeat;
 - TensorBoard events in `train/`, `validation/` and `images/`;
-- `checkpoint/`: weights, optimizer state and epoch, for resuming;
+- `checkpoint/`: weights, optimizer state, random-number state, epoch and
+  the history of the finished epochs, for resuming;
+- `data.json`: which data the run used (the source that provided it);
 - `timing.json`: the seconds of every finished epoch (kept across resumes);
-- `model.keras`: the bare classifier, loadable with plain Keras;
+- `model.keras`: the bare classifier, loadable with plain Keras (written
+  atomically);
 - `results.json`: the run's numbers (written last, atomically).
 
 The resume rule: a folder with `results.json` is a finished run and is
 never written to; a folder holding only what an interrupted run leaves
-behind resumes from its checkpoint; anything else is refused. One run at a
+behind resumes from its checkpoint (a run killed during its final
+evaluation or export resumes too, trains no more and finishes); anything
+else is refused. A resumed run ends with the weights, history and results
+of the uninterrupted run. One run at a
 time: a run holds the folder's lock (`lock`) while it trains, and a second
 run on the folder is refused while the first lives.
 """
@@ -35,6 +41,7 @@ RESULTS_FILE = "results.json"
 MODEL_FILE = "model.keras"
 CHECKPOINT_DIR = "checkpoint"
 TIMING_FILE = "timing.json"
+DATA_FILE = "data.json"
 OPERATIVE_CONFIG_FILE = "config.operative.gin"
 REQUESTED_CONFIG_FILE = "config.requested.gin"
 TRAIN_EVENTS = "train"
@@ -48,6 +55,9 @@ _INTERRUPTED_RUN = {
     OPERATIVE_CONFIG_FILE,
     CHECKPOINT_DIR,
     TIMING_FILE,
+    DATA_FILE,
+    MODEL_FILE,
+    "incoming." + MODEL_FILE,
     TRAIN_EVENTS,
     VALIDATION_EVENTS,
     IMAGE_EVENTS,
@@ -73,6 +83,12 @@ def prepare(logdir: str) -> bool:
         RunFolderError: the folder holds a finished run, or files that no
             tfadv run made.
     """
+    if os.path.exists(logdir) and not os.path.isdir(logdir):
+        raise RunFolderError(
+            f"--logdir={logdir} is a file, not a folder; a run writes a "
+            "folder of files there. Pass a new or an interrupted run's "
+            "folder."
+        )
     if os.path.exists(path(logdir, RESULTS_FILE)):
         raise RunFolderError(
             f"{logdir} already holds a finished run ({RESULTS_FILE} exists); "
@@ -80,7 +96,16 @@ def prepare(logdir: str) -> bool:
             "the folder yourself."
         )
     if os.path.isdir(logdir):
-        foreign = sorted(set(os.listdir(logdir)) - _INTERRUPTED_RUN)
+        foreign = sorted(
+            name
+            for name in os.listdir(logdir)
+            # A kill during an atomic write leaves its ".tmp" file.
+            if name.removesuffix(".tmp") not in _INTERRUPTED_RUN
+        )
+        checkpoint = os.path.isdir(path(logdir, CHECKPOINT_DIR))
+        if not checkpoint and os.path.exists(path(logdir, MODEL_FILE)):
+            # Only a run killed after training leaves a model.keras.
+            foreign.append(MODEL_FILE)
         if foreign:
             raise RunFolderError(
                 f"{logdir} is not empty and is not an interrupted tfadv run "
@@ -201,11 +226,31 @@ def write_json_atomic(file_path: str, payload) -> None:
 
 
 def read_json(file_path: str) -> dict:
-    """The JSON object in `file_path`, or {} if there is none."""
+    """The JSON object in `file_path`, or {} if there is none.
+
+    Raises:
+        RunFolderError: the file is not a JSON object (e.g. truncated).
+    """
     if not os.path.isfile(file_path):
         return {}
     with open(file_path) as f:
-        return json.load(f)
+        text = f.read()
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RunFolderError(
+            f"{file_path} is not valid JSON ({e.msg}, line {e.lineno} "
+            f"column {e.colno}; {len(text)} bytes): it is truncated or was "
+            "edited. tfadv writes it whole or not at all, so restore it "
+            "from the run (or a copy) or pass the values it would give "
+            "explicitly (e.g. --epsilon)."
+        ) from None
+    if not isinstance(payload, dict):
+        raise RunFolderError(
+            f"{file_path} holds a JSON {type(payload).__name__}, expected "
+            "an object of a run's results."
+        )
+    return payload
 
 
 class GinConfigWriter(keras.callbacks.Callback):
@@ -254,11 +299,19 @@ class ResumableCheckpoint(keras.callbacks.BackupAndRestore):
     wins, so a kill between the two writes cannot pair new weights with an
     old epoch.
 
+    The same file keeps what `save_weights` leaves out and a resume needs
+    to continue exactly: the model's random-number state (every
+    `keras.random.SeedGenerator`, e.g. a method's attack seeds) and the
+    logs of every finished epoch (`history`, which therefore covers the
+    epochs before a resume too).
+
     Args:
         logdir: the run folder (the checkpoint goes to its `checkpoint/`).
     """
 
     EPOCH_ATTRIBUTE = "tfadv_epoch"
+    HISTORY_ATTRIBUTE = "tfadv_history"
+    STATE_GROUP = "tfadv_state"
     INCOMING = "incoming.weights.h5"
 
     def __init__(self, logdir: str):
@@ -267,11 +320,16 @@ class ResumableCheckpoint(keras.callbacks.BackupAndRestore):
             save_freq="epoch",
             delete_checkpoint=False,
         )
+        self.history = []  # one dict of floats per finished epoch
 
     def on_epoch_end(self, epoch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             return
+        del self.history[epoch:]  # a redone epoch replaces its entry
+        self.history.append(
+            {name: float(value) for name, value in (logs or {}).items()}
+        )
         super().on_epoch_end(epoch, logs)
 
     def on_train_begin(self, logs=None):
@@ -282,6 +340,8 @@ class ResumableCheckpoint(keras.callbacks.BackupAndRestore):
                 self._training_metadata_path, {"epoch": epoch, "batch": 0}
             )
         super().on_train_begin(logs)
+        if epoch is not None:
+            self._restore_state()
 
     def saved_epoch(self) -> int | None:
         """The epoch stored in the checkpoint's weights file, if any."""
@@ -291,12 +351,43 @@ class ResumableCheckpoint(keras.callbacks.BackupAndRestore):
             epoch = f.attrs.get(self.EPOCH_ATTRIBUTE)
         return None if epoch is None else int(epoch)
 
+    def history_dict(self) -> dict:
+        """`{name: [value per epoch]}`, as `keras.callbacks.History` has."""
+        names = dict.fromkeys(k for logs in self.history for k in logs)
+        return {
+            name: [logs.get(name, math.nan) for logs in self.history]
+            for name in names
+        }
+
+    def _extra_state(self) -> dict:
+        """Variables a resume needs that `save_weights` does not write."""
+        saved = {id(v) for v in self.model.weights}
+        return {v.path: v for v in self.model.variables if id(v) not in saved}
+
+    def _restore_state(self):
+        with h5py.File(self._weights_path, "r") as f:
+            history = f.attrs.get(self.HISTORY_ATTRIBUTE)
+            self.history = json.loads(history) if history else []
+            group = f.get(self.STATE_GROUP)
+            if group is None:
+                return
+            for name, variable in self._extra_state().items():
+                key = name.replace("/", "|")
+                if key in group:
+                    variable.assign(group[key][()])
+
     def _save_model(self):
         os.makedirs(self.backup_dir, exist_ok=True)
         incoming = os.path.join(self.backup_dir, self.INCOMING)
         self.model.save_weights(filepath=incoming, overwrite=True)
         with h5py.File(incoming, "a") as f:
             f.attrs[self.EPOCH_ATTRIBUTE] = self._current_epoch
+            f.attrs[self.HISTORY_ATTRIBUTE] = json.dumps(self.history)
+            group = f.create_group(self.STATE_GROUP)
+            for name, variable in self._extra_state().items():
+                group[name.replace("/", "|")] = keras.ops.convert_to_numpy(
+                    variable.value
+                )
         os.replace(incoming, self._weights_path)
         write_json_atomic(
             self._training_metadata_path,

@@ -14,14 +14,13 @@ import datetime  # noqa: E402
 import re  # noqa: E402
 import sys  # noqa: E402
 
-import gin  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
-GIN_DIR = os.path.join(
-    os.path.dirname(os.path.dirname(__file__)), "gin_configs"
-)
+from tfadv import gin_files  # noqa: E402
+
+GIN_DIR = gin_files.GIN_DIR
 
 _GIN_FILE = flags.DEFINE_multi_string(
     "gin_file", [], "Gin config files, by path or bare name in gin_configs/."
@@ -47,6 +46,13 @@ _DEVICES = flags.DEFINE_integer(
 _DRY_RUN = flags.DEFINE_bool(
     "dry_run", False, "Parse the config and build everything, then stop."
 )
+_PROGRESS = flags.DEFINE_enum(
+    "progress",
+    "auto",
+    ["auto", "bar", "epoch", "none"],
+    "Console during training: Keras's progress bar, one line per epoch, "
+    "nothing, or auto (a bar on a terminal, else one line per epoch).",
+)
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     "allow_config_change",
     False,
@@ -61,23 +67,20 @@ _FLAG_OF = {
     "data_dir": "--data_dir (or TFADV_DATA_DIR)",
     "dry_run": "--dry_run",
     "allow_config_change": "--allow_config_change",
+    "progress": "--progress",
 }
 
 
-def parse_gin(gin_files, gin_bindings) -> None:
+def parse_gin(gin_files_, gin_bindings) -> None:
     """Parses gin files (searched in gin_configs/) and bindings, strictly.
 
     Raises:
-        ValueError: an unknown name, or a binding of an argument of `run`
+        ValueError: malformed gin, an unknown name or scope (see
+            `tfadv.gin_files.parse`), or a binding of an argument of `run`
             that a flag sets.
     """
-    from tfadv import configurables  # noqa: F401  (registers every name)
-
-    gin.add_config_file_search_path(GIN_DIR)
     try:
-        gin.parse_config_files_and_bindings(
-            gin_files, gin_bindings, skip_unknown=False
-        )
+        gin_files.parse(gin_files_, gin_bindings)
     except ValueError as e:
         match = re.search(r"'run' has denylisted kwarg '(\w+)'", str(e))
         if not match:
@@ -108,12 +111,13 @@ def main(argv):
     from tfadv import distribute
     from tfadv import experiment
 
-    # The strategy first: logical CPU devices must exist before TF starts.
-    strategy = distribute.make_strategy(
-        _STRATEGY.value, num_devices=_DEVICES.value
-    )
     logdir = _LOGDIR.value or default_logdir(_GIN_FILE.value)
     try:
+        # The strategy first: logical CPU devices must exist before TF
+        # starts.
+        strategy = distribute.make_strategy(
+            _STRATEGY.value, num_devices=_DEVICES.value
+        )
         parse_gin(_GIN_FILE.value, _GIN_BINDINGS.value)
         results = experiment.run(
             logdir=logdir,
@@ -121,6 +125,7 @@ def main(argv):
             data_dir=_DATA_DIR.value,
             dry_run=_DRY_RUN.value,
             allow_config_change=_ALLOW_CONFIG_CHANGE.value,
+            progress=_PROGRESS.value,
         )
     except (ValueError, TypeError, OSError) as e:
         # Bad input: one paragraph and a non-zero exit, no traceback (gin

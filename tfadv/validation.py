@@ -71,7 +71,9 @@ def epsilon(value, *, allow_zero: bool = True) -> float:
         1.0,
         low_open=not allow_zero,
         hint="Epsilon is in pixel units (images are in [0, 1]): "
-        "Fashion-MNIST uses 0.1, CIFAR-10 8/255 = 0.0313725.",
+        "Fashion-MNIST uses 0.1, CIFAR-10 8/255 = 0.0313725. An attack "
+        "accepts [0, 1] (0 leaves the images unchanged); a training run "
+        "needs (0, 1].",
     )
 
 

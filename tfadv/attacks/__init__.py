@@ -2,6 +2,7 @@
 
 from tfadv.attacks import backward_smoothing
 from tfadv.attacks import base
+from tfadv.attacks import fab
 from tfadv.attacks import objectives
 from tfadv.attacks import threat_models
 from tfadv.attacks import wrappers
@@ -9,6 +10,7 @@ from tfadv.attacks.apgd import APGD
 from tfadv.attacks.apgd import APGDTargeted
 from tfadv.attacks.backward_smoothing import BackwardSmoothingAttack
 from tfadv.attacks.base import Attack
+from tfadv.attacks.fab import FABTargeted
 from tfadv.attacks.pgd import ProjectedGradient
 from tfadv.attacks.square import Square
 from tfadv.attacks.threat_models import L2ThreatModel

@@ -13,9 +13,11 @@ Example:
 """
 
 import dataclasses
+import functools
 import numbers
 
 import gin
+import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
@@ -68,8 +70,9 @@ class Datasets:
     """The pipelines of one experiment.
 
     Attributes:
-        train: shuffled (seeded, reshuffled each epoch), batched with
-            `drop_remainder=True`, augmented if requested, prefetched.
+        train: shuffled (a new order each epoch, a function of the seed
+            and the epoch number), batched with `drop_remainder=True`,
+            augmented if requested, prefetched.
         validation: the first `validation_examples` examples of the test
             split in stored order, batched without `drop_remainder`; None
             when `validation_examples == 0`. It overlaps `test`: it is a
@@ -78,6 +81,8 @@ class Datasets:
             order, batched with `eval_batch_size`, not shuffled.
         info: a `DatasetInfo`.
         steps_per_epoch: `num_train // batch_size`.
+        order: the epoch counter `train` reads when a pass over it begins
+            (see `order_callback`).
     """
 
     train: tf.data.Dataset
@@ -85,6 +90,17 @@ class Datasets:
     test: tf.data.Dataset
     info: DatasetInfo
     steps_per_epoch: int
+    order: "EpochOrder | None" = None
+
+    def order_callback(self) -> keras.callbacks.Callback:
+        """The callback that tells `train` which epoch `fit` is in.
+
+        With it, epoch e's order and augmentation depend only on the seed
+        and e, so a run resumed at epoch e (`BackupAndRestore`) sees the
+        batches the uninterrupted run saw; without it each pass over
+        `train` takes the next epoch number.
+        """
+        return _OrderCallback(self.order)
 
 
 def channel_stats(images: np.ndarray) -> tuple[tuple, tuple]:
@@ -115,6 +131,83 @@ def _to_pixels(images: tf.Tensor) -> tf.Tensor:
     if images.dtype == tf.uint8:
         return tf.cast(images, tf.float32) / 255.0
     return tf.cast(images, tf.float32)
+
+
+class EpochOrder:
+    """The epoch number the next pass over a training pipeline takes.
+
+    Each pass (each new iterator) takes `next_epoch` and advances it;
+    `set_epoch` fixes the number of the next pass, which is how a resumed
+    run starts at its epoch's order.
+    """
+
+    def __init__(self):
+        self.next_epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.next_epoch = int(epoch)
+
+    def take(self) -> int:
+        epoch = self.next_epoch
+        self.next_epoch += 1
+        return epoch
+
+
+class _OrderCallback(keras.callbacks.Callback):
+    def __init__(self, order: EpochOrder):
+        super().__init__()
+        self.order = order
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # Keras opens the epoch's iterator after `on_epoch_begin`.
+        self.order.set_epoch(epoch)
+
+
+def _training_pipeline(
+    images, labels, order, *, batch_size, steps, seed, augment_fn
+) -> tf.data.Dataset:
+    """Batches of (images, labels) whose order is a function of the epoch.
+
+    Epoch e uses the permutation `stateless_shuffle(range(n), (seed, e))`
+    and, when `augment_fn` is given, the stateless seed
+    `(seed + 1, e * steps + b)` for its batch b: no state lives in the
+    pipeline, so a new process reproduces any epoch.
+    """
+
+    def epoch_numbers():
+        yield order.take()
+
+    def one_epoch(epoch):
+        permutation = tf.random.experimental.stateless_shuffle(
+            tf.range(len(labels), dtype=tf.int64),
+            seed=tf.stack([tf.constant(seed, tf.int64), epoch]),
+        )
+        batches = tf.reshape(permutation[: steps * batch_size], [steps, -1])
+        batch_seeds = tf.stack(
+            [
+                tf.fill([steps], tf.constant(seed + 1, tf.int64)),
+                epoch * steps + tf.range(steps, dtype=tf.int64),
+            ],
+            axis=1,
+        )
+        return tf.data.Dataset.from_tensor_slices((batches, batch_seeds))
+
+    gather = _gather_fn(images, labels)
+
+    def make_batch(indices, batch_seed):
+        x, y = gather(indices)
+        if augment_fn is not None:
+            x = augment_fn(x, seed=batch_seed)
+        return x, y
+
+    epochs = tf.data.Dataset.from_generator(
+        epoch_numbers, output_signature=tf.TensorSpec((), tf.int64)
+    )
+    return (
+        epochs.flat_map(one_epoch)
+        .map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
+        .apply(tf.data.experimental.assert_cardinality(steps))
+    )
 
 
 def _gather_fn(images: tf.Tensor, labels: tf.Tensor):
@@ -230,7 +323,7 @@ def make_datasets(
     else:
         num_classes = int(train_labels.max()) + 1 if len(train_labels) else 0
         if raw.name in sources.MNIST_FAMILY:
-            num_classes = max(num_classes, 10)
+            num_classes = 10  # labels beyond 9 are an error, not classes
     sources.check_arrays(train_images, train_labels, num_classes)
     sources.check_arrays(test_images, test_labels, num_classes)
     if train_images.shape[1:] != test_images.shape[1:]:
@@ -273,29 +366,22 @@ def make_datasets(
         )
 
     autotune = tf.data.AUTOTUNE
-    train = (
-        tf.data.Dataset.range(num_train)
-        .shuffle(num_train, seed=shuffle_seed, reshuffle_each_iteration=True)
-        .batch(batch_size, drop_remainder=True)
-        .map(_gather_fn(train_x, train_y), num_parallel_calls=autotune)
-    )
-    if augment:
-        # One stateless seed per batch, from a seeded stream that is redrawn
-        # each epoch, so runs are reproducible and epochs differ.
-        seeds = tf.data.Dataset.random(
-            seed=shuffle_seed + 1, rerandomize_each_iteration=True
-        ).batch(2)
-
-        def augment_batch(batch, seed):
-            images, labels = batch
-            images = augment_lib.random_crop_flip(
-                images, seed=seed, pad=_CROP_PADDING, flip=flip
+    order = EpochOrder()
+    train = _training_pipeline(
+        train_x,
+        train_y,
+        order,
+        batch_size=batch_size,
+        steps=steps_per_epoch,
+        seed=shuffle_seed,
+        augment_fn=(
+            functools.partial(
+                augment_lib.random_crop_flip, pad=_CROP_PADDING, flip=flip
             )
-            return images, labels
-
-        train = tf.data.Dataset.zip(train, seeds).map(
-            augment_batch, num_parallel_calls=autotune
-        )
+            if augment
+            else None
+        ),
+    )
     train = train.prefetch(autotune)
 
     def ordered(count):
@@ -321,7 +407,7 @@ def make_datasets(
     )
     logging.info(
         "Dataset %s from %s: %d train examples (%d steps of %d), %d "
-        "validation, %d test, %d classes, shape %s, augment=%s (flip=%s).",
+        "validation, %d test, %d classes, shape %s, augmentation: %s.",
         info.name,
         info.source,
         num_train,
@@ -331,8 +417,9 @@ def make_datasets(
         num_test,
         num_classes,
         image_shape,
-        augment,
-        flip,
+        ("random crop and flip" if flip else "random crop")
+        if augment
+        else "none",
     )
     return Datasets(
         train=train,
@@ -340,4 +427,5 @@ def make_datasets(
         test=test,
         info=info,
         steps_per_epoch=steps_per_epoch,
+        order=order,
     )

@@ -7,10 +7,13 @@ directory. Sources are tried in a fixed, logged order:
 1. an explicit directory: the `data_dir` argument, else the `TFADV_DATA_DIR`
    environment variable. It may hold MNIST-style IDX files (directly or in a
    sub-folder named after the dataset) or be a prepared tensorflow-datasets
-   data directory (read with `download=False`);
-2. a well-known local copy (`WELL_KNOWN_DIRS`), e.g. the Debian package
-   `dataset-fashion-mnist` at `/usr/share/datasets/fashion-mnist`;
-3. tensorflow-datasets, which downloads when the network allows.
+   data directory (read with `download=False`). When one is given, it is
+   the only place tried: a directory that fails (missing, empty, truncated
+   or corrupt files) is an error naming what is wrong, never silently
+   replaced by another copy;
+2. otherwise a well-known local copy (`WELL_KNOWN_DIRS`), e.g. the Debian
+   package `dataset-fashion-mnist` at `/usr/share/datasets/fashion-mnist`;
+3. then tensorflow-datasets, which downloads when the network allows.
 
 When the name is a path, only that directory is tried. When nothing works a
 `DataNotFoundError` names every place tried, why it failed and how to
@@ -304,17 +307,22 @@ def _attempts(name: str, data_dir: str | None) -> list:
         return [_idx_attempt(canonical_name(name), directory)]
     name = canonical_name(name)
     attempts = []
-    explicit = data_dir or os.environ.get(DATA_DIR_ENV_VAR) or None
+    explicit = _explicit_dir(data_dir)
     if explicit:
-        explicit = os.path.expanduser(explicit)
         attempts.append(_idx_attempt(name, explicit))
         for sub in dict.fromkeys((name, name.replace("_", "-"))):
             attempts.append(_idx_attempt(name, os.path.join(explicit, sub)))
         attempts.append(_tfds_attempt(name, explicit))
+        return attempts  # an explicit choice is never replaced
     for directory in WELL_KNOWN_DIRS.get(name, ()):
         attempts.append(_idx_attempt(name, directory))
     attempts.append(_tfds_attempt(name, None))
     return attempts
+
+
+def _explicit_dir(data_dir: str | None) -> str | None:
+    explicit = data_dir or os.environ.get(DATA_DIR_ENV_VAR) or None
+    return os.path.expanduser(explicit) if explicit else None
 
 
 def _tfds_knows(name: str) -> bool:
@@ -388,6 +396,25 @@ def load_splits(
             f"not an existing directory. Places tried: {tried}. Accepted: "
             "one of those names, any tensorflow-datasets name, or a path to "
             f"a directory of IDX files. {how}"
+        )
+    explicit = _explicit_dir(data_dir)
+    if explicit and not is_path(name):
+        given = (
+            f"--data_dir={data_dir}"
+            if data_dir
+            else f"{DATA_DIR_ENV_VAR}={explicit}"
+        )
+        raise DataNotFoundError(
+            f"The data directory you gave ({given}) does not provide "
+            f"{name!r}: {tried}. tfadv does not fall back to another copy "
+            "when a directory is named. Accepted: a directory holding the "
+            "four MNIST-style IDX files of the dataset (train-images-idx3-"
+            "ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+            "t10k-labels-idx1-ubyte, optionally .gz, directly or in a "
+            "sub-folder named after the dataset) or a prepared "
+            "tensorflow-datasets data_dir. Fix the directory, or give no "
+            f"--data_dir (and unset {DATA_DIR_ENV_VAR}) to use the default "
+            "sources."
         )
     raise DataNotFoundError(
         f"Could not find data for dataset {name!r} (splits {list(splits)}). "

@@ -5,13 +5,15 @@ Suites (names resolved by `make_suite`):
 - `quick`: PGD-20 (step epsilon/10, random start; docs/algorithms.md
   §0.5). Each attack of a quick or explicit suite runs on every example
   that is classified correctly when clean ("independent" mode).
-- `standard`: APGD-CE, APGD-T and Square, AutoAttack-style
-  (docs/algorithms.md §7.3): each attack runs only on the points still
-  robust after the previous ones ("sequential" mode), and the number after
-  the last one is the result. FAB-T is omitted (not implemented here), so
-  the number can be slightly higher than AutoAttack's.
+- `standard`: AutoAttack's standard version (docs/algorithms.md §7.3):
+  APGD-CE, APGD-T, FAB-T and Square (5000 queries, the schedule of p not
+  rescaled, as AutoAttack builds it), in that order, each in the given
+  norm (L-inf or L2). Each attack runs only on the points still robust
+  after the previous ones ("sequential" mode), and the number after the
+  last one is the result.
 - an explicit comma-separated list of attack names, e.g.
-  `pgd20,pgd50x10,cw50,apgd_ce,apgd_t,square` (see `make_attack`).
+  `pgd20,pgd50x10,cw50,apgd_ce,apgd_t,fab_t,square` (see `make_attack`;
+  the name `square` keeps Square's class default, a rescaled schedule).
 
 A model with layers that mask gradients (a soft quantiser) gets PGD through
 the true layers, PGD through BPDA and Square added to any suite
@@ -29,27 +31,33 @@ from collections.abc import Sequence
 
 from tfadv.attacks import apgd
 from tfadv.attacks import base as attack_base
+from tfadv.attacks import fab
 from tfadv.attacks import pgd
 from tfadv.attacks import square
 from tfadv.attacks import wrappers
 
 SUITES = {
     "quick": ("pgd20",),
-    "standard": ("apgd_ce", "apgd_t", "square"),
+    "standard": ("apgd_ce", "apgd_t", "fab_t", "square"),
 }
 SEQUENTIAL_SUITES = frozenset({"standard"})
+# Settings a suite gives its attacks beyond what their names say:
+# AutoAttack builds its Square with `resc_schedule=False`.
+SUITE_SETTINGS = {"standard": {"square": {"rescale_schedule": False}}}
 
 ATTACK_NAMES_HELP = (
     "fgsm; pgd<k>[x<r>] (cross-entropy PGD, k steps, r restarts, e.g. "
     "pgd20, pgd50x10); cw<k>[x<r>] (margin PGD, e.g. cw50); apgd_ce[<k>]"
-    "[x<r>]; apgd_dlr[<k>][x<r>]; apgd_t[<k>] (9 targets); square[<q>] "
-    "(q queries, default 5000)"
+    "[x<r>]; apgd_dlr[<k>][x<r>]; apgd_t[<k>] (9 targets); fab_t[<k>] "
+    "(FAB-T, 9 targets, k steps each); square[<q>] (q queries, default "
+    "5000)"
 )
 
 _PATTERNS = {
     "pgd": re.compile(r"(pgd|cw)(\d+)(?:x(\d+))?"),
     "apgd": re.compile(r"apgd_(ce|dlr)(\d+)?(?:x(\d+))?"),
     "apgd_t": re.compile(r"apgd_t(\d+)?"),
+    "fab_t": re.compile(r"fab_t(\d+)?"),
     "square": re.compile(r"square(\d+)?"),
 }
 
@@ -107,6 +115,14 @@ def make_attack(
     match = _PATTERNS["apgd_t"].fullmatch(name)
     if match:
         return apgd.APGDTargeted(
+            epsilon=epsilon,
+            num_steps=int(match[1] or 100),
+            norm=norm,
+            name=name,
+        )
+    match = _PATTERNS["fab_t"].fullmatch(name)
+    if match:
+        return fab.FABTargeted(
             epsilon=epsilon,
             num_steps=int(match[1] or 100),
             norm=norm,
@@ -264,7 +280,8 @@ def make_suite(
         suite: "quick", "standard", "pgd20,cw50,...", or a sequence of
             names and `Attack` objects.
         epsilon: the budget of the named attacks, in pixel units.
-        norm: their threat model.
+        norm: their threat model, "linf" or "l2" (every named attack,
+            and so every suite, exists in both).
         bpda_layers: when given, every gradient attack runs through BPDA
             over these layers (identity backward pass).
         sequential: override the suite's mode (None: sequential for
@@ -273,8 +290,10 @@ def make_suite(
     Raises:
         ValueError: an unknown suite or attack name, or a repeated name.
     """
+    settings = {}
     if isinstance(suite, str):
         label = suite.strip()
+        settings = SUITE_SETTINGS.get(label, {})
         items = SUITES.get(label) or [s for s in label.split(",") if s.strip()]
         if not items:
             raise ValueError(f"The suite is empty ({suite!r}).")
@@ -288,6 +307,8 @@ def make_suite(
         attack = item
         if isinstance(item, str):
             attack = make_attack(item, epsilon=epsilon, norm=norm)
+            if item in settings:
+                attack = attack.replace(**settings[item])
         elif not isinstance(item, attack_base.Attack):
             raise TypeError(f"Expected an attack name or Attack; got {item!r}")
         if bpda_layers and attack.uses_gradients:

@@ -1,0 +1,621 @@
+"""The bad-input catalogue: every refusal is one clear paragraph, and safe.
+
+Each case feeds one bad input through a user's door (the `tfadv.train`
+and `tfadv.evaluate` command lines, gin, data files, or a library call)
+and asserts that it is refused before any work:
+
+- a non-zero exit (`SystemExit` with the tool's `error:` line) or, for a
+  library call, a `ValueError`;
+- one paragraph (no line break) that names the bad value and says what is
+  accepted;
+- no traceback: the command lines raise nothing but `SystemExit`;
+- every folder the case touched is unchanged (file names, sizes and
+  modification times), and a run folder it would have made does not exist.
+
+`CASES` lists the command-line cases as (name, argv-style options,
+expected pattern); `library cases` are methods of `LibraryTest`.
+"""
+
+import gzip
+import json
+import os
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+from absl import flags
+from absl.testing import flagsaver
+from absl.testing import parameterized
+
+from tests import cli_fixtures
+from tfadv import attacks
+from tfadv import data
+from tfadv import evaluate
+from tfadv import evaluation
+from tfadv import validation
+
+_TINY = ("pgd_at.gin", "testing/tiny.gin")
+
+
+def setUpModule():
+    flags.FLAGS.mark_as_parsed()
+
+
+def _snapshot(root):
+    """Every file under `root` with its size and modification time."""
+    state = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            stat = os.stat(path)
+            state[os.path.relpath(path, root)] = (stat.st_size, stat.st_mtime)
+    return state
+
+
+def _write_idx_dir(folder, defect=None, shape=(28, 28)):
+    """Fashion-MNIST-shaped IDX files in `folder`, with one `defect`."""
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 256), ("t10k", 64)):
+        images = rng.integers(0, 256, size=(n, *shape), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=n, dtype=np.uint8)
+        if defect == "label_out_of_range":
+            labels[3] = 12
+        if defect == "count_mismatch" and prefix == "train":
+            labels = labels[:-5]
+        cli_fixtures.write_idx(folder, prefix, images, labels)
+    images_file = os.path.join(folder, "train-images-idx3-ubyte.gz")
+    if defect == "truncated":
+        with gzip.open(images_file) as f:
+            payload = f.read()
+        with gzip.open(images_file, "wb") as f:
+            f.write(payload[: len(payload) // 2])
+    elif defect == "bad_magic":
+        with gzip.open(images_file) as f:
+            payload = f.read()
+        with gzip.open(images_file, "wb") as f:
+            f.write(np.array([1234], ">i4").tobytes() + payload[4:])
+    elif defect == "corrupt_gzip":
+        with open(images_file, "r+b") as f:
+            f.seek(20)
+            f.write(b"\x00garbage\xff" * 8)
+
+
+# (name, options for tfadv.train, regex the message must match). Options:
+# "bindings", "gin_files" (default _TINY), "env", "data" (a defect of the
+# IDX folder passed as --data_dir), "logdir" (a kind of folder), other
+# keys are flags.
+TRAIN_CASES = (
+    (
+        "unknown_parameter",
+        dict(bindings=["run.epochz = 3"]),
+        "'epochz'.*accepts",
+    ),
+    (
+        "unknown_configurable",
+        dict(bindings=["PGDATT.beta = 1"]),
+        "'PGDATT'.*PGDAT",
+    ),
+    (
+        "unknown_reference",
+        dict(bindings=["run.method_cls = @PGDATT"]),
+        "'PGDATT'",
+    ),
+    (
+        "misspelt_scope",
+        dict(bindings=["trian/ProjectedGradient.num_steps = 0"]),
+        "'trian'.*eval, train",
+    ),
+    (
+        "malformed_binding",
+        dict(bindings=["run.epochs = = 3"]),
+        "Malformed gin.*--gin_bindings.*line 1",
+    ),
+    (
+        "garbage_gin_file",
+        dict(gin_file_text="run.epochs = 3\nthis is garbage (\n"),
+        r"Malformed gin in gin file .*bad\.gin, line 2",
+    ),
+    (
+        "unclosed_bracket",
+        dict(gin_file_text="run.epochs = [1,\n"),
+        "Malformed gin.*never closed",
+    ),
+    (
+        "missing_gin_file",
+        dict(gin_files=("pgd_at.gin", "nope.gin")),
+        "nope.gin",
+    ),
+    (
+        "denylisted_binding",
+        dict(bindings=["run.logdir = 'x'"]),
+        "run.logdir cannot be set.*--logdir",
+    ),
+    (
+        "zero_epochs",
+        dict(bindings=["run.epochs = 0"]),
+        "epochs must be an integer >= 1; got 0",
+    ),
+    (
+        "fractional_epochs",
+        dict(bindings=["run.epochs = 2.5"]),
+        "epochs must be an integer >= 1; got 2.5",
+    ),
+    (
+        "zero_epsilon",
+        dict(bindings=["EPSILON = 0.0"]),
+        r"epsilon must be in \(0, 1\]; got 0.0",
+    ),
+    (
+        "negative_epsilon",
+        dict(bindings=["EPSILON = -0.1"]),
+        r"epsilon must be in .*got -0.1.*training run needs \(0, 1\]",
+    ),
+    (
+        "epsilon_in_pixels",
+        dict(bindings=["EPSILON = 25.0"]),
+        r"epsilon must be in .*got 25.0.*pixel units",
+    ),
+    (
+        "zero_validation_freq",
+        dict(bindings=["run.validation_freq = 0"]),
+        "validation_freq .*>= 1; got 0",
+    ),
+    (
+        "zero_steps_per_execution",
+        dict(bindings=["run.steps_per_execution = 0"]),
+        "steps_per_execution .*>= 1; got 0",
+    ),
+    (
+        "negative_learning_rate",
+        dict(bindings=["run.learning_rate = -0.1"]),
+        r"learning_rate must be in \(0, inf\]; got -0.1",
+    ),
+    (
+        "unknown_precision",
+        dict(bindings=["run.mixed_precision = 'float64'"]),
+        "mixed_precision must be one of .*'float64'",
+    ),
+    (
+        "unknown_final_attack",
+        dict(bindings=["run.final_suite = 'pgd20,pgd2x'"]),
+        "pgd2x",
+    ),
+    (
+        "negative_step_size",
+        dict(bindings=["train/ProjectedGradient.step_size = -0.1"]),
+        "step_size",
+    ),
+    (
+        "zero_training_steps",
+        dict(bindings=["train/ProjectedGradient.num_steps = 0"]),
+        "num_steps = 0: .*train on noise.*num_steps >= 1",
+    ),
+    (
+        "train_epsilon_mismatch",
+        dict(bindings=["train/ProjectedGradient.epsilon = 0.2"]),
+        "epsilon 0.2 .*run.epsilon is 0.1",
+    ),
+    (
+        "zero_batch_size",
+        dict(bindings=["make_datasets.batch_size = 0"]),
+        "batch_size=0; expected a positive integer",
+    ),
+    (
+        "batch_above_dataset",
+        dict(bindings=["make_datasets.batch_size = 512"]),
+        "batch_size=512 exceeds the 256",
+    ),
+    (
+        "unknown_dataset",
+        dict(bindings=["make_datasets.name = 'no_such_dataset'"]),
+        "'no_such_dataset'",
+    ),
+    (
+        "negative_validation_examples",
+        dict(bindings=["make_datasets.validation_examples = -1"]),
+        "validation_examples=-1",
+    ),
+    (
+        "augment_not_bool",
+        dict(bindings=["make_datasets.augment = 'yes'"]),
+        "augment='yes'",
+    ),
+    (
+        "zero_train_examples",
+        dict(bindings=["make_datasets.train_examples = 0"]),
+        "train_examples=0; expected a positive integer",
+    ),
+    (
+        "devices_zero",
+        dict(strategy="mirrored", devices=0),
+        "--devices=0.*integer >= 1",
+    ),
+    (
+        "devices_negative",
+        dict(strategy="mirrored", devices=-1),
+        "--devices=-1.*integer >= 1",
+    ),
+    (
+        "devices_without_mirrored",
+        dict(devices=2),
+        "--devices=2 applies to --strategy=mirrored only",
+    ),
+    (
+        "multi_worker_no_tf_config",
+        dict(strategy="multi_worker", env={"TF_CONFIG": ""}),
+        "TF_CONFIG environment variable, which is unset",
+    ),
+    (
+        "multi_worker_bad_json",
+        dict(strategy="multi_worker", env={"TF_CONFIG": "{bad"}),
+        "TF_CONFIG is not valid JSON",
+    ),
+    (
+        "multi_worker_no_cluster",
+        dict(strategy="multi_worker", env={"TF_CONFIG": '{"cluster": {}}'}),
+        'TF_CONFIG .*no "cluster"',
+    ),
+    (
+        "multi_worker_bad_index",
+        dict(
+            strategy="multi_worker",
+            env={
+                "TF_CONFIG": json.dumps(
+                    {
+                        "cluster": {"worker": ["localhost:1"]},
+                        "task": {"type": "worker", "index": 3},
+                    }
+                )
+            },
+        ),
+        r"task \"index\" 3 is not in \[0, 1\)",
+    ),
+    ("logdir_is_a_file", dict(logdir="file"), "is a file, not a folder"),
+    (
+        "logdir_finished_run",
+        dict(logdir="finished"),
+        "already holds a finished run",
+    ),
+    (
+        "logdir_foreign_folder",
+        dict(logdir="foreign"),
+        r"not an interrupted tfadv run .*thesis\.tex",
+    ),
+    (
+        "logdir_model_without_checkpoint",
+        dict(logdir="model_only"),
+        r"not an interrupted tfadv run .*model\.keras",
+    ),
+    (
+        "resume_with_changed_config",
+        dict(logdir="interrupted", bindings=["run.learning_rate = 0.5"]),
+        "changed.*learning_rate.*--allow_config_change",
+    ),
+    (
+        "data_dir_missing",
+        dict(data="missing"),
+        r"--data_dir=.*missing.*does not exist.*does not fall back",
+    ),
+    (
+        "data_dir_empty",
+        dict(data="empty"),
+        r"--data_dir=.*no train-images-idx3-ubyte.*does not fall back",
+    ),
+    (
+        "data_dir_truncated",
+        dict(data="truncated"),
+        r"--data_dir=.*does not fall back",
+    ),
+    (
+        "data_dir_bad_magic",
+        dict(data="bad_magic"),
+        r"--data_dir=.*magic.*does not fall back",
+    ),
+    (
+        "data_dir_count_mismatch",
+        dict(data="count_mismatch"),
+        r"--data_dir=.*declares dimensions \(256,\).*holds 251",
+    ),
+    (
+        "data_dir_corrupt_gzip",
+        dict(data="corrupt_gzip"),
+        r"--data_dir=.*does not fall back",
+    ),
+    (
+        "data_dir_is_a_file",
+        dict(data="file"),
+        r"--data_dir=.*does not fall back",
+    ),
+    (
+        "labels_out_of_range",
+        dict(data="label_out_of_range"),
+        r"[Ll]abels .*12.*\[0, 10\)",
+    ),
+    (
+        "env_data_dir_missing",
+        dict(data="env_missing"),
+        r"TFADV_DATA_DIR=.*does not exist.*does not fall back",
+    ),
+)
+
+
+class TrainCatalogueTest(tf.test.TestCase, parameterized.TestCase):
+    def _case_folder(self, root, kind):
+        """A --logdir of `kind` ("new", "file", "finished", ...)."""
+        logdir = os.path.join(root, "run")
+        if kind == "file":
+            with open(logdir, "w") as f:
+                f.write("not a folder\n")
+        elif kind in ("finished", "foreign", "model_only"):
+            os.makedirs(logdir)
+            name = {
+                "finished": "results.json",
+                "foreign": "thesis.tex",
+                "model_only": "model.keras",
+            }[kind]
+            with open(os.path.join(logdir, name), "w") as f:
+                f.write("{}")
+        elif kind == "interrupted":
+            cli_fixtures.run_cli(logdir, *_TINY)
+            os.remove(os.path.join(logdir, "results.json"))  # "killed"
+        return logdir
+
+    def _data_dir(self, root, defect, env):
+        folder = os.path.join(root, "data_given")
+        if defect in ("missing", "env_missing"):
+            folder = os.path.join(root, "no_such_folder")
+        elif defect == "empty":
+            os.makedirs(folder)
+        elif defect == "file":
+            with open(folder, "w") as f:
+                f.write("x")
+        else:
+            _write_idx_dir(folder, defect)
+        if defect == "env_missing":
+            env["TFADV_DATA_DIR"] = folder
+            return None
+        return folder
+
+    @parameterized.named_parameters(*TRAIN_CASES)
+    def test_refused(self, options, pattern):
+        options = dict(options)
+        root = self.create_tempdir().full_path
+        env = dict(options.pop("env", {}))
+        gin_files = list(options.pop("gin_files", _TINY))
+        text = options.pop("gin_file_text", None)
+        if text is not None:
+            gin_files.append(os.path.join(root, "bad.gin"))
+            with open(gin_files[-1], "w") as f:
+                f.write(text)
+        logdir = self._case_folder(root, options.pop("logdir", "new"))
+        if "data" in options:
+            data_dir = self._data_dir(root, options.pop("data"), env)
+            if data_dir is not None:
+                options["data_dir"] = data_dir
+        bindings = options.pop("bindings", [])
+        existed = os.path.exists(logdir)
+        before = _snapshot(root)
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            with self.assertRaises(SystemExit) as cm:
+                cli_fixtures.run_cli(
+                    logdir, *gin_files, bindings=bindings, **options
+                )
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        message = str(cm.exception.code)
+        self.assertStartsWith(message, "tfadv.train: error: ")
+        self.assertNotIn("\n", message)
+        self.assertNotIn("Traceback", message)
+        self.assertRegex(message, pattern)
+        self.assertEqual(_snapshot(root), before)
+        self.assertEqual(os.path.exists(logdir), existed)
+
+
+class EvaluateCatalogueTest(tf.test.TestCase, parameterized.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.run_dir = os.path.join(tempfile.mkdtemp(), "run")
+        cli_fixtures.run_cli(cls.run_dir, *_TINY)
+
+    def _model(self, kind, root):
+        if kind == "run":
+            return self.run_dir
+        if kind == "missing":
+            return os.path.join(root, "none.keras")
+        folder = os.path.join(root, kind)
+        os.makedirs(folder)
+        with open(os.path.join(self.run_dir, "model.keras"), "rb") as f:
+            model = f.read()
+        if kind == "corrupt":
+            model = model[: len(model) // 3]
+        with open(os.path.join(folder, "model.keras"), "wb") as f:
+            f.write(model)
+        if kind == "truncated_results":
+            with open(os.path.join(self.run_dir, "results.json")) as f:
+                text = f.read()
+            with open(os.path.join(folder, "results.json"), "w") as f:
+                f.write(text[: len(text) // 2])
+        return folder
+
+    @parameterized.named_parameters(
+        ("missing_model", "missing", {}, "does not exist"),
+        (
+            "corrupt_keras",
+            "corrupt",
+            {"epsilon": 0.1},
+            "exists but cannot be loaded as a Keras model",
+        ),
+        (
+            "truncated_results",
+            "truncated_results",
+            {},
+            r"results\.json is not valid JSON .*truncated",
+        ),
+        (
+            "no_results_no_epsilon",
+            "no_results",
+            {},
+            "No results.json .*--epsilon",
+        ),
+        (
+            "zero_epsilon",
+            "run",
+            {"epsilon": 0.0},
+            r"epsilon must be in \(0, 1\]; got 0.0",
+        ),
+        (
+            "negative_epsilon",
+            "run",
+            {"epsilon": -1.0},
+            "epsilon must be in .*got -1.0",
+        ),
+        ("unknown_suite", "run", {"suite": "pgd20,nope"}, "nope"),
+        (
+            "output_folder_missing",
+            "run",
+            {"output": "/nonexistent/x/eval.json"},
+            "does not exist.*nothing was attacked",
+        ),
+        (
+            "zero_num_examples",
+            "run",
+            {"num_examples": 0},
+            "--num_examples .*>= 1; got 0",
+        ),
+        (
+            "zero_batch_size",
+            "run",
+            {"batch_size": 0},
+            "--batch_size .*>= 1; got 0",
+        ),
+        (
+            "wrong_image_shape",
+            "run",
+            {"dataset": "small_images"},
+            r"shape \(28, 28, 1\).*\(14, 14, 1\)",
+        ),
+        (
+            "bad_data_dir",
+            "run",
+            {"data_dir": "/nonexistent/data"},
+            "does not fall back",
+        ),
+    )
+    def test_refused(self, model_kind, options, pattern):
+        root = self.create_tempdir().full_path
+        model = self._model(model_kind, root)
+        options = dict(options)
+        if options.get("dataset") == "small_images":
+            options["dataset"] = os.path.join(root, "small_images")
+            _write_idx_dir(options["dataset"], shape=(14, 14))
+        watched = (root, self.run_dir)
+        before = [_snapshot(folder) for folder in watched]
+        with (
+            flagsaver.flagsaver(model=model, **options),
+            self.assertRaises(SystemExit) as cm,
+        ):
+            evaluate.main(["tfadv.evaluate"])
+        message = str(cm.exception.code)
+        self.assertStartsWith(message, "tfadv.evaluate: error: ")
+        self.assertNotIn("\n", message)
+        self.assertRegex(message, pattern)
+        self.assertEqual([_snapshot(folder) for folder in watched], before)
+
+
+class LibraryCatalogueTest(tf.test.TestCase, parameterized.TestCase):
+    def _assert_one_paragraph(self, cm, pattern):
+        message = str(cm.exception)
+        self.assertNotIn("\n", message)
+        self.assertRegex(message, pattern)
+
+    @parameterized.named_parameters(
+        (
+            "epsilon_above_one",
+            dict(epsilon=8.0, step_size=0.1, num_steps=3),
+            "epsilon must be in",
+        ),
+        (
+            "negative_step_size",
+            dict(epsilon=0.1, step_size=-0.1, num_steps=3),
+            "step_size",
+        ),
+        (
+            "unknown_start",
+            dict(epsilon=0.1, step_size=0.1, num_steps=3, start="gauss"),
+            "start",
+        ),
+    )
+    def test_bad_attack_arguments(self, kwargs, pattern):
+        with self.assertRaises(ValueError) as cm:
+            attacks.ProjectedGradient(**kwargs)
+        self._assert_one_paragraph(cm, pattern)
+
+    @parameterized.named_parameters(
+        ("unknown_attack", "pgd20,zz9", "zz9"),
+        ("empty_suite", "", "suite"),
+    )
+    def test_bad_suite(self, suite, pattern):
+        with self.assertRaises(ValueError) as cm:
+            evaluation.make_suite(suite, epsilon=0.1)
+        self._assert_one_paragraph(cm, pattern)
+
+    @parameterized.named_parameters(
+        ("rank_3_images", (np.zeros((4, 28, 28)), np.zeros(4, int)), "rank 4"),
+        (
+            "float_labels",
+            (np.zeros((4, 28, 28, 1)), np.full(4, 2.7)),
+            "dtype float64",
+        ),
+        (
+            "label_count",
+            (np.zeros((4, 28, 28, 1)), np.zeros(3, int)),
+            "4 images but 3 labels",
+        ),
+        (
+            "labels_out_of_range",
+            (np.zeros((4, 28, 28, 1)), np.array([0, 1, 2, 10])),
+            r"\[0, 10\)",
+        ),
+        (
+            "images_in_0_255",
+            (np.full((4, 28, 28, 1), 200.0), np.zeros(4, int)),
+            r"\[0, 1\]",
+        ),
+    )
+    def test_bad_arrays(self, arrays, pattern):
+        with self.assertRaises(ValueError) as cm:
+            data.check_arrays(*arrays, num_classes=10)
+        self._assert_one_paragraph(cm, pattern)
+
+    def test_bad_make_datasets_arguments(self):
+        for kwargs, pattern in (
+            (dict(batch_size=-1), "batch_size"),
+            (dict(eval_examples=0), "eval_examples"),
+        ):
+            with (
+                self.subTest(**kwargs),
+                self.assertRaises(ValueError) as cm,
+            ):
+                data.make_datasets(name="fashion_mnist", **kwargs)
+            self._assert_one_paragraph(cm, pattern)
+
+    def test_epsilon_messages_agree(self):
+        # 0 and a negative budget name the same interval for a run.
+        for value in (0.0, -0.1):
+            with self.assertRaises(ValueError) as cm:
+                validation.epsilon(value, allow_zero=False)
+            self._assert_one_paragraph(cm, r"\(0, 1\]")
+
+    def test_bad_tf_config_names_it(self):
+        from tfadv import distribute
+
+        with self.assertRaises(ValueError) as cm:
+            distribute.check_tf_config('{"task": {}}')
+        self._assert_one_paragraph(cm, "TF_CONFIG")

@@ -1,0 +1,91 @@
+"""Runs `tfadv.train` in a child process that is killed at a chosen point.
+
+Not a test module. `run_train(where, logdir, *flags)` starts
+`python -m tfadv.train`-equivalent child that dies by SIGKILL (no clean-up,
+as a power cut or the OOM killer would) at `where`:
+
+- `"none"`: not killed, a plain run;
+- `"batch:E:B"`: after batch B (from 0) of epoch E (from 0) trained;
+- `"checkpoint:E"`: halfway through writing the checkpoint of epoch E;
+- `"final_evaluation"`: when the final evaluation starts;
+- `"export"`: halfway through writing `model.keras`.
+"""
+
+import os
+import subprocess
+import sys
+
+_CHILD = r"""
+import os
+import signal
+import sys
+
+from absl import app
+import keras
+
+from tfadv import callbacks
+from tfadv import experiment
+from tfadv import train
+
+where = sys.argv[1]
+
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def half_written(path):
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    die()
+
+
+if where.startswith("batch:"):
+    target = tuple(int(n) for n in where.split(":")[1:])
+    batch_end = callbacks.DivergenceGuard.on_train_batch_end
+
+    def on_train_batch_end(self, batch, logs=None):
+        batch_end(self, batch, logs)
+        if (self._epoch, batch) == target:
+            die()
+
+    callbacks.DivergenceGuard.on_train_batch_end = on_train_batch_end
+elif where.startswith("checkpoint:"):
+    epoch = int(where.split(":")[1])
+    save_weights = keras.Model.save_weights
+    writes = []
+
+    def save_then_die(self, filepath, **kwargs):
+        save_weights(self, filepath, **kwargs)
+        writes.append(filepath)
+        if len(writes) == epoch + 1:
+            half_written(filepath)
+
+    keras.Model.save_weights = save_then_die
+elif where == "final_evaluation":
+    experiment.evaluation.run_suite = lambda *args, **kwargs: die()
+elif where == "export":
+    save = keras.Model.save
+
+    def save_then_die(self, filepath, *args, **kwargs):
+        save(self, filepath, *args, **kwargs)
+        half_written(filepath)
+
+    keras.Model.save = save_then_die
+elif where != "none":
+    raise SystemExit(f"unknown kill point {where!r}")
+
+app.run(train.main, argv=["tfadv.train", *sys.argv[2:]])
+"""
+
+
+def run_train(where: str, logdir: str, *flags: str, cwd=None):
+    """Runs the child; returns the `subprocess.CompletedProcess`."""
+    return subprocess.run(
+        [sys.executable, "-c", _CHILD, where, f"--logdir={logdir}", *flags],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        timeout=600,
+    )

@@ -1,0 +1,93 @@
+"""Fault tests: real `tfadv.train` processes killed at every stage.
+
+A run killed by SIGKILL (no clean-up) during training, inside the
+checkpoint write, during the final evaluation or during the export, and
+then rerun with the same command, must end with exactly what the
+uninterrupted run ends with: the same weights bit for bit, the same
+history and the same results (apart from wall-clock times).
+"""
+
+import json
+import os
+import signal
+import tempfile
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl.testing import parameterized
+
+import tfadv  # noqa: F401  (registers tfadv's Keras layers)
+from tests import fault_fixtures
+
+_FLAGS = (
+    "--gin_file=pgd_at.gin",
+    "--gin_file=testing/tiny.gin",
+    "--gin_bindings=run.epochs = 3",
+)
+# Wall-clock values differ between any two runs.
+_TIMES = ("train_seconds", "epoch_seconds", "eval_seconds")
+_TIMED_LOGS = ("time/", "examples_per_second")
+
+
+def _comparable(results):
+    results = {k: v for k, v in results.items() if k not in _TIMES}
+    results["history"] = {
+        k: v
+        for k, v in results["history"].items()
+        if not k.startswith(_TIMED_LOGS)
+    }
+    results["gradient_masking"] = {
+        k: v for k, v in results["gradient_masking"].items() if k != "seconds"
+    }
+    return results
+
+
+def _finished(logdir):
+    with open(os.path.join(logdir, "results.json")) as f:
+        results = json.load(f)
+    model = keras.saving.load_model(os.path.join(logdir, "model.keras"))
+    return model.get_weights(), _comparable(results)
+
+
+def _run(where, logdir):
+    proc = fault_fixtures.run_train(where, logdir, *_FLAGS)
+    return proc
+
+
+@pytest.mark.slow
+class KilledRunTest(tf.test.TestCase, parameterized.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.root = tempfile.mkdtemp()
+        reference = os.path.join(cls.root, "uninterrupted")
+        proc = _run("none", reference)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        cls.weights, cls.results = _finished(reference)
+
+    @parameterized.named_parameters(
+        ("mid_second_epoch", "batch:1:2"),
+        ("inside_the_checkpoint_write", "checkpoint:1"),
+        ("during_the_final_evaluation", "final_evaluation"),
+        ("during_the_export", "export"),
+    )
+    def test_resumed_run_equals_the_uninterrupted_one(self, where):
+        logdir = os.path.join(self.root, where.replace(":", "_"))
+        killed = _run(where, logdir)
+        self.assertEqual(
+            killed.returncode, -signal.SIGKILL, killed.stderr[-3000:]
+        )
+        self.assertFalse(os.path.exists(os.path.join(logdir, "results.json")))
+        resumed = _run("none", logdir)
+        self.assertEqual(resumed.returncode, 0, resumed.stderr[-3000:])
+        weights, results = _finished(logdir)
+        self.assertLen(weights, len(self.weights))
+        for got, want in zip(weights, self.weights, strict=True):
+            np.testing.assert_array_equal(got, want)
+        self.assertLen(results["history"]["loss"], 3)
+        self.assertEqual(results, self.results)
+        self.assertEmpty(
+            [n for n in os.listdir(logdir) if n.startswith("incoming.")]
+        )
