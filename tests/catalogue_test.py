@@ -188,7 +188,7 @@ TRAIN_CASES = (
     (
         "zero_training_steps",
         dict(bindings=["train/ProjectedGradient.num_steps = 0"]),
-        "num_steps = 0: .*train on noise.*num_steps >= 1",
+        "num_steps .*0 steps is no attack.*>= 1; got 0",
     ),
     (
         "train_epsilon_mismatch",
@@ -545,6 +545,11 @@ class LibraryCatalogueTest(tf.test.TestCase, parameterized.TestCase):
             "negative_step_size",
             dict(epsilon=0.1, step_size=-0.1, num_steps=3),
             "step_size",
+        ),
+        (
+            "zero_steps",
+            dict(epsilon=0.1, step_size=0.1, num_steps=0),
+            "num_steps .*>= 1; got 0",
         ),
         (
             "unknown_start",

@@ -122,23 +122,6 @@ def check_config(
     return epsilon, suite
 
 
-def check_training_attack(method) -> None:
-    """Refuses a training attack that takes no step (it trains on noise).
-
-    Raises:
-        ValueError: naming the attack and its `num_steps`.
-    """
-    attack = getattr(method, "train_attack", None)
-    if attack is not None and getattr(attack, "num_steps", 1) == 0:
-        raise ValueError(
-            f"{type(method).__name__}'s training attack {attack.name!r} has "
-            "num_steps = 0: it would return its random start, so the run "
-            "would train on noise, not on adversarial examples. Give it "
-            "num_steps >= 1 (e.g. train/ProjectedGradient.num_steps = 10), "
-            "or use NoisyTraining to train on noise on purpose."
-        )
-
-
 def check_method_epsilon(method, epsilon: float) -> None:
     """Refuses a method whose training budget is not the run's.
 
@@ -200,7 +183,6 @@ def build(
             classifier = models.prepend_layers(classifier, input_layers)
             method = method_cls(classifier, eval_attack=eval_attack)
             check_method_epsilon(method, epsilon)
-            check_training_attack(method)
             optimizer = optimizer_cls(
                 learning_rate=_learning_rate(
                     learning_rate, datasets.steps_per_epoch, epochs
