@@ -301,7 +301,7 @@ class BadInputTest(tf.test.TestCase, parameterized.TestCase):
 
     def test_negative_step_count(self):
         self._expect_exit(
-            "num_steps must be an integer >= 0; got -3",
+            "num_steps .*must be an integer >= 1; got -3",
             "pgd_at.gin",
             "testing/tiny.gin",
             bindings=["train/ProjectedGradient.num_steps = -3"],
