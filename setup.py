@@ -36,8 +36,10 @@ setuptools.setup(
         "h5py",
         # tensorflow-datasets needs it to download or prepare data.
         "importlib_resources",
+        # tfadv.evaluate --epsilons draws the robustness curve.
+        "matplotlib",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-xdist", "ruff", "matplotlib"],
+        "test": ["pytest>=7", "pytest-xdist", "ruff"],
     },
 )

@@ -5,6 +5,7 @@ import gzip
 import io
 import json
 import os
+import shutil
 import tempfile
 from unittest import mock
 
@@ -33,7 +34,9 @@ def write_idx(folder, prefix, images, labels):
         f.write(header + labels.astype(np.uint8).tobytes())
 
 
-class EvaluateCommandTest(tf.test.TestCase):
+class _RunFolderTestCase(tf.test.TestCase):
+    """A tiny run folder (a linear model on 8x8 IDX digits) and helpers."""
+
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
@@ -70,6 +73,8 @@ class EvaluateCommandTest(tf.test.TestCase):
         self.assertRegex(str(cm.exception.code), pattern)
         attack_run.assert_not_called()  # nothing was attacked
 
+
+class EvaluateCommandTest(_RunFolderTestCase):
     def test_bad_flags(self):
         run = self.run_dir
         self.assert_error("give a run folder", model=None)
@@ -110,3 +115,123 @@ class EvaluateCommandTest(tf.test.TestCase):
         with open(os.path.join(run, "eval-cw5.json")) as f:
             self.assertEqual(json.load(f)["num_examples"], 8)
         self.assert_error("never overwrites", model=run, suite="cw5")
+
+
+class NormAndCurveTest(_RunFolderTestCase):
+    """--norm and --epsilons."""
+
+    def output(self, name):
+        return os.path.join(self.create_tempdir().full_path, name)
+
+    def test_l2(self):
+        output = self.output("l2.json")
+        out = self.main(
+            model=self.run_dir,
+            suite="pgd10,square100",
+            norm="l2",
+            epsilon=0.5,
+            output=output,
+        )
+        self.assertIn("l2 epsilon 0.5", out)
+        with open(output) as f:
+            result = json.load(f)
+        self.assertEqual(result["norm"], "l2")
+        for description in result["attacks"].values():
+            self.assertIn("L2ThreatModel(epsilon=0.5)", description)
+        self.assertNotIn("curve", result)
+        self.assertFalse(os.path.exists(evaluate.plot_path(output)))
+        # A run trained in L2 says so in its results.json: the default.
+        l2_run = os.path.join(self.create_tempdir().full_path, "l2run")
+        os.makedirs(l2_run)
+        shutil.copy(os.path.join(self.run_dir, "model.keras"), l2_run)
+        with open(os.path.join(self.run_dir, "results.json")) as f:
+            results = {**json.load(f), "norm": "l2", "epsilon": 0.5}
+        with open(os.path.join(l2_run, "results.json"), "w") as f:
+            json.dump(results, f)
+        out = self.main(model=l2_run, suite="pgd5")
+        self.assertIn("l2 epsilon 0.5", out)
+
+    def test_bad_norm_and_epsilons(self):
+        run = self.run_dir
+        self.assert_error(
+            r"--norm must be one of \['linf', 'l2'\]; got 'l3'",
+            model=run,
+            norm="l3",
+        )
+        # The run's epsilon is an L-inf radius: another norm needs its own.
+        self.assert_error(
+            "evaluated in linf at epsilon 0.05, a radius that means nothing "
+            "in l2; pass --epsilon",
+            model=run,
+            norm="l2",
+        )
+        self.assert_error("at least two budgets", model=run, epsilons=["0.1"])
+        self.assert_error(
+            r"--epsilons value must be in \(0, 1\]; got 1\.5",
+            model=run,
+            epsilons=["0.1", "1.5"],
+        )
+        self.assert_error(
+            "'x' is not a number", model=run, epsilons=["0.1", "x"]
+        )
+        self.assert_error(
+            "lists the budget 0.1 twice",
+            model=run,
+            epsilons=["0.1", "0.1"],
+        )
+        self.assert_error(
+            "needs named attacks",
+            model=run,
+            epsilons=["0.01", "0.1"],
+            gin_bindings=[
+                "evaluate_suite.suite = [@ProjectedGradient()]",
+                "ProjectedGradient.epsilon = 0.1",
+                "ProjectedGradient.step_size = 0.1",
+                "ProjectedGradient.num_steps = 1",
+            ],
+        )
+        # The plot's file is never overwritten either.
+        output = self.output("taken.json")
+        with open(evaluate.plot_path(output), "w") as f:
+            f.write("mine")
+        self.assert_error(
+            "taken.png exist",
+            model=run,
+            epsilons=["0.01", "0.1"],
+            output=output,
+        )
+
+    def test_robustness_curve(self):
+        output = self.output("curve.json")
+        out = self.main(
+            model=self.run_dir,
+            suite="pgd10,square100",
+            epsilons=["0.2", "0.02"],
+            num_examples=16,
+            output=output,
+        )
+        self.assertIn("robustness curve (linf", out)
+        with open(output) as f:
+            result = json.load(f)
+        # The headline numbers are at the run's epsilon (0.05), not in the
+        # list, so it ran as well.
+        self.assertEqual(result["epsilon"], 0.05)
+        curve = result["curve"]
+        self.assertEqual(curve["epsilons"], [0.02, 0.2])
+        self.assertEqual(curve["norm"], "linf")
+        self.assertEqual(list(curve["attacks"]), ["pgd10", "square100"])
+        for values in [*curve["attacks"].values(), curve["worst_case"]]:
+            self.assertLen(values, 2)
+            for value in values:
+                self.assertBetween(value, 0.0, 1.0)
+        worst = curve["worst_case"]
+        self.assertEqual(worst, sorted(worst, reverse=True))
+        self.assertLess(worst[1], worst[0])
+        self.assertEqual([r["epsilon"] for r in curve["results"]], [0.02, 0.2])
+        picture = evaluate.plot_path(output)
+        self.assertEqual(picture, output[: -len(".json")] + ".png")
+        with open(picture, "rb") as f:
+            content = f.read()
+        self.assertEqual(content[:8], b"\x89PNG\r\n\x1a\n")
+        self.assertGreater(len(content), 5000)
+        self.assertIn(f"wrote {picture}", out)

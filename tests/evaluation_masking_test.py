@@ -3,7 +3,9 @@
 import ast
 import inspect
 
+import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tests import evaluation_fixtures as fx
@@ -214,3 +216,171 @@ class ApproximationCheckTest(tf.test.TestCase):
         check = report["checks"]["approximation_beats_true_gradient"]
         self.assertFalse(check["flagged"])
         self.assertFalse(report["possible"])
+
+
+def report_for(broken_free, broken_grad, *, n, sequential):
+    """masking_report for pgd20 and square with the given broken points."""
+    suite = evaluation.make_suite("pgd20,square", epsilon=0.1).attacks
+    broken = {"pgd20": broken_grad, "square": broken_free}
+    return evaluation.masking_report(
+        suite,
+        clean=np.ones(n, bool),
+        broken=broken,
+        accuracy={k: 1.0 - v.mean() for k, v in broken.items()},
+        sequential=sequential,
+        extra={},
+        zero_gradients=0,
+    )
+
+
+class GradientFreeMarginTest(tf.test.TestCase):
+    def test_threshold(self):
+        # Sequential: AutoAttack's 0.2 % (and more than one point);
+        # independent: 5 % of the examples plus 3.09 binomial deviations.
+        self.assertEqual(
+            masking.gradient_free_threshold(1000, independent_tolerance=None),
+            2.0,
+        )
+        self.assertEqual(
+            masking.gradient_free_threshold(100, independent_tolerance=None),
+            1.0,
+        )
+        expected = 25 + 3.09 * np.sqrt(500 * 0.05 * 0.95)
+        self.assertAllClose(masking.gradient_free_threshold(500), expected)
+
+    def test_ordinary_weakness_is_not_masking(self):
+        # 18 of 500 points only square broke (3.6 %, what square did to
+        # pgd20 on a small PGD-AT model) flags nothing independently, but
+        # does after AutoAttack's strong attacks (sequential mode).
+        n = 500
+        free = np.arange(n) < 18
+        grad = np.zeros(n, bool)
+        quiet = report_for(free, grad, n=n, sequential=False)
+        check = quiet["checks"]["gradient_free_beats_gradient"]
+        self.assertFalse(check["flagged"])
+        self.assertEqual((check["count"], check["reverse_count"]), (18, 0))
+        self.assertFalse(quiet["possible"])
+        loud = report_for(free, grad, n=n, sequential=True)
+        self.assertTrue(
+            loud["checks"]["gradient_free_beats_gradient"]["flagged"]
+        )
+        # Masking: the gradient attack misses a large share of the points.
+        masked = report_for(np.arange(n) < 60, grad, n=n, sequential=False)
+        self.assertTrue(masked["possible"])
+        self.assertIn("the check allows 40.1", masked["messages"][0])
+
+
+class OutputChecksTest(tf.test.TestCase):
+    def test_randomised_model_is_flagged_and_told_to_use_eot(self):
+        model = keras.Sequential(
+            [
+                keras.Input((8,)),
+                fx.InferenceNoise(0.5),
+                fx.linear_model((8,), 3),
+            ]
+        )
+        x, y = fx.interior_data(fx.linear_model((8,), 3), (8,), n=32)
+        result = evaluation.evaluate_suite(
+            model, fx.as_dataset(x, y), suite="pgd5", epsilon=0.05
+        )
+        report = result["gradient_masking"]
+        check = report["checks"]["randomized_model"]
+        self.assertTrue(check["flagged"])
+        self.assertGreater(check["largest_change"], 1e-3)
+        self.assertTrue(report["possible"])
+        text = evaluation.format_report(result)
+        self.assertIn("the classifier is randomised", text)
+        self.assertIn("tfadv.attacks.EOT", text)
+
+    def test_deterministic_model_passes(self):
+        model = fx.linear_model((8,), 3)
+        x, y = fx.interior_data(model, (8,), n=32)
+        result = evaluation.evaluate_suite(
+            model, fx.as_dataset(x, y), suite="pgd5", epsilon=0.05
+        )
+        checks = result["gradient_masking"]["checks"]
+        self.assertFalse(checks["randomized_model"]["flagged"])
+        self.assertEqual(checks["randomized_model"]["largest_change"], 0.0)
+        self.assertFalse(checks["probability_outputs"]["flagged"])
+        self.assertEqual(result["gradient_masking"]["warnings"], [])
+
+    def test_probabilities_are_flagged(self):
+        model = fx.softmax_model((8,), 3)
+        x, y = fx.interior_data(model, (8,), n=32)
+        result = evaluation.evaluate_suite(
+            model, fx.as_dataset(x, y), suite="pgd5", epsilon=0.05
+        )
+        report = result["gradient_masking"]
+        check = report["checks"]["probability_outputs"]
+        self.assertTrue(check["flagged"])
+        self.assertLess(check["largest_sum_error"], 1e-5)
+        self.assertIn(
+            "outputs probabilities, not logits", report["messages"][0]
+        )
+        # Logits that happen to be in [0, 1] do not sum to 1 row by row.
+        logits = np.full((4, 3), 0.2)
+        self.assertFalse(
+            masking.output_checks(logits, logits)["checks"][
+                "probability_outputs"
+            ]["flagged"]
+        )
+
+    def test_zero_cross_entropy_gradients_warn(self):
+        # Logit gaps above ~104 saturate the float32 softmax: the
+        # cross-entropy gradient is exactly zero, the margin's is not, so
+        # the points are counted and warned about but flag nothing.
+        model = fx.linear_model((8,), 3)
+        x, y = fx.interior_data(model, (8,), n=32)
+        weights, bias = model.layers[-1].get_weights()
+        model.layers[-1].set_weights([weights * 1e4, bias])
+        with self.assertLogs(level="WARNING") as logs:
+            result = evaluation.evaluate_suite(
+                model, fx.as_dataset(x, y), suite="pgd5", epsilon=0.05
+            )
+        report = result["gradient_masking"]
+        points = report["checks"]["zero_gradient_points"]
+        self.assertGreater(points["count"], 0)
+        self.assertTrue(points["warned"])
+        self.assertEqual(report["checks"]["zero_gradients"]["count"], 0)
+        self.assertLen(report["warnings"], 1)
+        self.assertIn(
+            f"{points['count']} of 32 correctly classified points",
+            report["warnings"][0],
+        )
+        self.assertIn("cross-entropy input gradient", " ".join(logs.output))
+        self.assertIn("warning: ", evaluation.format_report(result))
+
+
+@pytest.mark.slow  # about 60 s on two CPU cores: 2 x square on 300 points
+class TrainedModelTest(tf.test.TestCase):
+    def test_weak_attack_is_not_masking_but_a_masked_copy_is(self):
+        # A small PGD-AT CNN: square breaks a few points pgd20 misses (the
+        # old rule, more than one point, would fire), which is ordinary
+        # weakness. The same model behind a hard quantiser on the pixel
+        # grid predicts the same but has no gradient: flagged.
+        classifier, test = fx.small_pgd_at_model()
+        healthy = evaluation.evaluate_suite(
+            classifier, test, suite="pgd20,square", epsilon=0.1
+        )
+        self.assertBetween(healthy["clean_accuracy"], 0.6, 0.9)
+        self.assertBetween(healthy["robust_accuracy"]["pgd20"], 0.3, 0.7)
+        report = healthy["gradient_masking"]
+        check = report["checks"]["gradient_free_beats_gradient"]
+        self.assertGreater(check["count"], 1)
+        self.assertFalse(check["flagged"])
+        self.assertFalse(report["possible"], report["messages"])
+        masked = keras.Sequential(
+            [keras.Input((28, 28, 1)), fx.Quantize(255), classifier]
+        )
+        result = evaluation.evaluate_suite(
+            masked, test, suite="pgd20,square", epsilon=0.1
+        )
+        self.assertEqual(result["clean_accuracy"], healthy["clean_accuracy"])
+        check = result["gradient_masking"]["checks"][
+            "gradient_free_beats_gradient"
+        ]
+        self.assertTrue(check["flagged"])
+        self.assertGreater(
+            result["robust_accuracy"]["pgd20"],
+            healthy["robust_accuracy"]["pgd20"] + 0.1,
+        )

@@ -1,13 +1,16 @@
 r"""Attacks a trained classifier: `python -m tfadv.evaluate --model=runs/x`.
 
-`--model` is a run folder (its model.keras; dataset, epsilon and example
-count come from its results.json, flags override them) or a .keras file.
-`--suite` is quick (PGD-20), standard (APGD-CE, APGD-T, FAB-T, Square run
-AutoAttack-style; the default) or a list such as pgd20,pgd50x10,cw50. Prints
-a table with the gradient-masking checks and writes eval.json beside the
-model, or eval-<suite>.json when eval.json exists; it never overwrites a
-file. `--gin_file`/`--gin_bindings` configure `make_datasets` and
-`evaluate_suite` (e.g. `evaluate_suite.jit_compile = True`).
+`--model` is a run folder (its model.keras; dataset, epsilon, norm and
+example count come from its results.json, flags override them) or a .keras
+file. `--suite` is quick (PGD-20), standard (APGD-CE, APGD-T, FAB-T, Square
+run AutoAttack-style; the default) or a list such as pgd20,pgd50x10,cw50;
+`--norm` is linf or l2. Prints a table with the gradient-masking checks and
+writes eval.json beside the model, or eval-<suite>.json when eval.json
+exists; it never overwrites a file. `--epsilons=0.02,0.05,0.1` also runs
+the suite at each of those budgets, prints and stores the robustness curve
+(`curve` in the JSON) and draws it to a PNG of the JSON's name.
+`--gin_file`/`--gin_bindings` configure `make_datasets` and `evaluate_suite`
+(e.g. `evaluate_suite.jit_compile = True`).
 """
 
 import os
@@ -16,6 +19,8 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 import json  # noqa: E402
+import logging as std_logging  # noqa: E402
+import math  # noqa: E402
 import re  # noqa: E402
 import sys  # noqa: E402
 
@@ -38,6 +43,15 @@ _SUITE = flags.DEFINE_string(
     "suite", None, "quick, standard, or a list.", **_SHARED
 )
 _EPSILON = flags.DEFINE_float("epsilon", None, "Budget (default: the run's).")
+_NORM = flags.DEFINE_string(
+    "norm", None, "Threat model: linf or l2 (default: the run's, else linf)."
+)
+_EPSILONS = flags.DEFINE_list(
+    "epsilons",
+    [],
+    "Budgets of a robustness curve, e.g. 0.02,0.05,0.1,0.15: the suite runs "
+    "at each; the curve goes into the JSON and a PNG beside it.",
+)
 _NUM_EXAMPLES = flags.DEFINE_integer(
     "num_examples", None, "First N test examples (default: the run's, 1000)."
 )
@@ -49,9 +63,16 @@ _OUTPUT = flags.DEFINE_string("output", None, "Where to write the JSON.")
 
 
 def _inputs():
-    """Resolves and checks the flags: (model file, folder, eps, data, N)."""
+    """Resolves and checks the flags.
+
+    Returns:
+        `(model file, folder, epsilon, norm, epsilons, dataset, N)`; norm is
+        None when neither `--norm` nor the run's results.json gives one.
+    """
     from tfadv import run_folder
     from tfadv import validation
+    from tfadv.attacks import threat_models
+    from tfadv.evaluation import curves
 
     path, model_file = _MODEL.value, _MODEL.value
     if path and os.path.isdir(path):
@@ -65,17 +86,46 @@ def _inputs():
         raise ValueError(f"--model: {model_file} does not exist.")
     folder = os.path.dirname(model_file) or "."
     run = run_folder.read_json(run_folder.path(folder, run_folder.RESULTS_FILE))
-    epsilon = run.get("epsilon") if _EPSILON.value is None else _EPSILON.value
+    norm = run.get("norm") if _NORM.value is None else _NORM.value
+    if norm is not None:
+        norm = validation.choice(
+            "--norm",
+            norm,
+            tuple(threat_models.THREAT_MODELS),
+            hint="linf is the L-infinity ball, l2 the Euclidean one; "
+            "epsilon is the radius in pixel units.",
+        )
+    epsilons = []
+    if _EPSILONS.value:
+        epsilons = curves.check_epsilons(_EPSILONS.value, norm=norm or "linf")
+    epsilon = _EPSILON.value
+    run_norm = run.get("norm", "linf")  # runs before run.norm were L-inf
+    if epsilon is None and run.get("epsilon") is not None:
+        if norm in (None, run_norm):
+            epsilon = run["epsilon"]
+        elif not epsilons:
+            raise ValueError(
+                f"--norm={norm}, but the run in {folder} was evaluated in "
+                f"{run_norm} at epsilon {run['epsilon']:g}, a radius that "
+                f"means nothing in {norm}; pass --epsilon (e.g. --epsilon=1.0 "
+                "for L2 on 28x28 images) or --epsilons."
+            )
+    if epsilon is None and epsilons:
+        epsilon = epsilons[-1]  # the headline numbers: the largest budget
     if epsilon is None:
-        raise ValueError(f"No results.json in {folder}; pass --epsilon.")
-    epsilon = validation.epsilon(epsilon, allow_zero=False)
+        raise ValueError(
+            f"No results.json in {folder}; pass --epsilon (or --epsilons)."
+        )
+    epsilon = validation.epsilon(
+        epsilon, allow_zero=False, norm=norm or run_norm
+    )
     num = _NUM_EXAMPLES.value
     if num is not None:
         validation.count("--num_examples", num, minimum=1)
     validation.count("--batch_size", _BATCH_SIZE.value, minimum=1)
     num = num or run.get("num_eval_examples") or 1000
     dataset = _DATASET.value or run.get("dataset") or "fashion_mnist"
-    return model_file, folder, epsilon, dataset, num
+    return model_file, folder, epsilon, norm, epsilons, dataset, num
 
 
 def _load(model_file):
@@ -124,21 +174,70 @@ def _check_writable(file_path):
         )
 
 
-def _output_path(folder, suite_name):
-    """eval.json, else eval-<suite>.json; an existing file is an error."""
+def plot_path(json_path):
+    """The robustness curve's PNG: the JSON's path with `.png`."""
+    return os.path.splitext(json_path)[0] + ".png"
+
+
+def _output_path(folder, suite_name, with_plot=False):
+    """eval.json, else eval-<suite>.json; an existing file is an error.
+
+    With `with_plot`, the PNG of the same name must not exist either.
+    """
     if _OUTPUT.value:
         candidates = [_OUTPUT.value]
+        if with_plot and plot_path(_OUTPUT.value) == _OUTPUT.value:
+            raise ValueError(
+                f"--output={_OUTPUT.value}: with --epsilons the curve is "
+                "drawn to the output's name with .png; give a .json path."
+            )
     else:
         tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", suite_name)
         candidates = [f"{folder}/eval.json", f"{folder}/eval-{tag}.json"]
+    taken = []
     for candidate in candidates:
-        if not os.path.exists(candidate):
+        files = [candidate, plot_path(candidate)] if with_plot else [candidate]
+        existing = [f for f in files if os.path.exists(f)]
+        if not existing:
             _check_writable(candidate)
             return candidate
+        taken += existing
     raise ValueError(
-        f"{' and '.join(candidates)} exist; tfadv.evaluate never overwrites "
+        f"{' and '.join(taken)} exist; tfadv.evaluate never overwrites "
         "an evaluation. Pass another --output=PATH or move them away."
     )
+
+
+def _check_plotting():
+    """Refuses --epsilons, before any attack, without matplotlib."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ValueError(
+            "--epsilons draws the curve with matplotlib, which is not "
+            "installed: pip install matplotlib (or drop --epsilons)."
+        ) from None
+
+
+def _title(model_file, dataset, norm, suite):
+    from tfadv import run_folder
+
+    label = os.path.basename(model_file)
+    if label == run_folder.MODEL_FILE:
+        label = os.path.basename(os.path.dirname(os.path.abspath(model_file)))
+    norm = {"linf": "L-inf", "l2": "L2"}.get(norm, norm)
+    return f"{label} on {dataset}: robust accuracy, {norm}, suite {suite}"
+
+
+class _QuietRetracing(std_logging.Filter):
+    """Drops TensorFlow's retracing warning during a robustness curve.
+
+    Each budget builds its attacks anew, so their compiled functions trace
+    again on purpose; TensorFlow's advice about it would only mislead.
+    """
+
+    def filter(self, record):
+        return "triggered tf.function retracing" not in record.getMessage()
 
 
 def main(argv):
@@ -151,9 +250,11 @@ def main(argv):
     from tfadv import evaluation
 
     try:
-        model_file, folder, epsilon, dataset, num = _inputs()
+        model_file, folder, epsilon, norm, epsilons, dataset, num = _inputs()
         gin_files.parse(_GIN_FILE.value, _GIN_BINDINGS.value)
         options = dict(epsilon=epsilon, seed=_SEED.value)
+        if norm is not None:  # else gin's evaluate_suite.norm or linf
+            options["norm"] = norm
         if _SUITE.value is not None:
             options["suite"] = _SUITE.value
         if _BPDA_LAYERS.value:
@@ -166,8 +267,19 @@ def main(argv):
                 suite = "standard"
         name = "custom"
         if isinstance(suite, str):  # checks the names before anything loads
-            name = evaluation.make_suite(suite, epsilon=epsilon).name
-        output = _output_path(folder, name)
+            name = evaluation.make_suite(
+                suite, epsilon=epsilon, norm=norm or "linf"
+            ).name
+        elif epsilons:
+            raise ValueError(
+                "--epsilons runs the suite at each budget, so it needs named "
+                "attacks (--suite=quick, standard or a list such as "
+                "pgd20,square); the gin-bound evaluate_suite.suite holds "
+                "attack objects with budgets of their own."
+            )
+        if epsilons:
+            _check_plotting()
+        output = _output_path(folder, name, with_plot=bool(epsilons))
         classifier = _load(model_file)
         datasets = gin.get_configurable(data.make_datasets)(
             name=dataset,
@@ -179,18 +291,48 @@ def main(argv):
         )
         _check_input_shape(classifier, datasets.info, model_file)
         evaluate = gin.get_configurable(evaluation.evaluate_suite)
-        result = evaluate(classifier, datasets.test, **options)
+        curve, same = None, []
+        if epsilons:
+
+            def run_at(budget):
+                at = {**options, "epsilon": budget, "per_example": True}
+                return evaluate(classifier, datasets.test, **at)
+
+            quiet = _QuietRetracing()
+            std_logging.getLogger("tensorflow").addFilter(quiet)
+            try:
+                curve = evaluation.robustness_curve(run_at, epsilons)
+            finally:
+                std_logging.getLogger("tensorflow").removeFilter(quiet)
+            same = [
+                r
+                for r in curve["results"]
+                if math.isclose(r["epsilon"], epsilon, rel_tol=1e-6)
+            ]
+        if same:
+            result = same[0]  # that budget has run already
+        else:
+            result = evaluate(classifier, datasets.test, **options)
     except (ValueError, OSError) as e:
         # Bad input: one paragraph and a non-zero exit, no traceback.
         message = str(e).split("\n  In call to configurable")[0]
         sys.exit(f"tfadv.evaluate: error: {message}")
     result = {"model": model_file, "dataset": dataset, **result}
     result["bpda_layers"] = list(_BPDA_LAYERS.value)
+    if curve is not None:
+        result["curve"] = curve
     print(f"{model_file} on {dataset}:")
     print(evaluation.format_report(result))
+    if curve is not None:
+        print(evaluation.format_curve(curve))
     with open(output, "w") as f:
         json.dump(result, f, indent=2)
     print(f"wrote {output}")
+    if curve is not None:
+        picture = plot_path(output)
+        title = _title(model_file, dataset, curve["norm"], curve["suite"])
+        evaluation.plot_curve(curve, picture, title=title)
+        print(f"wrote {picture}")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from tfadv import models
 from tfadv import run_folder
 from tfadv import validation
 from tfadv.attacks import base as attack_base
+from tfadv.attacks import threat_models
 
 # Arguments of `run` that the entry point sets from its flags; gin refuses
 # bindings of them.
@@ -67,6 +68,7 @@ def check_config(
     validation_freq=1,
     steps_per_execution=1,
     learning_rate=0.01,
+    norm="linf",
 ) -> tuple[float, evaluation.Suite]:
     """Checks the run's scalars and resolves the final suite.
 
@@ -76,7 +78,6 @@ def check_config(
     Raises:
         ValueError: a value out of range, or an unknown attack name.
     """
-    epsilon = validation.epsilon(epsilon, allow_zero=False)
     validation.count("epochs", epochs, minimum=1)
     validation.count(
         "run.validation_freq",
@@ -103,7 +104,11 @@ def check_config(
     validation.choice(
         "mixed_precision", mixed_precision, MIXED_PRECISION_POLICIES
     )
-    suite = evaluation.make_suite(final_suite, epsilon=epsilon)
+    norm = validation.choice(
+        "run.norm", norm, tuple(threat_models.THREAT_MODELS)
+    )
+    epsilon = validation.epsilon(epsilon, allow_zero=False, norm=norm)
+    suite = evaluation.make_suite(final_suite, epsilon=epsilon, norm=norm)
     attacks = [eval_attack] if eval_attack is not None else []
     for attack in [*attacks, *suite.attacks.values()]:
         if not isinstance(attack, attack_base.Attack):
@@ -111,13 +116,22 @@ def check_config(
                 f"Expected a tfadv.attacks.Attack; got {attack!r}. In gin, "
                 "bind an instance, e.g. @eval/ProjectedGradient()."
             )
-        validation.epsilon(attack.epsilon, allow_zero=False)
+        validation.epsilon(
+            attack.epsilon, allow_zero=False, norm=attack.threat_model.norm
+        )
         if not math.isclose(attack.epsilon, epsilon, rel_tol=1e-4):
             logging.warning(
                 "Attack %r uses epsilon %g but the run's epsilon is %g.",
                 attack.name,
                 attack.epsilon,
                 epsilon,
+            )
+        if attack.threat_model.norm != norm:
+            logging.warning(
+                "Attack %r works in %s but the run's norm is %s.",
+                attack.name,
+                attack.threat_model.norm,
+                norm,
             )
     return epsilon, suite
 
@@ -337,6 +351,7 @@ def finish(
         "method": type(built.method).__name__,
         "dataset": built.datasets.info.name,
         "epsilon": epsilon,
+        "norm": scores["norm"],
         "epochs": len(wall_clock.epoch_seconds),
         "train_seconds": sum(wall_clock.epoch_seconds),
         "epoch_seconds": wall_clock.epoch_seconds,
@@ -372,6 +387,7 @@ def run(
     strategy: tf.distribute.Strategy | None = None,
     method_cls: Callable[..., keras.Model] = gin.REQUIRED,
     epsilon: float = gin.REQUIRED,
+    norm: str = "linf",
     epochs: int = 10,
     dataset_fn: Callable[..., data.Datasets] = data.make_datasets,
     data_dir: str | None = None,
@@ -410,6 +426,8 @@ def run(
             training epsilon must equal `epsilon`.
         epsilon: the threat model's budget in pixel units, in (0, 1];
             recorded in results.json and used by the named final attacks.
+        norm: the threat model of the named final attacks, "linf" or "l2"
+            (give the training and validation attacks the same `norm`).
         epochs: training epochs.
         dataset_fn: returns a `tfadv.data.Datasets`; called with `data_dir`.
         data_dir: an explicit data directory (the `--data_dir` flag).
@@ -459,6 +477,7 @@ def run(
         validation_freq=validation_freq,
         steps_per_execution=steps_per_execution,
         learning_rate=learning_rate,
+        norm=norm,
     )
     strategy = strategy or tf.distribute.get_strategy()
     with contextlib.ExitStack() as stack:

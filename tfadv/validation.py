@@ -62,8 +62,27 @@ def in_interval(
     return number
 
 
-def epsilon(value, *, allow_zero: bool = True) -> float:
-    """An L-p radius in pixel units: [0, 1], or (0, 1] for a training run."""
+def epsilon(value, *, allow_zero: bool = True, norm: str = "linf") -> float:
+    """An L-p radius in pixel units, checked against its norm's range.
+
+    In L-infinity a radius above 1 moves every pixel anywhere in [0, 1], so
+    the range is [0, 1]. In L2 the image box is far wider (its diameter is
+    sqrt(pixels), 28 for 28x28 images), so any finite radius is accepted.
+    A training run needs a positive radius (`allow_zero=False`).
+    """
+    if norm == "l2":
+        return in_interval(
+            "epsilon",
+            value,
+            0.0,
+            math.inf,
+            low_open=not allow_zero,
+            high_open=True,
+            hint="An L2 radius is in pixel units (images are in [0, 1]): "
+            "MNIST-like 28x28 images commonly use 1.5, CIFAR-10 0.5. An "
+            "attack accepts 0 (the images stay unchanged); a training run "
+            "needs a positive radius.",
+        )
     return in_interval(
         "epsilon",
         value,

@@ -23,13 +23,14 @@ class ThreatModel:
     """Base class: a norm ball of radius `epsilon` intersected with [0, 1].
 
     Args:
-        epsilon: radius of the ball in pixel units, in [0, 1].
+        epsilon: radius of the ball in pixel units: in [0, 1] for
+            L-infinity, any finite value >= 0 for L2.
     """
 
     norm = None
 
     def __init__(self, epsilon: float):
-        self.epsilon = validation.epsilon(epsilon)
+        self.epsilon = validation.epsilon(epsilon, norm=self.norm or "linf")
 
     def project(self, x: tf.Tensor, x_adv: tf.Tensor) -> tf.Tensor:
         """Returns the point of the threat set around `x` for `x_adv`."""

@@ -7,7 +7,11 @@
 - `runner`: the batch loop (`evaluate_robustness`, `run_suite`, the
   gin-configurable `evaluate_suite`) and the printed table
   (`format_report`);
-- `masking`: the gradient-masking checks (`masking_report`).
+- `masking`: the gradient-masking checks (`masking_report`) and the checks
+  of the classifier's outputs (`output_checks`: a randomised model,
+  probabilities instead of logits);
+- `curves`: robust accuracy at several budgets (`robustness_curve`,
+  `format_curve`, `plot_curve`).
 
 Typical use:
 
@@ -16,12 +20,19 @@ Typical use:
     print(evaluation.format_report(result))
 """
 
+from tfadv.evaluation import curves
 from tfadv.evaluation import masking
 from tfadv.evaluation import runner
 from tfadv.evaluation import suites
+from tfadv.evaluation.curves import check_epsilons
+from tfadv.evaluation.curves import format_curve
+from tfadv.evaluation.curves import plot_curve
+from tfadv.evaluation.curves import robustness_curve
+from tfadv.evaluation.masking import INDEPENDENT_GRADIENT_FREE_TOLERANCE
 from tfadv.evaluation.masking import MASKING_TOLERANCE
 from tfadv.evaluation.masking import ZERO_GRADIENT_THRESHOLD
 from tfadv.evaluation.masking import masking_report
+from tfadv.evaluation.masking import output_checks
 from tfadv.evaluation.runner import evaluate_robustness
 from tfadv.evaluation.runner import evaluate_suite
 from tfadv.evaluation.runner import format_report

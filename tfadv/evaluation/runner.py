@@ -17,6 +17,7 @@ import gin
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from tfadv import layers
 from tfadv.attacks import apgd
@@ -79,6 +80,7 @@ def evaluate_robustness(
     masking_checks: bool = True,
     tolerance: float = masking.MASKING_TOLERANCE,
     zero_gradient_threshold: float = masking.ZERO_GRADIENT_THRESHOLD,
+    independent_tolerance: float = masking.INDEPENDENT_GRADIENT_FREE_TOLERANCE,
     jit_compile: bool = False,
     per_example: bool = False,
 ) -> dict:
@@ -93,6 +95,10 @@ def evaluate_robustness(
     crashed on. With the masking checks on and no two attacks of one
     family in the suite, a weaker control attack
     (`masking.weaker_control`) also runs, reported under "check/<name>".
+    Before any attack, the masking checks also run the classifier twice on
+    the first batch (`masking.output_checks`: a randomised model, outputs
+    that are probabilities) and count the correctly classified points whose
+    cross-entropy input gradient is all zero (logged as a warning).
 
     Args:
         classifier: maps [0, 1] images to logits.
@@ -107,6 +113,9 @@ def evaluate_robustness(
             (`masking.masking_report`).
         tolerance: robust-accuracy change a masking check tolerates.
         zero_gradient_threshold: fraction of zero input gradients tolerated.
+        independent_tolerance: the fraction of the examples a gradient-free
+            attack may break beyond the gradient attacks in independent
+            mode (`masking.gradient_free_threshold`).
         jit_compile: compile the attacks with XLA.
         per_example: also return `per_example`: `{"clean": [bool],
             "robust": {name: [bool]}}`, robust meaning correct clean and
@@ -161,9 +170,8 @@ def evaluate_robustness(
     y_spec = tf.TensorSpec([None], tf.int32)
 
     @tf.function(input_signature=[x_spec])
-    def predict(x):
-        logits = classifier(x, training=False)
-        return tf.argmax(logits, -1, output_type=tf.int32)
+    def outputs(x):
+        return tf.cast(classifier(x, training=False), tf.float32)
 
     def compile_attack(attack):
         def attack_fn(x, y, batch_seed):
@@ -178,19 +186,34 @@ def evaluate_robustness(
 
     @tf.function(input_signature=[x_spec, y_spec])
     def zero_gradient(x, y):
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
+        """Per point, the L1 norms of the margin and CE input gradients."""
+        with tf.GradientTape(
+            persistent=True, watch_accessed_variables=False
+        ) as tape:
             tape.watch(x)
-            total = tf.reduce_sum(objectives.margin(view(x), y))
-        grad = tape.gradient(total, x)
-        return tf.reduce_sum(tf.abs(grad), axis=list(range(1, len(x.shape))))
+            logits = tf.cast(view(x), tf.float32)
+            margin = tf.reduce_sum(objectives.margin(logits, y))
+            ce = tf.reduce_sum(objectives.cross_entropy(logits, y))
+        axes = list(range(1, len(x.shape)))
+        return tuple(
+            tf.reduce_sum(tf.abs(tape.gradient(loss, x)), axis=axes)
+            for loss in (margin, ce)
+        )
 
     fns = {n: compile_attack(a) for n, a in {**attacks, **extra}.items()}
     seed_names = {n: _seed_name(n, a) for n, a in {**attacks, **extra}.items()}
     seconds = dict.fromkeys(fns, 0.0)
     clean_all, broken_all, zero_grads = [], {n: [] for n in fns}, 0
+    zero_ce_grads, output_report = 0, None
     for index, (x, y) in enumerate(dataset):
         y = tf.cast(tf.reshape(y, [-1]), tf.int32)
-        clean = predict(x).numpy() == y.numpy()
+        logits = outputs(x).numpy()
+        if masking_checks and index == 0:
+            # Before any attack: a second pass on the same batch.
+            output_report = masking.output_checks(logits, outputs(x).numpy())
+            for message in output_report["messages"]:
+                logging.warning("Evaluation check: %s.", message)
+        clean = logits.argmax(-1) == y.numpy()
         clean_all.append(clean)
         survivors = clean.copy()
         for name in [*order, *extra]:
@@ -209,8 +232,11 @@ def evaluate_robustness(
                 survivors &= ~broken
         if masking_checks and clean.any():
             idx = np.flatnonzero(clean)
-            grads = zero_gradient(tf.gather(x, idx), tf.gather(y, idx))
+            grads, ce_grads = zero_gradient(
+                tf.gather(x, idx), tf.gather(y, idx)
+            )
             zero_grads += int(np.sum(grads.numpy() == 0))
+            zero_ce_grads += int(np.sum(ce_grads.numpy() == 0))
     if not clean_all:
         raise ValueError("The evaluation dataset is empty.")
     clean = np.concatenate(clean_all)
@@ -247,8 +273,13 @@ def evaluate_robustness(
             through_bpda=bool(bpda),
             tolerance=tolerance,
             zero_gradient_threshold=zero_gradient_threshold,
+            independent_tolerance=independent_tolerance,
+            outputs=output_report,
+            zero_ce_gradients=zero_ce_grads,
         )
         result["gradient_masking"]["seconds"] = {n: seconds[n] for n in extra}
+        for warning in result["gradient_masking"]["warnings"]:
+            logging.warning("Evaluation check: %s.", warning)
     if per_example:
         result["per_example"] = {
             "clean": clean.tolist(),
@@ -267,6 +298,7 @@ def run_suite(
     masking_checks: bool = True,
     tolerance: float = masking.MASKING_TOLERANCE,
     zero_gradient_threshold: float = masking.ZERO_GRADIENT_THRESHOLD,
+    independent_tolerance: float = masking.INDEPENDENT_GRADIENT_FREE_TOLERANCE,
     jit_compile: bool = False,
     per_example: bool = False,
 ) -> dict:
@@ -280,6 +312,7 @@ def run_suite(
         masking_checks: run the gradient-masking checks.
         tolerance: see `evaluate_robustness`.
         zero_gradient_threshold: see `evaluate_robustness`.
+        independent_tolerance: see `evaluate_robustness`.
         jit_compile: compile the attacks with XLA.
         per_example: also return per-example results.
 
@@ -296,6 +329,7 @@ def run_suite(
         masking_checks=masking_checks,
         tolerance=tolerance,
         zero_gradient_threshold=zero_gradient_threshold,
+        independent_tolerance=independent_tolerance,
         jit_compile=jit_compile,
         per_example=per_example,
     )
@@ -317,6 +351,7 @@ def evaluate_suite(
     masking_checks: bool = True,
     tolerance: float = masking.MASKING_TOLERANCE,
     zero_gradient_threshold: float = masking.ZERO_GRADIENT_THRESHOLD,
+    independent_tolerance: float = masking.INDEPENDENT_GRADIENT_FREE_TOLERANCE,
     jit_compile: bool = False,
     per_example: bool = False,
 ) -> dict:
@@ -343,6 +378,7 @@ def evaluate_suite(
         masking_checks: run the gradient-masking checks.
         tolerance: see `evaluate_robustness`.
         zero_gradient_threshold: see `evaluate_robustness`.
+        independent_tolerance: see `evaluate_robustness`.
         jit_compile: compile the attacks with XLA.
         per_example: also return per-example results.
     """
@@ -366,6 +402,7 @@ def evaluate_suite(
         masking_checks=masking_checks,
         tolerance=tolerance,
         zero_gradient_threshold=zero_gradient_threshold,
+        independent_tolerance=independent_tolerance,
         jit_compile=jit_compile,
         per_example=per_example,
     )
@@ -421,6 +458,8 @@ def format_report(result: dict) -> str:
             + ", ".join(report["checks"])
             + "); they cannot prove robustness."
         )
+    if report is not None:
+        lines += [f"  warning: {w}" for w in report.get("warnings", ())]
     if result.get("suite") == "quick":
         lines.append(
             "  quick = PGD-20 only, an optimistic upper bound; report numbers "

@@ -149,6 +149,15 @@ MASKING_GRADIENT_ATTACK = "pgd20"
 MASKING_GRADIENT_FREE_ATTACK = "square"
 
 
+# What the masking check for a randomised classifier advises
+# (`masking.output_checks`).
+RANDOMIZED_MODEL_REMEDY = (
+    "attack it through tfadv.attacks.EOT, which averages each gradient over "
+    "random draws (e.g. EOT(pgd, num_samples=20); in gin, "
+    "evaluate_suite.suite = [@EOT()] with EOT.attack bound)"
+)
+
+
 def through_bpda(attack) -> bool:
     """Whether `attack` or an attack it wraps replaces the backward pass."""
     while attack is not None:

@@ -482,7 +482,11 @@ class AdversarialTrainer(keras.Model):
                 f"{method}.train_attack must be a tfadv.attacks {accepted}; "
                 f"got {train_attack!r}."
             )
-        validation.epsilon(train_attack.epsilon, allow_zero=False)
+        validation.epsilon(
+            train_attack.epsilon,
+            allow_zero=False,
+            norm=train_attack.threat_model.norm,
+        )
         if epsilon is not None and not math.isclose(
             float(epsilon), train_attack.epsilon, rel_tol=1e-6
         ):
