@@ -21,6 +21,7 @@ import json
 import os
 import tempfile
 
+import keras
 import numpy as np
 import tensorflow as tf
 from absl import flags
@@ -32,6 +33,7 @@ from tfadv import attacks
 from tfadv import data
 from tfadv import evaluate
 from tfadv import evaluation
+from tfadv import methods
 from tfadv import validation
 
 _TINY = ("pgd_at.gin", "testing/tiny.gin")
@@ -610,6 +612,61 @@ class LibraryCatalogueTest(tf.test.TestCase, parameterized.TestCase):
             ):
                 data.make_datasets(name="fashion_mnist", **kwargs)
             self._assert_one_paragraph(cm, pattern)
+
+    def _trainer(self, cls=None, activation=None):
+        inputs = keras.Input((8, 8, 1))
+        h = keras.layers.Flatten()(inputs)
+        outputs = keras.layers.Dense(3, activation=activation)(h)
+        classifier = keras.Model(inputs, outputs)
+        cls = cls or methods.PGDAT
+        if cls is methods.Standard:
+            return cls(classifier)
+        return cls(classifier, epsilon=0.1)
+
+    @parameterized.named_parameters(
+        ("images_in_0_255", 200.0, [0, 1] * 4, r"\[0, 1\]"),
+        ("fractional_labels", 0.5, [0.5, 1.0] * 4, "whole-number"),
+        ("labels_out_of_range", 0.5, [0, 7] * 4, "outputs 3 logits"),
+    )
+    def test_a_trainer_refuses_bad_batches(self, pixel, labels, pattern):
+        # The checks run inside the compiled step: the first bad batch
+        # stops fit with the message, before any weight moves.
+        x = np.full((8, 8, 8, 1), pixel, "float32")
+        y = np.array(labels, "float32")
+        for cls in (methods.PGDAT, methods.Standard):
+            trainer = self._trainer(cls)
+            trainer.compile(optimizer=keras.optimizers.SGD(0.1))
+            before = [w.numpy() for w in trainer.classifier.weights]
+            with (
+                self.subTest(cls.__name__),
+                self.assertRaisesRegex(tf.errors.InvalidArgumentError, pattern),
+            ):
+                trainer.fit(x, y, batch_size=8, epochs=1, verbose=0)
+            for a, b in zip(before, trainer.classifier.weights, strict=True):
+                self.assertAllEqual(a, b.numpy())
+
+    def test_a_trainer_refuses_a_softmax_classifier(self):
+        with self.assertRaises(ValueError) as cm:
+            self._trainer(activation="softmax")
+        self._assert_one_paragraph(cm, "softmax activation")
+
+    @parameterized.parameters(False, True)
+    def test_evaluate_robustness_refuses_0_255_images(self, jit_compile):
+        # XLA drops the attacks' own range assertions: the runner checks
+        # every batch eagerly instead.
+        classifier = self._trainer().classifier
+        images = np.full((4, 8, 8, 1), 200.0, "float32")
+        dataset = tf.data.Dataset.from_tensor_slices(
+            (images, np.zeros(4, "int32"))
+        ).batch(4)
+        attack = attacks.ProjectedGradient(
+            epsilon=0.1, step_size=0.05, num_steps=2
+        )
+        with self.assertRaises(ValueError) as cm:
+            evaluation.evaluate_robustness(
+                classifier, dataset, [attack], jit_compile=jit_compile
+            )
+        self._assert_one_paragraph(cm, r"values in \[200, 200\].*\[0, 1\]")
 
     def test_epsilon_messages_agree(self):
         # 0 and a negative budget name the same interval for a run.

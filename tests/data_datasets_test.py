@@ -38,6 +38,36 @@ class MakeDatasetsIDXTest(fx.TinyDatasetTestCase):
             self.assertAllEqual(labels, ids % 10)
         self.assertEqual(ds.train.element_spec[0].shape[0], 8)
 
+    def test_the_order_callback_chooses_the_epochs_order(self):
+        def first_pixels(ds):
+            return [b[0].numpy()[:, 0, 0, 0] for b in ds.train]
+
+        def make():
+            return data.make_datasets(
+                name=self.tmp, batch_size=8, validation_examples=10
+            )
+
+        uninterrupted = make()
+        epoch_0, epoch_1 = (
+            first_pixels(uninterrupted),
+            first_pixels(uninterrupted),
+        )
+        self.assertNotAllClose(epoch_0, epoch_1)
+        # A fresh process resuming at epoch 1 (fit's epochs count from 0).
+        resumed = make()
+        resumed.order_callback().on_epoch_begin(1)
+        self.assertAllClose(first_pixels(resumed), epoch_1)
+
+    def test_no_order_callback_without_an_epoch_order(self):
+        ds = data.make_datasets(
+            name=self.tmp, batch_size=8, validation_examples=10
+        )
+        bare = datasets.Datasets(
+            ds.train, ds.validation, ds.test, ds.info, ds.steps_per_epoch
+        )
+        with self.assertRaisesRegex(ValueError, r"no epoch order \(order="):
+            bare.order_callback()
+
     def test_eval_pipelines_are_first_examples_in_order(self):
         ds = data.make_datasets(
             name=self.tmp,

@@ -68,6 +68,33 @@ class TraceCountTest(tf.test.TestCase, parameterized.TestCase):
         self.assertLen(traces, 1 + len(forced))
 
 
+class LibraryTraceCountTest(tf.test.TestCase, parameterized.TestCase):
+    @parameterized.parameters(methods.PGDAT, methods.TRADES, methods.YOPO)
+    def test_compile_and_fit_trace_the_step_once(self, cls):
+        # A library user compiles and fits; the optimizer's slot variables
+        # are made in compile, so the first step is not traced twice.
+        traces = []
+        train_step = base.AdversarialTrainer.train_step
+
+        def counting_step(self, data):
+            traces.append(1)
+            return train_step(self, data)
+
+        x, y = harness.tiny_data(num=2 * harness.BATCH)
+        attack = harness.yopo_attack() if cls is methods.YOPO else None
+        method = cls(
+            harness.tiny_classifier(),
+            **({"train_attack": attack} if attack else {"epsilon": 0.1}),
+        )
+        method.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
+        self.assertTrue(method.optimizer.built)
+        with mock.patch.object(
+            base.AdversarialTrainer, "train_step", counting_step
+        ):
+            method.fit(x, y, batch_size=harness.BATCH, epochs=3, verbose=0)
+        self.assertLen(traces, 1)
+
+
 class MemoryTest(tf.test.TestCase):
     def test_many_epochs_do_not_grow_resident_memory(self):
         x, y = harness.tiny_data(num=2 * harness.BATCH)

@@ -208,9 +208,6 @@ def build(
                 steps_per_execution=steps_per_execution,
             )
             method.build((None, *info.image_shape))
-            # Slot variables made now, not inside the first step: creating
-            # variables there makes tf.function trace the step twice.
-            method.optimizer.build(method.trainable_variables)
     finally:
         keras.mixed_precision.set_dtype_policy(previous_policy)
     return Built(datasets, classifier, method)

@@ -99,7 +99,20 @@ class Datasets:
         and e, so a run resumed at epoch e (`BackupAndRestore`) sees the
         batches the uninterrupted run saw; without it each pass over
         `train` takes the next epoch number.
+
+        Raises:
+            ValueError: these datasets were made without an epoch order
+                (`order=None`: a pipeline not made by `make_datasets`).
         """
+        if self.order is None:
+            raise ValueError(
+                "These Datasets have no epoch order (order=None), so no "
+                "callback can set which epoch train reads. Make them with "
+                "tfadv.data.make_datasets, whose training pipeline follows "
+                "the epoch the callback sets; with your own tf.data "
+                "pipeline, seed its shuffle by epoch yourself, or use "
+                "keras.callbacks.BackupAndRestore without this callback."
+            )
         return _OrderCallback(self.order)
 
 

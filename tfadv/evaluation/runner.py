@@ -206,6 +206,9 @@ def evaluate_robustness(
     clean_all, broken_all, zero_grads = [], {n: [] for n in fns}, 0
     zero_ce_grads, output_report = 0, None
     for index, (x, y) in enumerate(dataset):
+        # Eagerly, once per batch: the attacks' own range assertions are
+        # dropped when they are compiled with XLA (jit_compile).
+        x = attack_base.check_images(x, "evaluate_robustness")
         y = tf.cast(tf.reshape(y, [-1]), tf.int32)
         logits = outputs(x).numpy()
         if masking_checks and index == 0:

@@ -752,6 +752,24 @@ class AdversarialTrainer(keras.Model):
             and tf.executing_eagerly()
         ):
             self.inspect_classifier(tuple(input_shape[1:]))
+        self._build_optimizer()
+
+    def _build_optimizer(self) -> None:
+        """Makes the optimizer's slot variables now, outside any step.
+
+        Variables first made inside the compiled step make `tf.function`
+        trace it twice; a compiled, built trainer therefore builds its
+        optimizer at once (in `compile`, or in `build` after it).
+        """
+        optimizer = getattr(self, "optimizer", None)
+        if (
+            optimizer is not None
+            and self.built
+            and self._num_classes is not None
+            and not optimizer.built
+            and tf.executing_eagerly()
+        ):
+            optimizer.build(self.trainable_variables)
 
     def call(self, inputs, training=False):
         logits = self.classifier(inputs, training=training)
@@ -819,10 +837,9 @@ class AdversarialTrainer(keras.Model):
         # Keras skips a model whose compile() is overridden; tfadv's only
         # adds checks and the user metrics, so compile as saved.
         config = keras.saving.deserialize_keras_object(config)
+        # compile builds the optimizer of a built trainer: its variables
+        # must exist before its state loads.
         self.compile(**config)
-        if self.built:
-            # The optimizer's variables must exist before its state loads.
-            self.optimizer.build(self.trainable_variables)
 
     # Compiling.
 
@@ -878,6 +895,7 @@ class AdversarialTrainer(keras.Model):
         schedule = getattr(optimizer, "_learning_rate", None)
         if isinstance(schedule, schedules.PerMinibatch):
             schedule.bind(self.minibatches)
+        self._build_optimizer()
 
     def _make_user_metrics(self, metrics, weighted_metrics) -> dict:
         """One copy of every user metric per logit kind."""
