@@ -1,4 +1,10 @@
-"""Install tfadv: `pip install -e .[test]` (tools/setup.sh does all set-up)."""
+"""Install tfadv: `pip install -e .[cpu,test]` (tools/setup.sh does all set-up).
+
+TensorFlow comes from an extra, so that a GPU machine does not get the CPU
+wheel next to its own: `.[cpu]` installs tensorflow-cpu, `.[gpu]`
+tensorflow with CUDA, and a plain `pip install -e .` uses the TensorFlow the
+environment already has.
+"""
 
 import setuptools
 
@@ -23,9 +29,7 @@ setuptools.setup(
     },
     python_requires=">=3.10",
     install_requires=[
-        # tensorflow-cpu is the lighter wheel; with a GPU install `tensorflow`
-        # (same version range) instead.
-        "tensorflow-cpu>=2.16,<2.22",
+        # TensorFlow itself: the cpu or gpu extra, or the environment's own.
         "keras>=3.8",
         "tensorflow-datasets>=4.9",
         "tensorboard",
@@ -40,6 +44,8 @@ setuptools.setup(
         "matplotlib",
     ],
     extras_require={
+        "cpu": ["tensorflow-cpu>=2.16,<2.22"],
+        "gpu": ["tensorflow[and-cuda]>=2.16,<2.22"],
         "test": ["pytest>=7", "pytest-xdist", "ruff"],
     },
 )

@@ -195,8 +195,21 @@ class WallClockLoggerTest(tf.test.TestCase):
         self.assertAllClose(resumed.epoch_seconds, seconds[:1])
 
 
+def _tensors(log_dir):
+    """Tag -> [(step, value)] of every tensor summary under `log_dir`."""
+    found = {}
+    for name in sorted(os.listdir(log_dir)):
+        if "tfevents" not in name:
+            continue
+        path = os.path.join(log_dir, name)
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                found.setdefault(value.tag, []).append((event.step, value))
+    return found
+
+
 class AdversarialImageGridTest(tf.test.TestCase):
-    def test_writes_summaries_into_log_dir(self):
+    def test_one_labelled_grid_per_epoch(self):
         log_dir = os.path.join(self.create_tempdir().full_path, "images")
         x, y = harness.tiny_data()
         method = methods.Standard(harness.tiny_classifier())
@@ -208,17 +221,111 @@ class AdversarialImageGridTest(tf.test.TestCase):
             x,
             y,
             batch_size=harness.BATCH,
-            epochs=1,
+            epochs=2,
             verbose=0,
             callbacks=[grid],
         )
-        events = [f for f in os.listdir(log_dir) if "tfevents" in f]
-        self.assertNotEmpty(events)
-        tags = set()
-        for event in tf.compat.v1.train.summary_iterator(
-            os.path.join(log_dir, events[0])
-        ):
-            tags.update(v.tag for v in event.summary.value)
-        self.assertContainsSubset(
-            {"clean", "adversarial/pgd3", "perturbation"}, tags
+        summaries = _tensors(log_dir)
+        self.assertEqual(list(summaries), ["adversarial_grid/pgd3"])
+        steps = [step for step, _ in summaries["adversarial_grid/pgd3"]]
+        self.assertEqual(steps, [0, 1])
+        _, value = summaries["adversarial_grid/pgd3"][0]
+        width, height, png = tf.make_ndarray(value.tensor)
+        image = tf.io.decode_png(png).numpy()
+        self.assertEqual(image.shape, (int(height), int(width), 4))
+        # Four columns of 1.4 inches at 80 dpi; not eight separate images.
+        self.assertEqual(int(width), 4 * 112)
+        self.assertGreater(image[..., :3].std(), 10)  # drawn, not blank
+
+    def test_titles_name_labels_and_mark_what_the_attack_fooled(self):
+        names = ("cat", "dog", "emu")
+        columns = callbacks.grid_titles(
+            labels=[0, 1, 2, 2],
+            clean_predictions=[0, 1, 1, 2],
+            adversarial_predictions=[0, 2, 0, 2],
+            name=lambda label: names[label],
         )
+        self.assertEqual(
+            columns[1][0], ("true dog\nclean: dog", "adv: emu", "perturbation")
+        )
+        # Fooled: right when clean and wrong when attacked (not example 2,
+        # already wrong when clean).
+        self.assertEqual([fooled for _, fooled in columns], [0, 1, 0, 0])
+
+    def test_the_perturbation_row_maps_epsilon_to_black_and_white(self):
+        clean = np.full((1, 6, 6, 1), 0.5, "float32")
+        delta = np.zeros_like(clean)
+        delta[0, :3] = 0.1
+        delta[0, 3:] = -0.1
+        grid = callbacks.render_grid(
+            clean, clean + delta, [0], [0], [0], epsilon=0.1
+        )
+        self.assertEqual(grid.dtype, np.uint8)
+        self.assertEqual(grid.shape[0], 1)
+        self.assertEqual(grid.shape[-1], 4)
+        bottom = grid[0, 2 * grid.shape[1] // 3 :, :, :3]
+        # Both extremes appear: +ε white, -ε black.
+        self.assertEqual(bottom.max(), 255)
+        self.assertEqual(bottom.min(), 0)
+
+
+class HParamsLoggerTest(tf.test.TestCase):
+    def _session_hparams(self, log_dir):
+        from tensorboard.plugins.hparams import metadata
+
+        summaries = _tensors(log_dir)
+        ((_, value),) = summaries[metadata.SESSION_START_INFO_TAG]
+        info = metadata.parse_session_start_info_plugin_data(
+            value.metadata.plugin_data.content
+        )
+        hparams = {}
+        for key, v in info.hparams.items():
+            kind = v.WhichOneof("kind")
+            hparams[key] = getattr(v, kind)
+        return info, hparams, summaries
+
+    def test_records_the_method_budget_and_hyperparameters(self):
+        log_dir = self.create_tempdir("run").full_path
+        x, y = harness.tiny_data()
+        method = methods.TRADES(
+            harness.tiny_classifier(), epsilon=0.1, beta=3.0
+        )
+        method.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+        logger = callbacks.HParamsLogger(log_dir, {"dataset": "tiny"})
+        method.fit(
+            x,
+            y,
+            batch_size=harness.BATCH,
+            epochs=1,
+            verbose=0,
+            callbacks=[logger],
+        )
+        logger.write_final({"clean_accuracy": 0.75}, step=1)
+        info, hparams, summaries = self._session_hparams(log_dir)
+        self.assertEqual(info.group_name, "run")
+        self.assertEqual(hparams["method"], "TRADES")
+        self.assertAllClose(hparams["epsilon"], 0.1)
+        self.assertAllClose(hparams["beta"], 3.0)
+        self.assertEqual(hparams["train_attack"], "ProjectedGradient")
+        self.assertEqual(hparams["train_attack/num_steps"], 10)
+        self.assertEqual(hparams["train_attack/objective"], "kl")
+        self.assertEqual(hparams["optimizer"], "SGD")
+        self.assertAllClose(hparams["learning_rate"], 0.05)
+        self.assertEqual(hparams["dataset"], "tiny")
+        self.assertNotIn("classifier", hparams)
+        ((step, value),) = summaries["final/clean_accuracy"]
+        self.assertEqual(step, 1)
+        self.assertAllClose(tf.make_ndarray(value.tensor), 0.75)
+
+    def test_a_schedule_records_its_initial_rate(self):
+        schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
+            [10], [0.2, 0.02]
+        )
+        optimizer = keras.optimizers.SGD(schedule)
+        self.assertAllClose(callbacks._initial_learning_rate(optimizer), 0.2)
+
+    def test_values_tensorboard_cannot_store_are_refused(self):
+        logger = callbacks.HParamsLogger("unused", {"sizes": [1, 2]})
+        logger.set_model(methods.Standard(harness.tiny_classifier()))
+        with self.assertRaisesRegex(TypeError, "'sizes' must be a bool"):
+            logger.collect()

@@ -24,6 +24,7 @@ from absl import app
 from absl import flags
 from absl.testing import flagsaver
 from absl.testing import parameterized
+from tensorboard.plugins.hparams import metadata as hp_metadata
 
 from tests import cli_fixtures
 from tests.cli_fixtures import run_cli
@@ -49,6 +50,28 @@ class TrainCliTest(tf.test.TestCase):
                 glob.glob(os.path.join(logdir, sub, "events.out.tfevents.*")),
                 sub,
             )
+        # The HPARAMS tab's data, in the folder itself: the run's
+        # hyperparameters and its final accuracies.
+        tags, hparams = set(), {}
+        for path in glob.glob(os.path.join(logdir, "events.out.tfevents.*")):
+            for event in tf.compat.v1.train.summary_iterator(path):
+                for value in event.summary.value:
+                    tags.add(value.tag)
+                    if value.tag == hp_metadata.SESSION_START_INFO_TAG:
+                        info = hp_metadata.parse_session_start_info_plugin_data(
+                            value.metadata.plugin_data.content
+                        )
+                        hparams = {
+                            k: getattr(v, v.WhichOneof("kind"))
+                            for k, v in info.hparams.items()
+                        }
+        self.assertContainsSubset(
+            {"final/clean_accuracy", "final/robust_accuracy"}, tags
+        )
+        self.assertEqual(hparams["method"], "PGDAT")
+        self.assertEqual(hparams["dataset"], "fashion_mnist")
+        self.assertAllClose(hparams["epsilon"], 0.1)
+        self.assertEqual(hparams["train_attack/num_steps"], 10)
         with open(os.path.join(logdir, "results.json")) as f:
             results = json.load(f)
         for key in (

@@ -10,6 +10,16 @@ method from `tfadv.methods`, compile and fit it with your own data:
     trainer.fit(train_ds, validation_data=val_ds, epochs=5)
 """
 
+try:
+    import tensorflow  # noqa: F401
+except ImportError as error:  # the install chose no TensorFlow extra
+    raise ImportError(
+        "tfadv needs TensorFlow (2.16 to 2.21), which its install leaves to "
+        "an extra: pip install -e '.[cpu]' (tensorflow-cpu), "
+        "pip install -e '.[gpu]' (tensorflow with CUDA), or install "
+        "tensorflow yourself before pip install -e ."
+    ) from error
+
 from tfadv import attacks
 from tfadv import callbacks
 from tfadv import data

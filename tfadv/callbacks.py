@@ -98,43 +98,280 @@ class DivergenceGuard(keras.callbacks.Callback):
 
 
 class AdversarialImageGrid(keras.callbacks.Callback):
-    """Writes clean images, adversarial images and perturbations each epoch.
+    """Writes one labelled grid of clean and adversarial images each epoch.
 
-    A fixed batch is attacked with `attack` (in inference mode) at the end of
-    every `every` epochs; the grids appear under IMAGES in TensorBoard.
+    A fixed batch is attacked with `attack` (in inference mode, seeded by
+    the epoch) at the end of every `every` epochs. The grid, under IMAGES
+    in TensorBoard as `adversarial_grid/<attack>`, has one column per
+    example and three rows: the clean image titled with its true label and
+    the clean prediction, the adversarial image titled with the prediction
+    on it (red when the attack changed a correct prediction), and the
+    perturbation, scaled so that ±ε fills the grey range.
 
     Args:
         images: a fixed batch of clean images in [0, 1].
-        labels: their labels.
+        labels: their integer labels.
         attack: a `tfadv.attacks.Attack`.
         log_dir: where the image summaries go (a run's `images/`).
         every: epochs between grids.
+        class_names: names by label (e.g. `tfadv.data.CLASS_NAMES[...]`);
+            labels are shown as numbers without them.
     """
 
-    def __init__(self, images, labels, attack, log_dir: str, every: int = 1):
+    def __init__(
+        self,
+        images,
+        labels,
+        attack,
+        log_dir: str,
+        every: int = 1,
+        class_names=None,
+    ):
         super().__init__()
         self.images = tf.convert_to_tensor(images)
-        self.labels = tf.convert_to_tensor(labels)
+        self.labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
         self.attack = attack
-        self.every = every
+        self.every = validation.count("every", every, minimum=1)
+        self.class_names = tuple(class_names) if class_names else None
         self.writer = tf.summary.create_file_writer(log_dir)
 
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch % self.every:
-            return
+    def _name(self, label: int) -> str:
+        if self.class_names and 0 <= label < len(self.class_names):
+            return self.class_names[label]
+        return str(label)
+
+    def grid(self, epoch: int) -> np.ndarray:
+        """The grid as an [1, H, W, 4] uint8 RGBA image."""
         classifier = getattr(self.model, "classifier", self.model)
         x_adv = self.attack(
             classifier, self.images, self.labels, seed=epoch, training=False
         )
-        delta = x_adv - self.images
-        scale = tf.maximum(tf.reduce_max(tf.abs(delta)), 1e-12)
+
+        def predict(x):
+            logits = classifier(x, training=False)
+            return np.argmax(np.asarray(logits), axis=-1)
+
+        return render_grid(
+            self.images.numpy(),
+            x_adv.numpy(),
+            self.labels.numpy(),
+            predict(self.images),
+            predict(x_adv),
+            epsilon=self.attack.epsilon,
+            title=f"epoch {epoch + 1}: {self.attack.name}",
+            name=self._name,
+        )
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch % self.every:
+            return
         with self.writer.as_default():
-            tf.summary.image("clean", self.images, epoch, max_outputs=8)
-            tf.summary.image(f"adversarial/{self.attack.name}", x_adv, epoch, 8)
             tf.summary.image(
-                "perturbation", 0.5 + 0.5 * delta / scale, epoch, max_outputs=8
+                f"adversarial_grid/{self.attack.name}",
+                self.grid(epoch),
+                step=epoch,
             )
         self.writer.flush()
+
+
+def render_grid(
+    clean,
+    adversarial,
+    labels,
+    clean_predictions,
+    adversarial_predictions,
+    *,
+    epsilon: float,
+    title: str = "",
+    name=str,
+) -> np.ndarray:
+    """Draws examples as columns: clean, adversarial, perturbation rows.
+
+    Returns:
+        An [1, H, W, 4] uint8 RGBA image, as `tf.summary.image` takes it.
+    """
+    from matplotlib import figure as figure_lib
+    from matplotlib.backends import backend_agg
+
+    count = len(clean)
+    fig = figure_lib.Figure(figsize=(1.4 * count, 5.2), dpi=80)
+    canvas = backend_agg.FigureCanvasAgg(fig)  # no display needed
+    axes = fig.subplots(3, count, squeeze=False)
+    gray = clean.shape[-1] == 1
+    delta = adversarial - clean
+    # A perturbation at +-epsilon is white or black; 0 is mid-grey (L2
+    # perturbations are shown against their own largest pixel instead).
+    scale = max(float(epsilon), 1e-12)
+    if float(np.max(np.abs(delta), initial=0.0)) > scale * (1 + 1e-6):
+        scale = float(np.max(np.abs(delta)))
+    shown = (clean, adversarial, 0.5 + 0.5 * delta / scale)
+    columns = grid_titles(
+        labels, clean_predictions, adversarial_predictions, name
+    )
+    for column, (titles, fooled) in enumerate(columns):
+        for row in range(3):
+            ax = axes[row][column]
+            image = np.clip(shown[row][column], 0.0, 1.0)
+            if gray:
+                ax.imshow(image[..., 0], cmap="gray", vmin=0.0, vmax=1.0)
+            else:
+                ax.imshow(image)
+            ax.set_title(
+                titles[row],
+                fontsize=7,
+                color="red" if row == 1 and fooled else "black",
+            )
+            ax.set_xticks([])
+            ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    canvas.draw()
+    pixels = np.asarray(canvas.buffer_rgba(), dtype=np.uint8)
+    return pixels[None].copy()
+
+
+def grid_titles(labels, clean_predictions, adversarial_predictions, name=str):
+    """Per example: the three row titles, and whether the attack fooled it.
+
+    Fooled means the clean prediction was right and the adversarial one is
+    wrong (that title is drawn in red).
+    """
+    columns = []
+    for true, clean, adv in zip(
+        labels, clean_predictions, adversarial_predictions, strict=True
+    ):
+        true, clean, adv = int(true), int(clean), int(adv)
+        titles = (
+            f"true {name(true)}\nclean: {name(clean)}",
+            f"adv: {name(adv)}",
+            "perturbation",
+        )
+        columns.append((titles, clean == true and adv != true))
+    return columns
+
+
+# Constructor arguments that are not hyperparameters.
+_NOT_HPARAMS = frozenset(
+    {"name", "trainable", "dtype", "classifier", "check_inputs", "seed"}
+)
+
+
+def trainer_hparams(trainer) -> dict:
+    """A trainer's hyperparameters, flattened for the hparams plugin.
+
+    The method's class name, its training budget and every scalar argument
+    of its config; nested Keras objects (the training attack, a step
+    controller) contribute their class name and scalar arguments, prefixed
+    with the argument's name (`train_attack/num_steps`). Missing values
+    (None) are left out.
+    """
+    values = {"method": type(trainer).__name__}
+    if getattr(trainer, "epsilon", None) is not None:
+        values["epsilon"] = float(trainer.epsilon)
+
+    def add(prefix, config):
+        for key, value in sorted(config.items()):
+            if key in _NOT_HPARAMS or value is None:
+                continue
+            if isinstance(value, dict) and "class_name" in value:
+                if key == "eval_attack":
+                    continue  # validation, not training
+                values[f"{prefix}{key}"] = value["class_name"]
+                add(f"{prefix}{key}/", value.get("config") or {})
+            elif isinstance(value, (bool, int, float, str)):
+                values[f"{prefix}{key}"] = value
+            elif isinstance(value, (list, tuple)) and all(
+                isinstance(v, (int, float)) for v in value
+            ):
+                values[f"{prefix}{key}"] = ",".join(f"{v:g}" for v in value)
+
+    add("", trainer.get_config())
+    return values
+
+
+def _initial_learning_rate(optimizer):
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+    rate = getattr(optimizer, "_learning_rate", None)
+    if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
+        return float(rate(0))
+    if rate is None:
+        return None
+    try:
+        return float(np.asarray(rate))
+    except (TypeError, ValueError):
+        return None
+
+
+class HParamsLogger(keras.callbacks.Callback):
+    """Records the run's hyperparameters for TensorBoard's HPARAMS tab.
+
+    At the start of training it writes the trainer's hyperparameters
+    (`trainer_hparams`: the method, ε, the method's own arguments and its
+    training attack's), the optimizer and its initial learning rate, and
+    `hparams` (e.g. the dataset and batch size) to `log_dir`, with
+    `tensorboard.plugins.hparams`. `write_final` adds the final accuracies
+    as `final/<name>` scalars, which the tab shows as metrics beside the
+    per-epoch curves (`epoch_robust_accuracy` of the `validation` group).
+    Give every run its own `log_dir` (the folder name is the trial id), and
+    point TensorBoard at their parent to compare them.
+
+    Args:
+        log_dir: the run's folder (the parent of `train/` and
+            `validation/`).
+        hparams: more hyperparameters to record: names to bool, int,
+            float or str values.
+    """
+
+    def __init__(self, log_dir: str, hparams: dict | None = None):
+        super().__init__()
+        self.log_dir = log_dir
+        self.extra = dict(hparams or {})
+        self.hparams = None
+        self._writer = None
+
+    def _summary_writer(self):
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(self.log_dir)
+        return self._writer
+
+    def collect(self) -> dict:
+        """The hyperparameters this callback writes."""
+        values = trainer_hparams(self.model)
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is not None:
+            inner = getattr(optimizer, "inner_optimizer", optimizer)
+            values["optimizer"] = type(inner).__name__
+            rate = _initial_learning_rate(optimizer)
+            if rate is not None:
+                values["learning_rate"] = rate
+        values.update(self.extra)
+        for key, value in values.items():
+            if not isinstance(value, (bool, int, float, str)):
+                raise TypeError(
+                    f"Hyperparameter {key!r} must be a bool, int, float or "
+                    f"str for TensorBoard; got {value!r}."
+                )
+        return values
+
+    def on_train_begin(self, logs=None):
+        from tensorboard.plugins.hparams import api as hparams_api
+
+        self.hparams = self.collect()
+        writer = self._summary_writer()
+        with writer.as_default():
+            hparams_api.hparams(
+                self.hparams, trial_id=os.path.basename(self.log_dir)
+            )
+        writer.flush()
+
+    def write_final(self, metrics: dict, step: int = 0) -> None:
+        """Writes `final/<name>` scalars (e.g. the final accuracies)."""
+        writer = self._summary_writer()
+        with writer.as_default():
+            for name, value in metrics.items():
+                tf.summary.scalar(f"final/{name}", float(value), step=step)
+        writer.flush()
 
 
 class CatastrophicOverfittingStop(keras.callbacks.Callback):

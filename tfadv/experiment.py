@@ -236,6 +236,8 @@ def fit(
     callback_fns,
     validation_freq: int,
     progress: str = "auto",
+    norm: str = "linf",
+    seed: int = 0,
 ) -> tuple[dict, list, callbacks_lib.WallClockLogger]:
     """Trains with the run's callbacks and the method's own.
 
@@ -253,6 +255,18 @@ def fit(
     )
     guard = callbacks_lib.DivergenceGuard()
     checkpoint = run_folder.ResumableCheckpoint(logdir)
+    info = datasets.info
+    hparams = callbacks_lib.HParamsLogger(
+        logdir,
+        {
+            "dataset": info.name,
+            "norm": norm,
+            "epochs": epochs,
+            "batch_size": _batch_size(datasets),
+            "seed": seed,
+            "model": built.classifier.name,
+        },
+    )
     # The method's callbacks add to the epoch's logs, so they come before
     # the ones that write the logs.
     callbacks = [
@@ -262,6 +276,7 @@ def fit(
         *built.method.callbacks(),
         wall_clock,
         keras.callbacks.TensorBoard(logdir, update_freq="epoch"),
+        hparams,
         checkpoint,
     ]
     if eval_attack is not None and datasets.validation is not None:
@@ -272,6 +287,7 @@ def fit(
                 labels[:8],
                 eval_attack,
                 run_folder.path(logdir, run_folder.IMAGE_EVENTS),
+                class_names=data.CLASS_NAMES.get(info.name),
             )
         )
     callbacks += [fn(datasets=datasets, logdir=logdir) for fn in callback_fns]
@@ -371,6 +387,15 @@ def finish(
         info = getattr(callback, "results_info", None)
         if info is not None:
             results.update(info())
+    for callback in callbacks:
+        if isinstance(callback, callbacks_lib.HParamsLogger):
+            callback.write_final(
+                {
+                    "clean_accuracy": results["clean_accuracy"],
+                    "robust_accuracy": results["suite_robust_accuracy"],
+                },
+                step=results["epochs"],
+            )
     run_folder.write_json_atomic(
         run_folder.path(logdir, run_folder.RESULTS_FILE), results
     )
@@ -542,6 +567,8 @@ def run(
             callback_fns=callback_fns,
             validation_freq=validation_freq,
             progress=progress,
+            norm=norm,
+            seed=seed,
         )
         return finish(
             built,

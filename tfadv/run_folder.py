@@ -48,6 +48,9 @@ TRAIN_EVENTS = "train"
 VALIDATION_EVENTS = "validation"
 IMAGE_EVENTS = "images"
 LOCK_FILE = ".lock"
+# The run's hyperparameters and final accuracies, in the folder itself so
+# that TensorBoard's HPARAMS tab finds train/ and validation/ under it.
+HPARAMS_EVENTS_PREFIX = "events.out.tfevents."
 # What an interrupted run may leave behind.
 _INTERRUPTED_RUN = {
     LOCK_FILE,
@@ -101,6 +104,8 @@ def prepare(logdir: str) -> bool:
             for name in os.listdir(logdir)
             # A kill during an atomic write leaves its ".tmp" file.
             if name.removesuffix(".tmp") not in _INTERRUPTED_RUN
+            # The hparams summary (tfadv.callbacks.HParamsLogger).
+            and not name.startswith(HPARAMS_EVENTS_PREFIX)
         )
         checkpoint = os.path.isdir(path(logdir, CHECKPOINT_DIR))
         if not checkpoint and os.path.exists(path(logdir, MODEL_FILE)):

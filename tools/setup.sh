@@ -14,4 +14,11 @@ fi
 
 # The interpreter the README's commands run (`python`), else python3.
 PYTHON=$(command -v python || command -v python3)
-"$PYTHON" -m pip install -q --disable-pip-version-check -e ".[test]"
+# TensorFlow from the cpu extra, unless the environment has its own (a GPU
+# build, say): then that one is kept and no tensorflow-cpu joins it.
+EXTRAS="cpu,test"
+if "$PYTHON" -c "import importlib.metadata as m; m.version('tensorflow')" \
+    >/dev/null 2>&1; then
+  EXTRAS="test"
+fi
+"$PYTHON" -m pip install -q --disable-pip-version-check -e ".[$EXTRAS]"

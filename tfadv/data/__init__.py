@@ -16,6 +16,7 @@ from tfadv.data.datasets import DatasetInfo
 from tfadv.data.datasets import Datasets
 from tfadv.data.datasets import channel_stats
 from tfadv.data.datasets import make_datasets
+from tfadv.data.sources import CLASS_NAMES
 from tfadv.data.sources import DATA_DIR_ENV_VAR
 from tfadv.data.sources import KNOWN_NAMES
 from tfadv.data.sources import WELL_KNOWN_DIRS
@@ -27,6 +28,7 @@ from tfadv.data.sources import load_arrays
 from tfadv.data.sources import read_idx
 
 __all__ = [
+    "CLASS_NAMES",
     "DATA_DIR_ENV_VAR",
     "KNOWN_NAMES",
     "WELL_KNOWN_DIRS",

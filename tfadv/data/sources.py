@@ -39,6 +39,35 @@ DATA_DIR_ENV_VAR = "TFADV_DATA_DIR"
 # a directory path is accepted too.
 KNOWN_NAMES = ("fashion_mnist", "mnist", "cifar10", "cifar100", "svhn_cropped")
 
+# Class names of the well-known datasets, by label (image grids show them).
+CLASS_NAMES = {
+    "fashion_mnist": (
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ),
+    "mnist": tuple(str(digit) for digit in range(10)),
+    "cifar10": (
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ),
+}
+
 # Datasets whose labels are the ten MNIST-style classes even when a small
 # subset does not contain all of them.
 MNIST_FAMILY = frozenset({"mnist", "fashion_mnist", "kmnist"})
