@@ -9,6 +9,10 @@ as a power cut or the OOM killer would) at `where`:
 - `"checkpoint:E"`: halfway through writing the checkpoint of epoch E;
 - `"final_evaluation"`: when the final evaluation starts;
 - `"export"`: halfway through writing `model.keras`.
+
+`start_train("pause:E:B", ...)` starts a child that instead waits after
+batch B of epoch E: it creates `<logdir>.paused`, and goes on once
+`<logdir>.resume` exists (a live run holding its folder).
 """
 
 import os
@@ -50,6 +54,22 @@ if where.startswith("batch:"):
             die()
 
     callbacks.DivergenceGuard.on_train_batch_end = on_train_batch_end
+elif where.startswith("pause:"):
+    import time
+
+    target = tuple(int(n) for n in where.split(":")[1:])
+    batch_end = callbacks.DivergenceGuard.on_train_batch_end
+    logdir = next(a for a in sys.argv if a.startswith("--logdir="))
+    logdir = logdir.split("=", 1)[1]
+
+    def on_train_batch_end(self, batch, logs=None):
+        batch_end(self, batch, logs)
+        if (self._epoch, batch) == target:
+            open(logdir + ".paused", "w").close()
+            while not os.path.exists(logdir + ".resume"):
+                time.sleep(0.05)
+
+    callbacks.DivergenceGuard.on_train_batch_end = on_train_batch_end
 elif where.startswith("checkpoint:"):
     epoch = int(where.split(":")[1])
     save_weights = keras.Model.save_weights
@@ -79,13 +99,31 @@ app.run(train.main, argv=["tfadv.train", *sys.argv[2:]])
 """
 
 
+def _command(where, logdir, flags):
+    return [sys.executable, "-c", _CHILD, where, f"--logdir={logdir}", *flags]
+
+
+_ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
 def run_train(where: str, logdir: str, *flags: str, cwd=None):
     """Runs the child; returns the `subprocess.CompletedProcess`."""
     return subprocess.run(
-        [sys.executable, "-c", _CHILD, where, f"--logdir={logdir}", *flags],
+        _command(where, logdir, flags),
         capture_output=True,
         text=True,
         cwd=cwd,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        env=_ENV,
         timeout=600,
+    )
+
+
+def start_train(where: str, logdir: str, *flags: str) -> subprocess.Popen:
+    """Starts the child without waiting; the caller waits for it."""
+    return subprocess.Popen(
+        _command(where, logdir, flags),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_ENV,
     )

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import tempfile
+import time
 
 import keras
 import numpy as np
@@ -91,3 +92,46 @@ class KilledRunTest(tf.test.TestCase, parameterized.TestCase):
         self.assertEmpty(
             [n for n in os.listdir(logdir) if n.startswith("incoming.")]
         )
+
+
+@pytest.mark.slow
+class TwoRunsOnOneFolderTest(tf.test.TestCase):
+    def test_a_second_run_is_refused_while_the_first_trains(self):
+        root = tempfile.mkdtemp()
+        reference = os.path.join(root, "uninterrupted")
+        proc = _run("none", reference)
+        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+        weights, results = _finished(reference)
+
+        logdir = os.path.join(root, "shared")
+        first = fault_fixtures.start_train("pause:1:2", logdir, *_FLAGS)
+        try:
+            deadline = time.monotonic() + 300
+            while not os.path.exists(logdir + ".paused"):
+                self.assertIsNone(first.poll(), "the first run ended early")
+                self.assertLess(time.monotonic(), deadline)
+                time.sleep(0.1)
+            before = sorted(os.listdir(logdir))
+            # Started while the first one trains: refused, nothing touched.
+            second = _run("none", logdir)
+            self.assertNotEqual(second.returncode, 0)
+            self.assertIn("in use by another tfadv run", second.stderr)
+            self.assertIn(f"process {first.pid}", second.stderr)
+            self.assertNotIn("Traceback", second.stderr)
+            self.assertEqual(sorted(os.listdir(logdir)), before)
+        finally:
+            open(logdir + ".resume", "w").close()
+            _, stderr = first.communicate(timeout=600)
+        self.assertEqual(first.returncode, 0, stderr[-3000:])
+        got_weights, got_results = _finished(logdir)
+        for a, b in zip(got_weights, weights, strict=True):
+            np.testing.assert_array_equal(a, b)
+        self.assertEqual(got_results, results)
+        # Started after the first finished: refused, results kept.
+        with open(os.path.join(logdir, "results.json")) as f:
+            finished = f.read()
+        late = _run("none", logdir)
+        self.assertNotEqual(late.returncode, 0)
+        self.assertIn("already holds a finished run", late.stderr)
+        with open(os.path.join(logdir, "results.json")) as f:
+            self.assertEqual(f.read(), finished)
