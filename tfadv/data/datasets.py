@@ -116,6 +116,21 @@ class Datasets:
         return _OrderCallback(self.order)
 
 
+
+def _shard_by_data() -> tf.data.Options:
+    # The pipelines read arrays in memory, not files: a multi-worker run
+    # splits each global batch between the workers (every worker computes
+    # the same seeded pipeline and keeps its share), where the default
+    # policy would look for one file per worker and fail.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA
+    )
+    return options
+
+
+_SHARD_BY_DATA = _shard_by_data()
+
 def channel_stats(images: np.ndarray) -> tuple[tuple, tuple]:
     """Per-channel mean and standard deviation in [0, 1] pixel units.
 
@@ -395,7 +410,7 @@ def make_datasets(
             else None
         ),
     )
-    train = train.prefetch(autotune)
+    train = train.prefetch(autotune).with_options(_SHARD_BY_DATA)
 
     def ordered(count):
         return (
@@ -403,6 +418,7 @@ def make_datasets(
             .batch(eval_batch_size)
             .map(_gather_fn(test_x, test_y), num_parallel_calls=autotune)
             .prefetch(autotune)
+            .with_options(_SHARD_BY_DATA)
         )
 
     validation = ordered(num_validation) if num_validation else None

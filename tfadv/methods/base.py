@@ -275,6 +275,15 @@ def _probability_activation(model) -> str | None:
     return None
 
 
+def _multi_worker(strategy) -> bool:
+    """Whether `strategy` spans several workers (MultiWorkerMirrored)."""
+    extended = getattr(strategy, "extended", None)
+    in_multi_worker_mode = getattr(extended, "_in_multi_worker_mode", None)
+    return isinstance(
+        strategy, tf.distribute.MultiWorkerMirroredStrategy
+    ) and bool(in_multi_worker_mode and in_multi_worker_mode())
+
+
 class AdversarialTrainer(keras.Model):
     """A Keras model that trains a wrapped classifier with one method.
 
@@ -753,6 +762,29 @@ class AdversarialTrainer(keras.Model):
         ):
             self.inspect_classifier(tuple(input_shape[1:]))
         self._build_optimizer()
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras builds a distributed model from one batch, which it gets by
+        # averaging a distributed batch over the replicas eagerly; that
+        # reduction fails under MultiWorkerMirroredStrategy ("Attempt to
+        # convert a value (PerReplica...)"). Only the batch's structure and
+        # shapes matter to the build, so this replica's share serves.
+        strategy = getattr(self, "_distribute_strategy", None)
+        if iterator is not None and strategy is not None:
+            for _, _, batches in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda v: (
+                        strategy.experimental_local_results(v)[0]
+                        if isinstance(v, tf.distribute.DistributedValues)
+                        else v
+                    ),
+                    next(batches),
+                )
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(
+            iterator=iterator, data_batch=data_batch
+        )
 
     def _build_optimizer(self) -> None:
         """Makes the optimizer's slot variables now, outside any step.
@@ -1259,6 +1291,13 @@ class AdversarialTrainer(keras.Model):
             if tracker in names:
                 for metric in self.user_metrics.get(prefix, ()):
                     logs[metric.name] = metric.result()
+        if _multi_worker(tf.distribute.get_strategy()):
+            # Keras averages a multi-worker step's outputs along axis 0
+            # across the workers, which a scalar lacks (tensorflow#72388);
+            # as [1] vectors they average back into the same scalars.
+            logs = {
+                name: tf.reshape(value, [1]) for name, value in logs.items()
+            }
         return logs
 
     # The step.
