@@ -84,10 +84,81 @@ class ParameterCountTest(tf.test.TestCase):
         self.assertEqual(self._trainable(models.resnet18()), expected)
 
 
+def _preact_resnet18_parameters(width, channels=3, classes=10):
+    """PreAct-ResNet-18's trainable parameters at base width `width`."""
+
+    def conv(k, c_in, c_out):
+        return k * k * c_in * c_out
+
+    expected = conv(3, channels, width)
+    c_in = width
+    for c_out, stride in zip(
+        (width, 2 * width, 4 * width, 8 * width), (1, 2, 2, 2), strict=True
+    ):
+        for block in range(2):
+            s = stride if block == 0 else 1
+            expected += 2 * c_in + conv(3, c_in, c_out)
+            expected += 2 * c_out + conv(3, c_out, c_out)
+            if s != 1 or c_in != c_out:
+                expected += conv(1, c_in, c_out)
+            c_in = c_out
+    return expected + 2 * c_in + c_in * classes + classes
+
+
+class WidthTest(tf.test.TestCase, parameterized.TestCase):
+    @staticmethod
+    def _trainable(model):
+        return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+
+    @parameterized.parameters(8, 16, 32, 64)
+    def test_parameter_count_follows_the_width(self, width):
+        model = models.preact_resnet18(input_shape=(28, 28, 1), width=width)
+        self.assertEqual(
+            self._trainable(model), _preact_resnet18_parameters(width, 1)
+        )
+        self.assertEqual(model.get_layer(models.FIRST_LAYER).filters, width)
+
+    def test_halving_the_width_quarters_the_block_convs(self):
+        def block_convs(model):
+            return sum(
+                int(np.prod(layer.kernel.shape))
+                for layer in model.layers
+                if isinstance(layer, keras.layers.Conv2D)
+                and layer.name.startswith("stage")
+            )
+
+        wide = models.preact_resnet18(width=32)
+        narrow = models.preact_resnet18(width=16)
+        self.assertEqual(block_convs(wide), 4 * block_convs(narrow))
+        self.assertEqual(_preact_resnet18_parameters(64), 11172170)
+
+    @parameterized.parameters("preact_resnet18", "resnet18")
+    def test_default_width_builds_the_same_model(self, builder):
+        build = getattr(models, builder)
+        default, explicit = build(), build(width=64)
+        self.assertEqual(
+            [(w.path, tuple(w.shape)) for w in default.weights],
+            [(w.path, tuple(w.shape)) for w in explicit.weights],
+        )
+        self.assertEqual(default.get_config(), explicit.get_config())
+
+    def test_resnet18_width(self):
+        model = models.resnet18(width=16)
+        self.assertEqual(model.get_layer("stage4_block2_conv2").filters, 128)
+
+    def test_width_from_gin(self):
+        gin.parse_config("tfadv.models.preact_resnet18.width = 8")
+        model = gin.get_configurable("preact_resnet18")(input_shape=(28, 28, 1))
+        self.assertEqual(model.get_layer(models.FIRST_LAYER).filters, 8)
+        self.assertEqual(model.get_layer("stage4_block2_conv2").filters, 64)
+
+
 class ValidationTest(tf.test.TestCase, parameterized.TestCase):
     @parameterized.parameters(
         (models.preact_resnet18, dict(num_classes=0), "num_classes"),
         (models.preact_resnet18, dict(input_shape=(0, 8, 3)), "input_shape"),
+        (models.preact_resnet18, dict(width=0), "width"),
+        (models.resnet18, dict(width=2.5), "width"),
     )
     def test_bad_arguments(self, builder, kwargs, message):
         with self.assertRaisesRegex(ValueError, message):

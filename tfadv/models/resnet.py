@@ -110,6 +110,7 @@ def preact_resnet18(
     num_classes: int = 10,
     mean: common.ChannelStats = None,
     std: common.ChannelStats = None,
+    width: int = 64,
     name: str = "preact_resnet18",
 ) -> keras.Model:
     """Builds PreAct-ResNet-18 (He et al. 2016) as used by fast AT papers.
@@ -117,8 +118,8 @@ def preact_resnet18(
     Architecture (`locuslab/fast_adversarial: CIFAR10/preact_resnet.py`,
     the YOPO `pre-res18` experiments): normalize -> Conv3x3(64, no bias)
     ["first_layer"] -> 4 stages of 2 PreActBlocks with 64, 128, 256, 512
-    filters and strides 1, 2, 2, 2 -> BN -> ReLU -> global average pool ->
-    Dense(num_classes). A PreActBlock computes
+    filters (`width` times 1, 2, 4, 8) and strides 1, 2, 2, 2 -> BN ->
+    ReLU -> global average pool -> Dense(num_classes). A PreActBlock computes
     `conv(relu(bn(conv(relu(bn(x)))))) + shortcut`, the shortcut being `x`
     or a 1x1 conv of `relu(bn(x))` when the shape changes. On 32x32x3
     inputs with 10 classes it has 11,172,170 trainable parameters
@@ -139,6 +140,10 @@ def preact_resnet18(
         num_classes: Number of logits.
         mean: Per-channel mean for the in-model normalisation (None: 0).
         std: Per-channel std for the in-model normalisation (None: 1).
+        width: Base width: the first conv and the first stage have `width`
+            filters, the later stages 2, 4 and 8 times as many (64, the
+            paper's, is the default; 16 makes a narrow ResNet with about
+            1/16 of the parameters and FLOPs).
         name: Name of the model.
 
     Returns:
@@ -153,6 +158,7 @@ def preact_resnet18(
         num_classes=num_classes,
         mean=mean,
         std=std,
+        width=width,
         name=name,
         preactivation=True,
     )
@@ -199,6 +205,7 @@ def resnet18(
     num_classes: int = 10,
     mean: common.ChannelStats = None,
     std: common.ChannelStats = None,
+    width: int = 64,
     name: str = "resnet18",
 ) -> keras.Model:
     """Builds the standard (post-activation) CIFAR ResNet-18.
@@ -207,7 +214,8 @@ def resnet18(
     (`jinghuichen/BackwardSmoothing`, the common CIFAR variant of He et al.
     2016): normalize -> Conv3x3(64, no bias) ["first_layer"] -> BN -> ReLU
     -> 4 stages of 2 BasicBlocks with 64, 128, 256, 512 filters and strides
-    1, 2, 2, 2 -> global average pool -> Dense(num_classes). A BasicBlock
+    1, 2, 2, 2 (`width` times 1, 2, 4, 8) -> global average pool ->
+    Dense(num_classes). A BasicBlock
     computes `relu(bn(conv(relu(bn(conv(x))))) + shortcut)`, the shortcut
     being `x` or `bn(conv1x1(x))` when the shape changes. On 32x32x3 inputs
     with 10 classes it has 11,173,962 trainable parameters. PyTorch's
@@ -218,6 +226,10 @@ def resnet18(
         num_classes: Number of logits.
         mean: Per-channel mean for the in-model normalisation (None: 0).
         std: Per-channel std for the in-model normalisation (None: 1).
+        width: Base width: the first conv and the first stage have `width`
+            filters, the later stages 2, 4 and 8 times as many (64, the
+            paper's, is the default; 16 makes a narrow ResNet with about
+            1/16 of the parameters and FLOPs).
         name: Name of the model.
 
     Returns:
@@ -232,29 +244,31 @@ def resnet18(
         num_classes=num_classes,
         mean=mean,
         std=std,
+        width=width,
         name=name,
         preactivation=False,
     )
 
 
 def _resnet18(
-    block, *, input_shape, num_classes, mean, std, name, preactivation
+    block, *, input_shape, num_classes, mean, std, width, name, preactivation
 ):
     """The CIFAR ResNet-18 skeleton around `block`.
 
-    normalize -> Conv3x3(64) ["first_layer"] -> (BN -> ReLU for the
-    standard ResNet) -> 4 stages of 2 blocks (64, 128, 256, 512 filters,
-    strides 1, 2, 2, 2) -> (BN -> ReLU for the pre-activation ResNet) ->
-    global average pool -> Dense(num_classes).
+    normalize -> Conv3x3(w) ["first_layer"] -> (BN -> ReLU for the
+    standard ResNet) -> 4 stages of 2 blocks (w, 2w, 4w, 8w filters,
+    strides 1, 2, 2, 2; w = `width`, 64 in the paper) -> (BN -> ReLU for
+    the pre-activation ResNet) -> global average pool -> Dense(num_classes).
     """
-    height, width, channels = common.check_input_shape(input_shape)
+    height, img_width, channels = common.check_input_shape(input_shape)
     num_classes = common.check_num_classes(num_classes)
+    width = common.check_positive_int("width", width)
 
-    inputs = keras.Input(shape=(height, width, channels), name="image")
+    inputs = keras.Input(shape=(height, img_width, channels), name="image")
     x = common.normalization(mean=mean, std=std, num_channels=channels)(inputs)
     x = conv3x3(
         x,
-        filters=64,
+        filters=width,
         strides=1,
         kernel_initializer=common.torch_default_kernel_initializer(),
         name=common.FIRST_LAYER,
@@ -263,7 +277,10 @@ def _resnet18(
         x = common.batch_norm(name="stem_bn")(x)
         x = keras.layers.ReLU(name="stem_relu")(x)
     for stage, (filters, strides) in enumerate(
-        zip((64, 128, 256, 512), (1, 2, 2, 2), strict=True), start=1
+        zip(
+            (width, 2 * width, 4 * width, 8 * width), (1, 2, 2, 2), strict=True
+        ),
+        start=1,
     ):
         for index in range(1, 3):
             x = block(

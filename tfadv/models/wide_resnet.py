@@ -64,6 +64,7 @@ def wide_resnet(
     mean: common.ChannelStats = None,
     std: common.ChannelStats = None,
     dropout: float = 0.0,
+    base_width: int = 16,
     name: str = "wide_resnet",
 ) -> keras.Model:
     """Builds a Wide ResNet (Zagoruyko & Komodakis 2016), WRN-34-10 default.
@@ -72,7 +73,8 @@ def wide_resnet(
     `a1600012888/YOPO-You-Only-Propagate-Once:
     lib/base_model/wide_resnet.py`): normalize -> Conv3x3(16, no bias)
     ["first_layer"] -> 3 groups of `(depth - 4) / 6` pre-activation basic
-    blocks with `16 * width`, `32 * width`, `64 * width` filters and strides
+    blocks with `16 * width`, `32 * width`, `64 * width` filters (16 is
+    `base_width`, which narrows the network below `width=1`) and strides
     1, 2, 2 -> BN -> ReLU -> global average pool -> Dense(num_classes).
     Dropout, when positive, sits between the two convs of each block. The
     unused `sub_block1` of the YOPO copy is not built. WRN-34-10 has
@@ -96,6 +98,11 @@ def wide_resnet(
         mean: Per-channel mean for the in-model normalisation (None: 0).
         std: Per-channel std for the in-model normalisation (None: 1).
         dropout: Dropout rate inside each block.
+        base_width: Filters of the stem conv and, times `width`, of the
+            first group (16, the paper's, is the default); the groups have
+            `base_width * width` times 1, 2 and 4 filters. `width` is the
+            widening factor of the name (WRN-34-10); `base_width` narrows
+            the network below `width=1`.
         name: Name of the model.
 
     Returns:
@@ -115,6 +122,7 @@ def wide_resnet(
             "with n >= 1 blocks per group, e.g. 10, 16, 22, 28, 34 or 40."
         )
     width = common.check_positive_int("width", width)
+    base_width = common.check_positive_int("base_width", base_width)
     height, img_width, channels = common.check_input_shape(input_shape)
     num_classes = common.check_num_classes(num_classes)
     dropout = common.check_rate("dropout", dropout)
@@ -124,13 +132,21 @@ def wide_resnet(
     x = common.normalization(mean=mean, std=std, num_channels=channels)(inputs)
     x = resnet.conv3x3(
         x,
-        filters=16,
+        filters=base_width,
         strides=1,
         kernel_initializer=common.he_normal_initializer(mode="fan_out"),
         name=common.FIRST_LAYER,
     )
     for group, (filters, strides) in enumerate(
-        zip((16 * width, 32 * width, 64 * width), (1, 2, 2), strict=True),
+        zip(
+            (
+                base_width * width,
+                2 * base_width * width,
+                4 * base_width * width,
+            ),
+            (1, 2, 2),
+            strict=True,
+        ),
         start=1,
     ):
         for block in range(1, blocks_per_group + 1):
