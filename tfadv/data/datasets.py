@@ -116,7 +116,6 @@ class Datasets:
         return _OrderCallback(self.order)
 
 
-
 def _shard_by_data() -> tf.data.Options:
     # The pipelines read arrays in memory, not files: a multi-worker run
     # splits each global batch between the workers (every worker computes
@@ -130,6 +129,7 @@ def _shard_by_data() -> tf.data.Options:
 
 
 _SHARD_BY_DATA = _shard_by_data()
+
 
 def channel_stats(images: np.ndarray) -> tuple[tuple, tuple]:
     """Per-channel mean and standard deviation in [0, 1] pixel units.
