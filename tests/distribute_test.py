@@ -3,9 +3,13 @@
 import os
 from unittest import mock
 
+import keras
 import tensorflow as tf
 
+from tests import harness
 from tfadv import distribute
+from tfadv import methods
+from tfadv.attacks import base as attack_base
 
 
 class DistributeTest(tf.test.TestCase):
@@ -37,3 +41,39 @@ class DistributeTest(tf.test.TestCase):
             self.assertRaisesRegex(ValueError, "TF_CONFIG"),
         ):
             distribute.make_strategy("multi_worker")
+
+
+class ReplicaSeedTest(tf.test.TestCase):
+    def _method(self):
+        return methods.PGDAT(
+            harness.tiny_classifier(), train_attack=harness.pgd(), seed=3
+        )
+
+    def test_replicas_draw_independent_random_starts(self):
+        x, y = harness.tiny_data(num=harness.BATCH)
+        strategy = harness.mirrored()
+        with strategy.scope():
+            method = self._method()
+        start = method.train_attack.start_only()
+
+        @tf.function
+        def starts():
+            return strategy.run(lambda: method.attack(start, x, y))
+
+        first, second = strategy.experimental_local_results(starts())
+        # The same images on both replicas, two different uniform starts.
+        self.assertNotAllClose(first, second)
+        for point in (first, second):
+            self.assertAllInRange(point - x, -0.1 - 1e-6, 0.1 + 1e-6)
+
+    def test_one_device_keeps_the_generators_seed(self):
+        x, y = harness.tiny_data(num=harness.BATCH)
+        method = self._method()
+        start = method.train_attack.start_only()
+        expected = start(
+            method.classifier,
+            x,
+            y,
+            seed=attack_base.as_seed(keras.random.SeedGenerator(3)),
+        )
+        self.assertAllEqual(method.attack(start, x, y), expected)

@@ -1177,14 +1177,27 @@ class AdversarialTrainer(keras.Model):
                 self.classifier,
                 x,
                 target,
-                seed=self.seed_generator,
+                seed=self.next_seed(),
                 training=self.attack_training_mode,
                 **kwargs,
             )
 
     def next_seed(self) -> tf.Tensor:
-        """A fresh stateless seed from the method's generator."""
-        return attack_base.as_seed(self.seed_generator)
+        """A fresh stateless seed from the method's generator, per replica.
+
+        Every replica draws the same seed from the generator; with more
+        than one replica the replica's id is folded in, so that replicas
+        draw independent random starts and noise (as separate GPUs of a
+        data-parallel reference do). One replica keeps the generator's
+        seed unchanged.
+        """
+        seed = attack_base.as_seed(self.seed_generator)
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            seed = tf.random.experimental.stateless_fold_in(
+                seed, context.replica_id_in_sync_group
+            )
+        return seed
 
     def replica_mean(self, values: tf.Tensor) -> tf.Tensor:
         """Batch mean of per-example values, weighted and replica-scaled.
@@ -1403,7 +1416,7 @@ class AdversarialTrainer(keras.Model):
                     self.classifier,
                     x,
                     y,
-                    seed=self.seed_generator,
+                    seed=self.next_seed(),
                     training=False,
                 )
             adv_logits = self.classifier(x_adv, training=False)
