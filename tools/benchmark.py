@@ -117,7 +117,9 @@ _WARMUP = flags.DEFINE_integer("warmup", 2, "Overhead: discarded rounds.")
 _STEPS = flags.DEFINE_integer(
     "steps_per_round", 10, "Overhead: steps per contender and round."
 )
-_BATCH = flags.DEFINE_integer("batch_size", 128, "Overhead: batch size.")
+_BATCH = flags.DEFINE_integer(
+    "overhead_batch_size", 128, "Overhead: batch size."
+)
 _SPE = flags.DEFINE_integer(
     "steps_per_execution", 1, "Overhead: fit's steps_per_execution."
 )

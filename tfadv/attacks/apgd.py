@@ -159,7 +159,8 @@ class APGD(base.Attack):
                 tape.watch(x_adv)
                 logits = model(x_adv, training=training)
                 loss = loss_fn(logits)
-                total = tf.reduce_sum(loss)
+                # Scaled against float16 underflow (the direction is kept).
+                total = base.for_gradient(tf.reduce_sum(loss), loss)
             grad = tape.gradient(
                 total,
                 x_adv,

@@ -77,6 +77,26 @@ def as_seed(seed: Seed) -> tf.Tensor:
     return seed
 
 
+def for_gradient(total: tf.Tensor, per_example: tf.Tensor) -> tf.Tensor:
+    """`total` times the power of two that brings the mean objective near 1.
+
+    An attack's step uses only the gradient's direction (its sign in L∞,
+    its unit vector in L2), and multiplying by a power of two scales every
+    gradient exactly, so the step is unchanged in float32. Under
+    `mixed_float16` the gradient of a tiny objective underflows instead:
+    at TRADES' start x + 0.001·N the KL term is about 1e-7, and without
+    the scale a few percent of the input gradient's entries come out as
+    exact zeros. The scale (at most 2^24, never below 1) is taken outside
+    the gradient.
+    """
+    magnitude = tf.reduce_mean(tf.abs(tf.cast(per_example, tf.float32)))
+    exponent = tf.clip_by_value(
+        tf.round(-tf.math.log(magnitude) / math.log(2.0)), 0.0, 24.0
+    )
+    scale = tf.stop_gradient(tf.pow(2.0, exponent))
+    return total * tf.cast(scale, total.dtype)
+
+
 def split_seed(seed: tf.Tensor, num: int) -> list:
     """Splits a stateless seed into `num` independent seeds."""
     return tf.unstack(tf.random.experimental.stateless_split(seed, num))

@@ -192,7 +192,10 @@ class ProjectedGradient(base.Attack):
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch(x_adv)
                 logits = model(x_adv, training=training)
-                loss = tf.reduce_sum(self.objective(logits, y))
+                objective = self.objective(logits, y)
+                # Scaled so that a float16 model's gradient cannot
+                # underflow; the step's direction is the same.
+                loss = base.for_gradient(tf.reduce_sum(objective), objective)
             # A non-differentiable model (hard quantisation) gives a zero
             # gradient, not None: the step then stays put (and the
             # evaluation's masking check can flag it).
