@@ -425,7 +425,7 @@ class OverheadModeTest(tf.test.TestCase):
             rounds=1,
             warmup=0,
             steps_per_round=1,
-            batch_size=8,
+            overhead_batch_size=8,
             out=out,
         ):
             benchmark.main([])
