@@ -107,7 +107,7 @@ def _inputs():
             raise ValueError(
                 f"--norm={norm}, but the run in {folder} was evaluated in "
                 f"{run_norm} at epsilon {run['epsilon']:g}, a radius that "
-                f"means nothing in {norm}; pass --epsilon (e.g. --epsilon=1.0 "
+                f"means nothing in {norm}; pass --epsilon (e.g. --epsilon=1.5 "
                 "for L2 on 28x28 images) or --epsilons."
             )
     if epsilon is None and epsilons:
