@@ -103,6 +103,62 @@ class BenchmarkTest(tf.test.TestCase):
                 gin.clear_config()
                 train.parse_gin([f"{method}.gin"], bindings)
 
+    def _parsed_command(self, method):
+        cmd = benchmark.command(method, "/nonexistent")
+        bindings = [
+            arg.partition("=")[2]
+            for arg in cmd
+            if arg.startswith("--gin_bindings=")
+        ]
+        gin.clear_config()
+        train.parse_gin([benchmark.gin_file(method)], bindings)
+        return bindings
+
+    def test_schedules_scale_to_the_benchmark_epochs(self):
+        flags.FLAGS.mark_as_parsed()
+        # pgd_at.gin: 10 epochs, boundaries [8, 9]; yopo.gin: 3 epochs,
+        # boundaries [2.2, 2.6], layer 0's [1, 2].
+        with flagsaver.flagsaver(epochs=5):
+            self._parsed_command("pgd_at")
+            self.assertEqual(
+                gin.query_parameter("piecewise_constant.boundaries"),
+                [4.0, 4.5],
+            )
+            self._parsed_command("yopo")
+            self.assertEqual(
+                gin.query_parameter("piecewise_constant.boundaries"),
+                [3.6667, 4.3333],
+            )
+            self.assertEqual(
+                gin.query_parameter("YOPO.first_layer_lr_boundaries"),
+                [1.6667, 3.3333],
+            )
+            self.assertEqual(gin.query_parameter("run.epochs"), 5)
+
+    def test_own_epochs_keep_the_file_schedule(self):
+        flags.FLAGS.mark_as_parsed()
+        with flagsaver.flagsaver(setting="full", epochs=None):
+            bindings = self._parsed_command("pgd_at")
+        self.assertFalse([b for b in bindings if "boundaries" in b])
+        with flagsaver.flagsaver(epochs=3):
+            bindings = self._parsed_command("yopo")
+        self.assertFalse([b for b in bindings if "boundaries" in b])
+
+    def test_the_users_boundaries_win(self):
+        flags.FLAGS.mark_as_parsed()
+        with flagsaver.flagsaver(
+            epochs=5,
+            bindings=["piecewise_constant.boundaries = [1]"],
+            method_bindings=["yopo=YOPO.first_layer_lr_boundaries = [3]"],
+        ):
+            self._parsed_command("yopo")
+            self.assertEqual(
+                gin.query_parameter("piecewise_constant.boundaries"), [1]
+            )
+            self.assertEqual(
+                gin.query_parameter("YOPO.first_layer_lr_boundaries"), [3]
+            )
+
     def test_malformed_method_binding(self):
         flags.FLAGS.mark_as_parsed()
         with (

@@ -1,7 +1,8 @@
 """Shared by the tests that drive `tfadv.train` or read the gin files.
 
 Not a test module: `run_cli` runs `train.main` through its flags as a
-user's command line does, `SHIPPED` lists the runnable gin files and
+user's command line does, `check_config` calls `experiment.check_config`
+with small defaults, `SHIPPED` lists the runnable gin files and
 `FRAGMENTS` the ones that are stacked or included, `write_idx` writes
 MNIST-style IDX files. A module using `run_cli` calls
 `flags.FLAGS.mark_as_parsed()` in its `setUpModule`.
@@ -15,6 +16,7 @@ import gin
 import numpy as np
 from absl.testing import flagsaver
 
+from tfadv import experiment
 from tfadv import train
 
 GIN_DIR = train.GIN_DIR
@@ -38,6 +40,18 @@ def run_cli(logdir, *gin_files, bindings=(), **extra):
         **extra,
     ):
         train.main(["tfadv.train"])
+
+
+def check_config(**overrides):
+    """`experiment.check_config` of a 1-epoch run, final suite "quick"."""
+    kwargs = dict(
+        epsilon=0.1,
+        epochs=1,
+        mixed_precision=None,
+        final_suite="quick",
+        eval_attack=None,
+    )
+    return experiment.check_config(**{**kwargs, **overrides})
 
 
 def write_idx(folder, prefix, images, labels):

@@ -14,7 +14,6 @@ from tests import cli_fixtures
 from tfadv import attacks
 from tfadv import evaluate
 from tfadv import evaluation
-from tfadv import experiment
 
 
 def setUpModule():
@@ -22,14 +21,7 @@ def setUpModule():
 
 
 def check(**overrides):
-    kwargs = dict(
-        epsilon=0.5,
-        epochs=1,
-        mixed_precision=None,
-        final_suite="quick",
-        eval_attack=None,
-    )
-    return experiment.check_config(**{**kwargs, **overrides})
+    return cli_fixtures.check_config(**{"epsilon": 0.5, **overrides})
 
 
 class RunNormTest(tf.test.TestCase):

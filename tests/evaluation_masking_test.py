@@ -270,6 +270,14 @@ class GradientFreeMarginTest(tf.test.TestCase):
         self.assertIn("the check allows 40.1", masked["messages"][0])
 
 
+def _pgd5_report(model, data_model=None):
+    """PGD-5 at 0.05 on 32 interior points of `data_model` (or `model`)."""
+    x, y = fx.interior_data(data_model or model, (8,), n=32)
+    return evaluation.evaluate_suite(
+        model, fx.as_dataset(x, y), suite="pgd5", epsilon=0.05
+    )
+
+
 class OutputChecksTest(tf.test.TestCase):
     def test_randomised_model_is_flagged_and_told_to_use_eot(self):
         model = keras.Sequential(
@@ -279,10 +287,7 @@ class OutputChecksTest(tf.test.TestCase):
                 fx.linear_model((8,), 3),
             ]
         )
-        x, y = fx.interior_data(fx.linear_model((8,), 3), (8,), n=32)
-        result = evaluation.evaluate_suite(
-            model, fx.as_dataset(x, y), suite="pgd5", epsilon=0.05
-        )
+        result = _pgd5_report(model, fx.linear_model((8,), 3))
         report = result["gradient_masking"]
         check = report["checks"]["randomized_model"]
         self.assertTrue(check["flagged"])
@@ -293,11 +298,7 @@ class OutputChecksTest(tf.test.TestCase):
         self.assertIn("tfadv.attacks.EOT", text)
 
     def test_deterministic_model_passes(self):
-        model = fx.linear_model((8,), 3)
-        x, y = fx.interior_data(model, (8,), n=32)
-        result = evaluation.evaluate_suite(
-            model, fx.as_dataset(x, y), suite="pgd5", epsilon=0.05
-        )
+        result = _pgd5_report(fx.linear_model((8,), 3))
         checks = result["gradient_masking"]["checks"]
         self.assertFalse(checks["randomized_model"]["flagged"])
         self.assertEqual(checks["randomized_model"]["largest_change"], 0.0)
@@ -305,11 +306,7 @@ class OutputChecksTest(tf.test.TestCase):
         self.assertEqual(result["gradient_masking"]["warnings"], [])
 
     def test_probabilities_are_flagged(self):
-        model = fx.softmax_model((8,), 3)
-        x, y = fx.interior_data(model, (8,), n=32)
-        result = evaluation.evaluate_suite(
-            model, fx.as_dataset(x, y), suite="pgd5", epsilon=0.05
-        )
+        result = _pgd5_report(fx.softmax_model((8,), 3))
         report = result["gradient_masking"]
         check = report["checks"]["probability_outputs"]
         self.assertTrue(check["flagged"])
@@ -330,13 +327,11 @@ class OutputChecksTest(tf.test.TestCase):
         # cross-entropy gradient is exactly zero, the margin's is not, so
         # the points are counted and warned about but flag nothing.
         model = fx.linear_model((8,), 3)
-        x, y = fx.interior_data(model, (8,), n=32)
         weights, bias = model.layers[-1].get_weights()
         model.layers[-1].set_weights([weights * 1e4, bias])
         with self.assertLogs(level="WARNING") as logs:
-            result = evaluation.evaluate_suite(
-                model, fx.as_dataset(x, y), suite="pgd5", epsilon=0.05
-            )
+            # The points of the unscaled model (the same seed).
+            result = _pgd5_report(model, fx.linear_model((8,), 3))
         report = result["gradient_masking"]
         points = report["checks"]["zero_gradient_points"]
         self.assertGreater(points["count"], 0)

@@ -38,15 +38,7 @@ class _RunTestCase(tf.test.TestCase):
 
 class CheckConfigTest(tf.test.TestCase):
     def _check(self, **overrides):
-        kwargs = dict(
-            epsilon=0.1,
-            epochs=1,
-            mixed_precision=None,
-            final_suite="quick",
-            eval_attack=None,
-        )
-        kwargs.update(overrides)
-        return experiment.check_config(**kwargs)
+        return cli_fixtures.check_config(**overrides)
 
     def test_resolves_the_suite_at_the_runs_epsilon(self):
         epsilon, suite = self._check(epsilon=np.float32(0.25))

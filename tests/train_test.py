@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import traceback
 from unittest import mock
 
 import keras
@@ -28,6 +29,8 @@ from tensorboard.plugins.hparams import metadata as hp_metadata
 
 from tests import cli_fixtures
 from tests.cli_fixtures import run_cli
+from tfadv import experiment
+from tfadv import methods
 from tfadv import run_folder
 from tfadv import train
 
@@ -279,6 +282,31 @@ class UsageTest(tf.test.TestCase):
     def test_unknown_binding_is_refused(self):
         with self.assertRaisesRegex(ValueError, "epochz"):
             train.parse_gin(["pgd_at.gin"], ["run.epochz = 3"])
+
+
+class FailureInsideTrainingTest(tf.test.TestCase):
+    def test_a_value_error_in_fit_keeps_its_traceback(self):
+        # Not refused input but a failure once training ran (here a method
+        # hook that raises): the entry point lets it through, chained, so
+        # its traceback shows where it arose, instead of one line.
+        logdir = os.path.join(self.create_tempdir().full_path, "run")
+
+        def broken_hook(self, epoch, logs):
+            raise ValueError("shapes (3,) and (4,) are incompatible")
+
+        raised = None
+        with mock.patch.object(
+            methods.Standard, "on_epoch_end", broken_hook, create=True
+        ):
+            try:
+                run_cli(logdir, "standard.gin", "testing/tiny.gin")
+            except ValueError as e:  # not SystemExit
+                raised = e
+        self.assertIsNotNone(raised)
+        self.assertIn("shapes (3,) and (4,)", str(raised))
+        self.assertTrue(experiment.raised_in_training(raised))
+        frames = traceback.extract_tb(raised.__traceback__)
+        self.assertEqual(frames[-1].name, "broken_hook")
 
 
 class BadInputTest(tf.test.TestCase, parameterized.TestCase):

@@ -49,6 +49,25 @@ class TrainingDivergedError(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+# Set on a ValueError or TypeError that `run` let through from training.
+_RAISED_IN_TRAINING = "tfadv_raised_in_training"
+
+
+def raised_in_training(error: BaseException) -> bool:
+    """Whether `run` saw `error` raised once training had started.
+
+    Bad input is refused before training, by checks that raise ValueError,
+    TypeError or OSError with one paragraph, which `tfadv.train` prints
+    without a traceback. The same types raised later (inside `fit` or the
+    final evaluation) are failures, not refused input, and their traceback
+    is the clue to where they arose: `run` marks them so that the entry
+    point lets them through. (A mark, not a wrapping exception: gin
+    re-raises what a configurable raises without its cause, but forwards
+    attribute reads to it.)
+    """
+    return bool(getattr(error, _RAISED_IN_TRAINING, False))
+
+
 @dataclasses.dataclass
 class Built:
     """What `build` makes: the data, the classifier and the method."""
@@ -488,6 +507,13 @@ def run(
 
     Returns:
         The contents of results.json (empty for a dry run).
+
+    Raises:
+        ValueError, TypeError, OSError: bad input, refused before training
+            starts (one paragraph each).
+        TrainingDivergedError: the loss became NaN or infinite.
+        ValueError, TypeError raised once training had started: failures,
+            not refused input; `raised_in_training` tells them apart.
     """
     validation.choice("progress", progress, PROGRESS)
     epsilon, suite = check_config(
@@ -559,27 +585,31 @@ def run(
                 "image_shape": list(info.image_shape),
             },
         )
-        history, callbacks, wall_clock = fit(
-            built,
-            logdir=logdir,
-            epochs=epochs,
-            eval_attack=eval_attack,
-            callback_fns=callback_fns,
-            validation_freq=validation_freq,
-            progress=progress,
-            norm=norm,
-            seed=seed,
-        )
-        return finish(
-            built,
-            logdir=logdir,
-            epsilon=epsilon,
-            suite=suite,
-            seed=seed,
-            history=history,
-            callbacks=callbacks,
-            wall_clock=wall_clock,
-        )
+        try:
+            history, callbacks, wall_clock = fit(
+                built,
+                logdir=logdir,
+                epochs=epochs,
+                eval_attack=eval_attack,
+                callback_fns=callback_fns,
+                validation_freq=validation_freq,
+                progress=progress,
+                norm=norm,
+                seed=seed,
+            )
+            return finish(
+                built,
+                logdir=logdir,
+                epsilon=epsilon,
+                suite=suite,
+                seed=seed,
+                history=history,
+                callbacks=callbacks,
+                wall_clock=wall_clock,
+            )
+        except (ValueError, TypeError) as e:
+            setattr(e, _RAISED_IN_TRAINING, True)
+            raise
 
 
 def format_results(results: dict, logdir: str) -> str:

@@ -128,6 +128,8 @@ def main(argv):
             progress=_PROGRESS.value,
         )
     except (ValueError, TypeError, OSError) as e:
+        if experiment.raised_in_training(e):
+            raise  # a failure, not refused input: its traceback helps
         # Bad input: one paragraph and a non-zero exit, no traceback (gin
         # appends where the error was raised on a line of its own).
         message = str(e).split("\n  In call to configurable")[0]

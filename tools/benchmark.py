@@ -33,7 +33,8 @@ and JSON.
 
 Settings (`--setting`):
     small_cnn: tfadv's small CNN on Fashion-MNIST (the gin files' own
-        model and data), every shipped L-inf method.
+        model and data; the first 10,240 training images, 3 epochs),
+        every shipped L-inf method; sized for 2 CPU cores.
     resnet_narrow: a narrow PreAct-ResNet-18 (base width 16) on a
         Fashion-MNIST subset, where YOPO's layer 0 is a small part of a
         forward-backward pass; sized for 2 CPU cores.
@@ -49,6 +50,10 @@ Flags:
     --epochs: epochs for every method (run.epochs; default: the
         setting's), unless a --method_bindings entry overrides it. Free-AT
         trains ceil(epochs / replays) epochs, so it makes as many updates.
+        Each method's learning-rate boundaries (written in epochs of its
+        gin file's run.epochs) are scaled to the epochs it trains here, so
+        every schedule decays at the same fraction of training as in its
+        file; cyclic schedules are fractions of training already.
     --train_examples: use the first N training examples.
     --eval_examples: final-evaluation examples.
     --validation_examples: the fixed validation subset.
@@ -185,12 +190,13 @@ class Setting:
 NARROW_WIDTH = 16  # PreAct-ResNet-18 base width: 16, 32, 64, 128 filters
 
 SETTINGS = {
+    # Sized for 2 CPU cores (about 40 minutes for every method).
     "small_cnn": Setting(
         methods=METHODS,
         epochs=3,
-        train_examples=None,
-        eval_examples=None,
-        validation_examples=1000,
+        train_examples=10240,
+        eval_examples=1000,
+        validation_examples=500,
     ),
     "resnet_narrow": Setting(
         methods=METHODS,
@@ -287,17 +293,87 @@ def _bindings_for(method):
     return bindings
 
 
+# Learning-rate boundaries that gin files write in epochs of their own
+# run.epochs. A benchmark that trains fewer (or more) epochs compresses each
+# method's schedule into them, as a user training that long would: with
+# the files' boundaries as written, a 3-epoch run of a method whose rate
+# drops at epochs 8 and 9 would never decay, while a cyclic schedule (in
+# fractions of training) would anneal fully, and the table would compare
+# schedules, not methods.
+EPOCH_BOUNDARIES = (
+    "piecewise_constant.boundaries",
+    "YOPO.first_layer_lr_boundaries",
+)
+
+
+def _query(parameter):
+    import gin
+
+    try:
+        return gin.query_parameter(parameter)
+    except ValueError:  # not bound
+        return None
+
+
+def _parsed(method, bindings):
+    """`(run.epochs, {boundary parameter: value})` of the method's config."""
+    import gin
+
+    from tfadv import gin_files
+
+    gin.clear_config()
+    try:
+        gin_files.parse([gin_file(method)], bindings)
+        epochs = _query("run.epochs")
+        values = {p: _query(p) for p in EPOCH_BOUNDARIES}
+    finally:
+        gin.clear_config()
+    return epochs, {p: v for p, v in values.items() if v}
+
+
+def scaled_schedule(method, bindings) -> list:
+    """Bindings that scale the file's epoch boundaries to the run's epochs.
+
+    The factor is the epochs that the gin file with `bindings` trains over
+    the file's own. `command` puts these before the user's --bindings and
+    --method_bindings, so a boundary the user sets there wins.
+    """
+    own, boundaries = _parsed(method, [])
+    epochs, _ = _parsed(method, bindings)
+    if not own or not epochs or epochs == own:
+        return []
+    factor = epochs / own
+    return [
+        f"{parameter} = {[round(float(b) * factor, 4) for b in value]}"
+        for parameter, value in boundaries.items()
+    ]
+
+
+def command(method, logdir) -> list:
+    """The `tfadv.train` command line of one method."""
+    bindings = _bindings_for(method)
+    user = len(_BINDINGS.value) + sum(
+        entry.partition("=")[0].strip() == method
+        for entry in _METHOD_BINDINGS.value
+    )
+    split = len(bindings) - user
+    bindings = (
+        bindings[:split] + scaled_schedule(method, bindings) + bindings[split:]
+    )
+    return [
+        sys.executable,
+        "-m",
+        "tfadv.train",
+        f"--gin_file={gin_file(method)}",
+        f"--logdir={logdir}",
+    ] + [f"--gin_bindings={b}" for b in bindings]
+
+
 def train_one(method, out):
     logdir = os.path.join(out, method)
     results_path = os.path.join(logdir, "results.json")
     if not os.path.exists(results_path):
-        cmd = [
-            sys.executable,
-            "-m",
-            "tfadv.train",
-            f"--gin_file={gin_file(method)}",
-            f"--logdir={logdir}",
-        ] + [f"--gin_bindings={b}" for b in _bindings_for(method)]
+        cmd = command(method, logdir)
         print("$", shlex.join(cmd))
         start = time.perf_counter()
         subprocess.run(cmd, check=True)
@@ -635,8 +711,8 @@ def main(argv):
         "runs", f"benchmark-{_MODE.value}-" + time.strftime("%Y%m%d-%H%M%S")
     )
     if _MODE.value == "overhead":
-        # Imported here: the train mode runs without TensorFlow in this
-        # process.
+        # Imported here: the train mode needs TensorFlow in this process
+        # only to read the gin files (scaled_schedule).
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         import overhead
 
