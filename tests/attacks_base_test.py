@@ -205,6 +205,7 @@ def all_attacks():
             layers=["dense"],
         ),
         "eot": attacks.EOT(pgd, num_samples=2),
+        "n_fgsm": attacks.NoiseFGSM(epsilon=0.1),
     }
 
 

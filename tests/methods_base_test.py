@@ -288,5 +288,5 @@ class ReadmeExampleTest(tf.test.TestCase):
         history = namespace["history"].history
         self.assertEqual(history["curriculum_steps"], [1, 2, 3])
         trainer = namespace["trainer"]
-        self.assertEqual(trainer._traced_counts["curriculum_steps"], 3)
+        self.assertEqual(trainer.traced_step_counts["curriculum_steps"], 3)
         self.assertEqual(int(trainer.minibatches.numpy()), 6)

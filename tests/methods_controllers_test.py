@@ -20,19 +20,31 @@ REFERENCE_LOG = (
 )
 
 
-def attached(controller):
-    trainer = methods.Standard(harness.tiny_classifier())
-    controller.attach(trainer, "steps")
-    return trainer
+class Driven:
+    """What a trainer does with a controller: it keeps and sets the count."""
+
+    def __init__(self, controller, max_steps=8):
+        controller.create_state(controller.max_steps or max_steps)
+        self.controller = controller
+        self.steps = controller.initial_steps
+
+    def begin(self, epoch):
+        self.steps = self.controller.on_epoch_begin(epoch, self.steps)
+
+    def end(self, epoch, logs=None):
+        self.steps, values = self.controller.on_epoch_end(
+            epoch, self.steps, logs
+        )
+        return values
 
 
-def run_script(controller, magnitudes):
+def run_script(driven, magnitudes):
     """Feeds M_t to the controller; returns the count used in each epoch."""
     used, thresholds = [], []
     for epoch, magnitude in enumerate(magnitudes):
-        controller.on_epoch_begin(epoch)
-        controller.observe(tf.constant(magnitude, tf.float32))
-        logs = controller.on_epoch_end(epoch, {})
+        driven.begin(epoch)
+        driven.controller.observe(tf.constant(magnitude, tf.float32))
+        logs = driven.end(epoch, {})
         used.append(logs["mplus/steps"])
         thresholds.append(logs["mplus/threshold"])
     return used, thresholds
@@ -42,7 +54,7 @@ class MPlusTest(tf.test.TestCase):
     def test_reproduces_the_reference_log(self):
         gamma = 1.01
         controller = controllers.MPlus(gamma=gamma, max_steps=8)
-        attached(controller)
+        driven = Driven(controller)
         # A rising M: just above the threshold in the epochs after which the
         # log shows r growing, just below it otherwise.
         grows_after = {
@@ -55,7 +67,7 @@ class MPlusTest(tf.test.TestCase):
             magnitudes.append(threshold * rise)
             if t in grows_after:
                 threshold = gamma * magnitudes[-1]
-        used, thresholds = run_script(controller, magnitudes)
+        used, thresholds = run_script(driven, magnitudes)
         self.assertEqual(used, REFERENCE_LOG)
         self.assertAllClose(np.mean(used), 4.9, atol=0.05)
         self.assertEqual(thresholds[0], 0.0)  # not set after epoch 0
@@ -64,25 +76,25 @@ class MPlusTest(tf.test.TestCase):
 
     def test_order_strictness_and_cap(self):
         controller = controllers.MPlus(gamma=1.0, max_steps=3)
-        attached(controller)
+        driven = Driven(controller)
         # Epoch 0: forced +1 whatever M; epoch 1: only the threshold (10),
         # even with a huge M; epoch 2: M equal to it, no growth (strict);
         # epochs 3 and 4: growth; epoch 5: capped at 3.
         used, thresholds = run_script(
-            controller, [1.0, 10.0, 10.0, 11.0, 12.0, 99.0]
+            driven, [1.0, 10.0, 10.0, 11.0, 12.0, 99.0]
         )
         self.assertEqual(used, [1, 2, 2, 2, 3, 3])
-        self.assertEqual(controller.steps, 3)
+        self.assertEqual(driven.steps, 3)
         self.assertAllClose(thresholds, [0.0, 10.0, 10.0, 11.0, 11.0, 11.0])
 
     def test_magnitude_restarts_every_epoch(self):
         controller = controllers.MPlus()
-        attached(controller)
-        controller.on_epoch_begin(0)
+        driven = Driven(controller)
+        driven.begin(0)
         controller.observe(tf.constant(2.0))
         controller.observe(tf.constant(3.0))
         self.assertAllClose(controller.magnitude, 5.0)
-        controller.on_epoch_begin(1)
+        driven.begin(1)
         self.assertAllClose(controller.magnitude, 0.0)
 
     def test_bad_arguments(self):
@@ -98,24 +110,22 @@ class MPlusTest(tf.test.TestCase):
 
 class OtherRulesTest(tf.test.TestCase):
     def test_linear_growth_is_deat_d(self):
-        controller = controllers.LinearGrowth(every=3, max_steps=5)
-        attached(controller)
+        driven = Driven(controllers.LinearGrowth(every=3, max_steps=5))
         used = []
         for epoch in range(16):
-            controller.on_epoch_begin(epoch)
-            used.append(controller.on_epoch_end(epoch)["linear/steps"])
+            driven.begin(epoch)
+            used.append(driven.end(epoch)["linear/steps"])
         self.assertEqual(used, [1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4, 5, 5, 5, 5])
 
     def test_accuracy_trigger_is_deat_p(self):
-        controller = controllers.AccuracyTrigger(threshold=0.4, max_steps=3)
-        attached(controller)
+        driven = Driven(controllers.AccuracyTrigger(threshold=0.4, max_steps=3))
         used = []
         for epoch, accuracy in enumerate([0.3, 0.41, 0.4, 0.5, 0.9, 0.9]):
-            logs = controller.on_epoch_end(epoch, {"adv_accuracy": accuracy})
+            logs = driven.end(epoch, {"adv_accuracy": accuracy})
             used.append(logs["accuracy_trigger/steps"])
         self.assertEqual(used, [1, 1, 2, 2, 3, 3])
         with self.assertRaisesRegex(ValueError, "adv_accuracy"):
-            controller.on_epoch_end(6, {"loss": 1.0})
+            driven.end(6, {"loss": 1.0})
 
     def test_controlled_step_size(self):
         self.assertAllClose(
@@ -233,3 +243,69 @@ class MPlusOnAttackStepsTest(tf.test.TestCase, parameterized.TestCase):
         p = harness.softmax(x @ w + b)
         want = np.abs((p - harness.onehot(y, w.shape[1])) @ w.T).sum() / len(x)
         self.assertAllClose(controller.magnitude, want, rtol=1e-5)
+
+
+class OwnStateTest(tf.test.TestCase):
+    """A controller owns its state and holds no reference to its trainer."""
+
+    def test_cap_comes_from_the_training_attack(self):
+        controller = controllers.MPlus(initial_steps=0)
+        self.assertIsNone(controller.max_steps)
+        methods.PGDAT(
+            harness.tiny_classifier(),
+            train_attack=harness.pgd(num_steps=5),
+            step_controller=controller,
+        )
+        self.assertEqual(controller.max_steps, 5)
+        deat = methods.DEAT(harness.tiny_classifier(), epsilon=0.1)
+        self.assertEqual(deat.step_controller.max_steps, 8)
+        self.assertEqual(
+            controllers.LinearGrowth().get_config()["max_steps"], None
+        )
+
+    def test_state_is_the_controllers_own(self):
+        controller = controllers.MPlus(initial_steps=0)
+        trainer = methods.PGDAT(
+            harness.tiny_classifier(), epsilon=0.1, step_controller=controller
+        )
+        self.assertEqual(
+            sorted(v.path for v in controller.variables),
+            ["mplus/magnitude", "mplus/threshold"],
+        )
+        self.assertIn("mplus/magnitude", trainer.mutable_state_paths)
+        self.assertNotIn("mplus/threshold", trainer.mutable_state_paths)
+        held = [
+            value
+            for value in vars(controller).values()
+            if isinstance(value, methods.AdversarialTrainer)
+        ]
+        self.assertEqual(held, [])
+        self.assertFalse(hasattr(trainer, "mplus_magnitude"))
+        # The count is the trainer's, set from the controller's decision.
+        self.assertEqual(trainer.step_count(methods.base.ATTACK_STEPS), 0)
+        hooks = trainer.callbacks()[0]
+        hooks.on_epoch_begin(0)
+        logs = {}
+        hooks.on_epoch_end(0, logs)
+        self.assertEqual(logs["mplus/steps"], 0)
+        self.assertEqual(trainer.step_count(methods.base.ATTACK_STEPS), 1)
+
+    def test_state_is_saved_with_the_trainer(self):
+        def make():
+            return methods.PGDAT(
+                harness.tiny_classifier(),
+                epsilon=0.1,
+                step_controller=controllers.MPlus(initial_steps=0),
+            )
+
+        trainer = make()
+        trainer.step_controller.threshold.assign(3.5)
+        trainer.step_controller.magnitude.assign(2.0)
+        trainer.set_step_count(methods.base.ATTACK_STEPS, 4)
+        path = self.get_temp_dir() + "/mplus.weights.h5"
+        trainer.save_weights(path)
+        restored = make()
+        restored.load_weights(path)
+        self.assertAllClose(restored.step_controller.threshold, 3.5)
+        self.assertAllClose(restored.step_controller.magnitude, 2.0)
+        self.assertEqual(restored.step_count(methods.base.ATTACK_STEPS), 4)

@@ -19,6 +19,7 @@ REGISTERING_MODULES = (
     "tfadv.attacks.backward_smoothing",
     "tfadv.attacks.fab",
     "tfadv.attacks.objectives",
+    "tfadv.attacks.perturbations",
     "tfadv.attacks.pgd",
     "tfadv.attacks.square",
     "tfadv.attacks.threat_models",

@@ -4,6 +4,7 @@ from tfadv.attacks import backward_smoothing
 from tfadv.attacks import base
 from tfadv.attacks import fab
 from tfadv.attacks import objectives
+from tfadv.attacks import perturbations
 from tfadv.attacks import threat_models
 from tfadv.attacks import wrappers
 from tfadv.attacks.apgd import APGD
@@ -11,6 +12,8 @@ from tfadv.attacks.apgd import APGDTargeted
 from tfadv.attacks.backward_smoothing import BackwardSmoothingAttack
 from tfadv.attacks.base import Attack
 from tfadv.attacks.fab import FABTargeted
+from tfadv.attacks.perturbations import NoiseFGSM
+from tfadv.attacks.perturbations import TrainingPerturbation
 from tfadv.attacks.pgd import ProjectedGradient
 from tfadv.attacks.square import Square
 from tfadv.attacks.threat_models import L2ThreatModel

@@ -248,11 +248,16 @@ class Attack:
         name: the name results are reported under (e.g. "pgd20").
         threat_model: the `ThreatModel` the attack stays inside.
         uses_gradients: whether the attack differentiates the model.
+        training_only: whether it is a training perturbation, whose output
+            may leave the threat set (never an evaluation attack).
     """
 
     name: str = "attack"
     threat_model = None
     uses_gradients: bool = True
+    # A training perturbation (`tfadv.attacks.perturbations`) may leave the
+    # threat set; it is never used to measure robustness.
+    training_only: bool = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -306,6 +311,26 @@ class Attack:
         x_init: tf.Tensor | None = None,
     ) -> tf.Tensor:
         raise NotImplementedError
+
+
+def evaluation_attack(attack, who: str):
+    """`attack`, refused if it cannot measure robustness.
+
+    A training perturbation (`training_only`) may leave the threat set, so
+    the accuracy under it is not robust accuracy at its epsilon.
+
+    Raises:
+        ValueError: `attack` is a training-only perturbation.
+    """
+    if attack is not None and getattr(attack, "training_only", False):
+        raise ValueError(
+            f"{who} must be an evaluation attack, whose examples stay inside "
+            f"the threat set; {attack!r} is a training perturbation that "
+            f"reaches {attack.reach:g} at epsilon {attack.epsilon:g}. Train "
+            "with it (train_attack=) and measure robustness with an attack "
+            "of tfadv.attacks (e.g. ProjectedGradient, APGD)."
+        )
+    return attack
 
 
 def serialize(attack: Attack | None) -> dict | None:

@@ -132,6 +132,9 @@ def evaluate_robustness(
     attacks = _as_dict(attacks)
     if not attacks:
         raise ValueError("No attacks to evaluate with.")
+    for name, attack in attacks.items():
+        for inner in _chain(attack):
+            attack_base.evaluation_attack(inner, f"The attack {name!r}")
     order = list(attacks)
     if sequential:
         order.sort(key=lambda n: not masking.uses_gradients(attacks[n]))

@@ -2,17 +2,21 @@
 
 Every method subclasses `AdversarialTrainer` and follows its contract
 (`tfadv.methods.base`): the training attack, the step, the epoch hooks,
-`results_info()` and `callbacks()`. Shared pieces live in modules of their
-own: `replay` (the replay loop of Free-AT and DEAT), `controllers` (step
-controllers: M+, DEAT-d, DEAT-p), `layer_lr` (a per-layer learning
+`results_info()` and `callbacks()`; the trainer's plumbing sits beside it
+(`batches`, `classifiers`, `user_metrics`, `step_counts`,
+`training_attack`, `keras_internals`). Shared pieces live in modules of
+their own: `replay` (the replay loop of Free-AT and DEAT), `controllers`
+(step controllers: M+, DEAT-d, DEAT-p), `taylor` (Taylor expansions of
+the loss, for GAAT and noisy training), `layer_lr` (a per-layer learning
 rate inside one SGD optimizer) and `trades_family` (the β-weighted KL
-methods' base).
+methods' base). docs/methods.md maps them.
 """
 
 from tfadv.methods import base
 from tfadv.methods import controllers
 from tfadv.methods import layer_lr
 from tfadv.methods import replay
+from tfadv.methods import taylor
 from tfadv.methods import trades_family
 from tfadv.methods.backward_smoothing import BackwardSmoothing
 from tfadv.methods.base import AdversarialTrainer

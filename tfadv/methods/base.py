@@ -1,82 +1,60 @@
 """The base class every training method subclasses: the method contract.
 
 A method is a `keras.Model` that wraps a classifier. What every method
-shares, and what a new one plugs into, is declared here:
+shares, and what a new one plugs into, is declared here; the plumbing no
+method overrides lives in modules beside it: `batches` (unpacking and
+checking a batch), `classifiers` (what is read from and checked about the
+classifier), `user_metrics` (the logged names and `compile`'s metrics),
+`step_counts` (counts that change between epochs, the hook caller),
+`training_attack` (the budget and the default attack), and
+`keras_internals` (every private Keras name the trainer relies on).
 
-- **The training attack.** `train_attack` (any `tfadv.attacks.Attack`) is
-  an argument of every method; when it is None the method builds its
+- **The training attack.** `train_attack` (any `tfadv.attacks.Attack`, or
+  a training-only perturbation such as `tfadv.attacks.NoiseFGSM`) is an
+  argument of every method; when it is None the method builds its
   paper's default (`default_train_attack`) at `epsilon`, which is then
-  required: ε depends on the dataset, so tfadv's methods have no default
-  for it (the error names the paper's, `paper_epsilon`; a subclass may
-  still declare a `default_epsilon` of its own). `trainer.epsilon` and
-  `trainer.threat_model` always come from that attack, so a run has one
-  ε.
-- **The step.** `train_step` unpacks and checks the batch, calls
-  `minibatch_update(x, y)`, and counts the minibatch. The default update is
-  the template "attack outside the tape (`perturb`), one loss
-  (`compute_adversarial_loss`), one optimizer update"; methods with another
+  required: ε depends on the dataset (the error names the paper's,
+  `paper_epsilon`). `trainer.epsilon` and `trainer.threat_model` come
+  from that attack, so a run has one ε: the budget the method defends,
+  even where its training perturbation reaches further.
+- **The step.** `train_step` checks the batch (`prepare_batch`), calls
+  `minibatch_update(x, y)` and counts the minibatch (`minibatches`, which
+  a `tfadv.schedules.PerMinibatch` learning rate reads). The default
+  update is "attack outside the tape (`perturb`), one loss
+  (`compute_adversarial_loss`, by default the cross-entropy on the
+  training examples in training mode), one optimizer update
+  (`apply_gradients`, which can also return the input gradient of the
+  same backward pass)", ending in `step_logs`. Methods of another
   structure (Free-AT's replays, YOPO's accumulated passes) override
-  `minibatch_update`.
-- **Epoch-level control.** `on_epoch_begin(epoch)` and
-  `on_epoch_end(epoch, logs) -> dict` (values added to the epoch's logs, so
-  TensorBoard and the history get them), `results_info() -> dict` (merged
-  into results.json), and `callbacks()` (the callbacks the method needs:
-  the hook caller first). `tfadv.train` installs them; a plain-`fit` user
-  passes them in one line:
-
-      trainer.fit(train_ds, epochs=10, callbacks=trainer.callbacks())
-
-- **Step counts that change between epochs.** `add_step_count` makes a
-  checkpointed integer variable that the step reads as a Python int when
-  it is traced (`step_count`), so loops over it unroll. `set_step_count`
-  changes it; the next epoch's first batch then runs a retraced step
-  (`fit` reads `train_function` at every batch, and the hook caller
-  rebuilds it whenever a count differs from the traced value).
+  `minibatch_update` and end in `step_logs` too. Hand-written loss terms
+  go through `replica_mean`, the cross-entropy through `cross_entropy`, so
+  replicas and sample weights are handled once.
+- **Epoch-level control.** `on_epoch_begin(epoch)`, `on_epoch_end(epoch,
+  logs) -> dict` (values added to the epoch's logs), `results_info()`
+  (merged into results.json) and `callbacks()` (the hook caller first;
+  `tfadv.train` installs them, a plain-`fit` user passes
+  `callbacks=trainer.callbacks()`). A count that changes between epochs
+  is a step count (`add_step_count`, `step_count`, `set_step_count`): a
+  checkpointed integer read as a Python int when the step is traced, the
+  step retraced when it changes.
 - **Step controllers.** `step_controller=` takes a
-  `tfadv.methods.controllers.StepController` (M+, DEAT-d, DEAT-p) that
-  drives the method's step count named by `step_controller_count` (the
-  training attack's steps for PGD-AT, TRADES and MART, the replays for
-  DEAT) between epochs, from what the step reports to it (`observe`).
-- **Layers that mask gradients.** `masking_layers()` names them (by
-  default the classifier's layers with `masks_gradients = True`); the
-  final evaluation then adds BPDA and gradient-free attacks.
-- **Minibatch counting.** `minibatches` counts minibatches, whatever the
-  number of optimizer updates per minibatch; a
-  `tfadv.schedules.PerMinibatch` learning rate in the optimizer is bound
-  to it at `compile`.
-- **The input gradient of the update's own backward pass.**
-  `apply_gradients(tape, scaled_loss, inputs=x_adv)` differentiates once
-  with respect to the weights and the input together.
+  `tfadv.methods.controllers.StepController` (M+, DEAT-d, DEAT-p), a rule
+  with its own state that decides, between epochs, the step count named by
+  `step_controller_count` (`ATTACK_STEPS` for PGD-AT, TRADES and MART;
+  DEAT's replays), capped at the training attack's `num_steps`.
+- **Layers that mask gradients.** `masking_layers()` names them; the final
+  evaluation then adds BPDA and gradient-free attacks.
 - **A Keras citizen.** Every subclass is a registered Keras serializable:
-  `trainer.save("x.keras")` (and `ModelCheckpoint("x.keras")`) writes a
-  file that `keras.saving.load_model` loads after `import tfadv` (a
-  method defined elsewhere: after importing its module), with the
-  classifier, the attacks, the step controller, every weight (step counts,
-  per-layer rates, the seed generator's state), the optimizer and its
-  state, so `fit` continues where it stopped. The trainer is built as
-  soon as its classifier is, so `BackupAndRestore` and `save_weights`
-  work before the first step. `compile(metrics=[...])` and
-  `weighted_metrics=` are reported on the clean and adversarial logits
-  (`clean_<name>`, `adv_<name>`; `robust_<name>` on validation), and
-  `fit(sample_weight=...)` / `class_weight=` weigh each example's loss
-  (see `sample_weight`); `compile(loss=...)` is refused, because a method
-  defines its own loss.
-- **The classifier** maps [0, 1] images to logits, one per class: a
-  functional, Sequential or subclassed `keras.Model` (YOPO-style methods
-  need a functional or Sequential one to split). A probability output
-  (a final softmax) or an output that is not `(batch, num_classes)` is
-  refused when the classifier is first seen built.
-- **Labels** are integer class indices of shape `(batch,)` or
-  `(batch, 1)`, or one-hot rows of width num_classes (converted by
-  argmax); with `check_inputs`, fractional float labels, soft labels and
-  labels outside [0, num_classes) fail the step with a clear message.
+  `save` / `keras.saving.load_model` round-trip the classifier, attacks,
+  controller, every weight, the seed generator's state and the optimizer,
+  so `fit` continues where it stopped; `compile(metrics=...)` adds
+  `clean_<name>`, `adv_<name>` (`robust_<name>` in validation);
+  `sample_weight` and `class_weight` weigh each example's loss;
+  `compile(loss=...)` is refused. Classifiers output logits, one per
+  class; labels are class indices or one-hot rows.
 """
 
-import math
-import threading
-
 import keras
-import numpy as np
 import tensorflow as tf
 
 from tfadv import layers
@@ -84,22 +62,23 @@ from tfadv import schedules
 from tfadv import validation
 from tfadv.attacks import base as attack_base
 from tfadv.attacks import objectives
+from tfadv.methods import batches
+from tfadv.methods import classifiers
 from tfadv.methods import controllers
-from tfadv.models import common
+from tfadv.methods import keras_internals
+from tfadv.methods import step_counts
+from tfadv.methods import training_attack
+from tfadv.methods import user_metrics
 
 # The metric names every method reports, so curves overlay in TensorBoard.
-LOSS = "loss"
-CLEAN_ACCURACY = "clean_accuracy"
-ADV_ACCURACY = "adv_accuracy"
-ROBUST_ACCURACY = "robust_accuracy"
-# The logits a user metric is computed on, the prefixes of its logged names:
-# clean and adversarial in training, clean and robust in validation.
-USER_METRIC_PREFIXES = ("clean", "adv", "robust")
-_TRACKER_OF_PREFIX = {
-    "clean": CLEAN_ACCURACY,
-    "adv": ADV_ACCURACY,
-    "robust": ROBUST_ACCURACY,
-}
+LOSS = user_metrics.LOSS
+CLEAN_ACCURACY = user_metrics.CLEAN_ACCURACY
+ADV_ACCURACY = user_metrics.ADV_ACCURACY
+ROBUST_ACCURACY = user_metrics.ROBUST_ACCURACY
+# The step count of a method whose controller drives its attack's steps.
+ATTACK_STEPS = "attack_steps"
+
+EpochHooks = step_counts.EpochHooks
 
 
 def num_replicas() -> int:
@@ -107,211 +86,23 @@ def num_replicas() -> int:
     return tf.distribute.get_strategy().num_replicas_in_sync
 
 
-class EpochHooks(keras.callbacks.Callback):
-    """Calls a trainer's epoch hooks and keeps its step counts traced.
-
-    `on_epoch_begin` first retraces the training step when a step count
-    differs from the value the step was traced with (a hook or a restored
-    checkpoint changed it), then calls `trainer.on_epoch_begin(epoch)`.
-    `on_epoch_end` adds what `trainer.on_epoch_end` returns to the epoch's
-    logs, so callbacks after it (TensorBoard, the history) record it. The
-    hooks run eagerly, outside the compiled step.
-
-    Args:
-        trainer: the `AdversarialTrainer` whose hooks to call.
-    """
-
-    def __init__(self, trainer: "AdversarialTrainer"):
-        super().__init__()
-        self.trainer = trainer
-
-    def on_epoch_begin(self, epoch, logs=None):
-        controller = self.trainer.step_controller
-        if controller is not None:
-            controller.on_epoch_begin(epoch)
-        self.trainer.on_epoch_begin(epoch)
-        self.trainer.retrace_if_counts_changed()
-
-    def on_epoch_end(self, epoch, logs=None):
-        extra = {}
-        controller = self.trainer.step_controller
-        if controller is not None:
-            extra.update(controller.on_epoch_end(epoch, logs))
-        # A hook that returns None has nothing to log.
-        extra.update(self.trainer.on_epoch_end(epoch, logs) or {})
-        if extra and logs is not None:
-            logs.update(extra)
-
-
-class _BatchState(threading.local):
-    """The batch a step is working on, per thread.
-
-    MirroredStrategy traces each replica's step in a thread of its own, so
-    what the step sets for its batch (the sample weights) is thread-local.
-    """
-
-    sample_weight = None
-
-
-class _MetricGroups:
-    """The user's metrics by logit kind, outside Keras's state tracking.
-
-    `compile` may run after the trainer is built, when Keras refuses new
-    tracked state; the metrics need no tracking (`metrics` lists them, and
-    saving finds them through `user_metrics`).
-    """
-
-    def __init__(self):
-        self.groups = {}
-        self.specs = ([], [])
-
-
-class BatchWeightedCrossEntropy(keras.losses.SparseCategoricalCrossentropy):
-    """Cross-entropy on logits, weighted by the step's sample weights.
-
-    A `keras.losses.SparseCategoricalCrossentropy(from_logits=True)` whose
-    `sample_weight` defaults to the weights of the batch the trainer's step
-    is working on (`AdversarialTrainer.sample_weight`), so every method's
-    `self.cross_entropy(y, logits)` honours `fit(sample_weight=...)` and
-    `class_weight=` without passing them around. The reduction is Keras's:
-    the batch mean of `w_i · CE_i`, divided by the replicas.
-
-    Args:
-        state: the trainer's `_BatchState`.
-    """
-
-    def __init__(self, state: _BatchState, **kwargs):
-        super().__init__(from_logits=True, **kwargs)
-        self._state = state
-
-    def __call__(self, y_true, y_pred, sample_weight=None):
-        if sample_weight is None:
-            sample_weight = self._state.sample_weight
-        return super().__call__(y_true, y_pred, sample_weight=sample_weight)
-
-
-def classifier_image_shape(classifier: keras.Model) -> tuple | None:
-    """The classifier's input shape without the batch axis, if known.
-
-    From `input_shape` (functional and Sequential models) or, for a built
-    subclassed model, from the shape it was built with; None otherwise.
-    """
-    try:
-        shape = classifier.input_shape
-    except (AttributeError, ValueError):
-        shape = None
-    if shape is None:
-        build_config = classifier.get_build_config() or {}
-        shape = build_config.get("input_shape")
-    if shape is None or not isinstance(shape, (tuple, list)) or not shape:
-        return None
-    if isinstance(shape[0], (tuple, list)):
-        return None  # several inputs
-    return tuple(shape[1:])
-
-
-def _metric_list(argument: str, metrics, method: str) -> list:
-    """`compile`'s `metrics` or `weighted_metrics` as a flat list."""
-    if metrics is None:
-        return []
-    if isinstance(metrics, (str, keras.metrics.Metric)) or callable(metrics):
-        metrics = [metrics]
-    if isinstance(metrics, dict) or not isinstance(metrics, (list, tuple)):
-        raise ValueError(
-            f"{method} has one output, the classifier's logits, so "
-            f"compile({argument}=...) takes one list of metrics (names, "
-            f"functions or keras.metrics.Metric objects); got {metrics!r}."
-        )
-    return list(metrics)
-
-
-def _resolve_metric(spec, method: str) -> keras.metrics.Metric | None:
-    """A user metric as a `keras.metrics.Metric` on (labels, logits).
-
-    None for accuracy, which every method reports already. Names resolve
-    as `compile` resolves them for integer labels and logits.
-    """
-    if isinstance(spec, str):
-        if spec in ("accuracy", "acc", "sparse_categorical_accuracy"):
-            return None
-        if spec in ("crossentropy", "ce", "sparse_categorical_crossentropy"):
-            return keras.metrics.SparseCategoricalCrossentropy(
-                name="crossentropy", from_logits=True
-            )
-        try:
-            spec = keras.metrics.get(spec)
-        except ValueError as e:
-            raise ValueError(
-                f"{method}: unknown metric {spec!r} in compile(metrics=...); "
-                "give a Keras metric name or a keras.metrics.Metric."
-            ) from e
-    if isinstance(spec, keras.metrics.Metric):
-        return spec
-    if callable(spec):
-        name = getattr(spec, "__name__", type(spec).__name__)
-        return keras.metrics.MeanMetricWrapper(spec, name=name)
-    raise ValueError(
-        f"{method} computes metrics on (labels, logits); compile(metrics="
-        f"...) takes names, functions or keras.metrics.Metric objects, not "
-        f"{spec!r}."
-    )
-
-
-def _probability_activation(model) -> str | None:
-    """The name of a final softmax or sigmoid of a layered model, if any."""
-    layer = model
-    # Descend into nested models through their last layer.
-    while isinstance(layer, keras.Model):
-        inner = getattr(layer, "layers", None)
-        if not inner:
-            return None
-        layer = inner[-1]
-    if isinstance(layer, keras.layers.Softmax):
-        return "softmax"
-    activation = getattr(layer, "activation", None)
-    name = getattr(activation, "__name__", "")
-    if name in ("softmax", "sigmoid"):
-        return name
-    return None
-
-
-def _multi_worker(strategy) -> bool:
-    """Whether `strategy` spans several workers (MultiWorkerMirrored)."""
-    extended = getattr(strategy, "extended", None)
-    in_multi_worker_mode = getattr(extended, "_in_multi_worker_mode", None)
-    return isinstance(
-        strategy, tf.distribute.MultiWorkerMirroredStrategy
-    ) and bool(in_multi_worker_mode and in_multi_worker_mode())
-
-
-class AdversarialTrainer(keras.Model):
+class AdversarialTrainer(
+    keras_internals.ReplicaBatchBuild,
+    keras_internals.SeedStateSaving,
+    user_metrics.SavedCompileMetrics,
+    keras.Model,
+):
     """A Keras model that trains a wrapped classifier with one method.
 
     The trainer owns the classifier, the method's attacks, its metric
     trackers and one `SeedGenerator` for all in-step randomness. `call`
-    delegates to the classifier, so `predict`, `evaluate` and the TensorBoard
-    graph see the classifier; `model.keras` exports are made from
-    `trainer.classifier` and load with plain Keras. The module docstring
-    lists the contract a method implements.
-
-    Train logs are `loss`, `clean_accuracy` and `adv_accuracy`; validation
-    logs are `loss`, `clean_accuracy` and `robust_accuracy` (Keras prefixes
-    them with `val_`). `test_step` reports robust accuracy under
-    `eval_attack`, so `fit(validation_data=...)` gives robust validation for
-    free.
-
-    Saving: `trainer.save("x.keras")` writes the whole trainer, which
-    `keras.saving.load_model("x.keras")` rebuilds after `import tfadv`
-    (classifier, attacks, controller, weights, optimizer state); a
-    subclassed classifier, and any custom object an attack holds, must be
-    a registered Keras serializable for that.
-
-    Writing a new method: subclass, implement `default_train_attack` and
-    `compute_adversarial_loss` (or `minibatch_update`), and register it
-    with `gin.register` (the Keras registration is automatic). Compute
-    hand-written loss terms with `replica_mean` and the cross-entropy with
-    `self.cross_entropy`, so sample weights apply. The README's "Writing a
-    new method" section has a complete example.
+    delegates to the classifier, so `predict`, `evaluate` and the
+    TensorBoard graph see the classifier; `model.keras` exports are made
+    from `trainer.classifier` and load with plain Keras. Train logs are
+    `loss`, `clean_accuracy` and `adv_accuracy`; validation logs `loss`,
+    `clean_accuracy` and `robust_accuracy` under `eval_attack`. The module
+    docstring lists the contract; the README's "Writing a new method" has
+    a complete example and every file a method touches.
 
     Args:
         classifier: a Keras model mapping [0, 1] images to logits, one per
@@ -324,7 +115,7 @@ class AdversarialTrainer(keras.Model):
             method documents its paper's value). Given together with
             `train_attack`, it must equal the attack's epsilon.
         eval_attack: the attack `test_step` uses for robust accuracy, or None
-            for clean validation only.
+            for clean validation only; never a training-only perturbation.
         attack_training_mode: run the classifier in training mode (batch
             statistics, dropout, moving averages updated) while attacking;
             None is the method's paper default (`default_attack_training_
@@ -341,8 +132,9 @@ class AdversarialTrainer(keras.Model):
         seed: seed of the method's `SeedGenerator`.
         step_controller: a `tfadv.methods.controllers.StepController` that
             changes the method's step count between epochs (M+PGD,
-            M+TRADES, M+MART, DEAT), or None. Its `max_steps` must be the
-            training attack's `num_steps`, which then is the cap.
+            M+TRADES, M+MART, DEAT), or None. Its cap is the training
+            attack's `num_steps` (a `max_steps` it was given must equal
+            them).
         **kwargs: passed to `keras.Model` (e.g. `name`).
 
     Raises:
@@ -357,8 +149,9 @@ class AdversarialTrainer(keras.Model):
     train_metric_names = (LOSS, CLEAN_ACCURACY, ADV_ACCURACY)
     test_metric_names = (LOSS, CLEAN_ACCURACY, ROBUST_ACCURACY)
     # Non-trainable state the step changes on purpose (besides BatchNorm
-    # statistics, seeds and the optimizer).
-    mutable_state_paths = ("minibatches",)
+    # statistics, seeds and the optimizer), by variable name; a step
+    # controller's is added in `mutable_state_paths`.
+    mutable_state = ("minibatches",)
     # The budget of the method's paper, named in the error when neither
     # epsilon nor train_attack is given (never used silently); None for
     # methods without a training attack.
@@ -372,6 +165,8 @@ class AdversarialTrainer(keras.Model):
     train_attack_types: tuple = (attack_base.Attack,)
     # The step count a step controller may drive (None: none).
     step_controller_count: str | None = None
+    # The weight c of the clean cross-entropy in the default loss.
+    clean_weight: float = 0.0
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -401,10 +196,13 @@ class AdversarialTrainer(keras.Model):
             )
         self.classifier = classifier
         self._num_classes = None
-        self._batch = _BatchState()
-        self._metric_groups = _MetricGroups()
-        self.train_attack = self._resolve_train_attack(train_attack, epsilon)
-        self.eval_attack = eval_attack
+        self._batch = batches.BatchState()
+        self._metric_groups = user_metrics.MetricGroups()
+        self._step_counts = step_counts.StepCounts()
+        self.train_attack = training_attack.resolve(self, train_attack, epsilon)
+        self.eval_attack = attack_base.evaluation_attack(
+            eval_attack, f"{type(self).__name__}.eval_attack"
+        )
         if attack_training_mode is None:
             attack_training_mode = self.default_attack_training_mode
         self.attack_training_mode = bool(attack_training_mode)
@@ -414,19 +212,8 @@ class AdversarialTrainer(keras.Model):
         self.check_inputs = bool(check_inputs)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
-        self.cross_entropy = BatchWeightedCrossEntropy(self._batch)
-        self.trackers = {
-            LOSS: keras.metrics.Mean(name=LOSS),
-            CLEAN_ACCURACY: keras.metrics.SparseCategoricalAccuracy(
-                name=CLEAN_ACCURACY
-            ),
-            ADV_ACCURACY: keras.metrics.SparseCategoricalAccuracy(
-                name=ADV_ACCURACY
-            ),
-            ROBUST_ACCURACY: keras.metrics.SparseCategoricalAccuracy(
-                name=ROBUST_ACCURACY
-            ),
-        }
+        self.cross_entropy = batches.WeightedCrossEntropy(self._batch)
+        self.trackers = user_metrics.trackers()
         self.minibatches = self.add_weight(
             shape=(),
             dtype="int64",
@@ -435,10 +222,8 @@ class AdversarialTrainer(keras.Model):
             aggregation="only_first_replica",
             name="minibatches",
         )
-        self._step_counts = {}
-        self._traced_counts = {}
         self._method_callbacks = None
-        self.input_std = _input_std(classifier)
+        self.input_std = classifiers.normalization_std(classifier)
         self.step_controller = self._attach_controller(step_controller)
         # The trainer's own variables exist now; with a built classifier it
         # is complete (BackupAndRestore and save_weights need it built),
@@ -466,115 +251,38 @@ class AdversarialTrainer(keras.Model):
             is not AdversarialTrainer.default_train_attack
         )
 
-    def _resolve_train_attack(self, train_attack, epsilon):
-        method = type(self).__name__
-        if train_attack is None:
-            if epsilon is None:
-                epsilon = self.default_epsilon
-            if epsilon is None:
-                if self.has_default_train_attack():
-                    raise ValueError(self._missing_budget_message())
-                return None
-            attack = self.default_train_attack(
-                validation.epsilon(epsilon, allow_zero=False)
-            )
-            if attack is None:
-                raise ValueError(
-                    f"{method} trains without an attack; epsilon="
-                    f"{epsilon!r} would not be used. Give the budget to "
-                    "eval_attack instead."
-                )
-            return attack
-        if not isinstance(train_attack, self.train_attack_types):
-            accepted = " or ".join(t.__name__ for t in self.train_attack_types)
-            raise TypeError(
-                f"{method}.train_attack must be a tfadv.attacks {accepted}; "
-                f"got {train_attack!r}."
-            )
-        validation.epsilon(
-            train_attack.epsilon,
-            allow_zero=False,
-            norm=train_attack.threat_model.norm,
-        )
-        if epsilon is not None and not math.isclose(
-            float(epsilon), train_attack.epsilon, rel_tol=1e-6
-        ):
-            raise ValueError(
-                f"{method} got epsilon={epsilon!r} and a train_attack with "
-                f"epsilon {train_attack.epsilon!r}; give one of them, or the "
-                "same budget to both."
-            )
-        return train_attack
-
-    def _missing_budget_message(self) -> str:
-        method = type(self).__name__
-        paper = ""
-        if self.paper_epsilon is not None:
-            paper = (
-                f" (its paper trains at {self.paper_epsilon:.4g} on its "
-                "dataset; see the class docstring)"
-            )
-        return (
-            f"{method} needs its training budget: give epsilon= (in pixel "
-            "units, the radius of the training attack, e.g. 0.1 for "
-            "Fashion-MNIST or 8/255 = 0.0314 for CIFAR-10) or a "
-            f"train_attack=. tfadv sets no dataset-specific default for "
-            f"{method}'s epsilon{paper}, so that a run never trains at "
-            "another dataset's budget unawares."
-        )
-
     def _attach_controller(self, controller):
+        """Checks a step controller, builds its state and adds its count."""
         if controller is None:
             return None
-        method = type(self).__name__
         if not isinstance(controller, controllers.StepController):
             raise TypeError(
-                f"{method}.step_controller must be a tfadv.methods."
-                f"controllers.StepController (e.g. MPlus); got {controller!r}."
+                f"{type(self).__name__}.step_controller must be a tfadv."
+                "methods.controllers.StepController (e.g. MPlus); got "
+                f"{controller!r}."
             )
-        if self.step_controller_count is None:
-            raise ValueError(
-                f"{method} has no step count that a step controller could "
-                "drive; controllers drive PGDAT, TRADES and MART (the "
-                "training attack's steps) and DEAT (its replays)."
-            )
-        config = self.train_attack.get_config()
-        if not {"num_steps", "step_size"} <= set(config):
-            raise ValueError(
-                f"{method}'s step controller changes its training attack's "
-                f"num_steps and step_size, which {self.train_attack!r} does "
-                "not have; use a ProjectedGradient."
-            )
-        if controller.max_steps != config["num_steps"]:
-            raise ValueError(
-                f"{method}'s step controller stops at max_steps="
-                f"{controller.max_steps}, but its train_attack's num_steps, "
-                f"the most {self.step_controller_count} it may reach, is "
-                f"{config['num_steps']}; give both the same value."
-            )
-        controller.attach(self, self.step_controller_count)
-        self.mutable_state_paths = (
-            *self.mutable_state_paths,
-            *controller.mutable_state,
+        controller.validate_trainer_compatibility(self)
+        controller.create_state(self.train_attack.num_steps)
+        self.add_step_count(
+            self.step_controller_count, controller.initial_steps
         )
         return controller
 
     def current_train_attack(self) -> attack_base.Attack:
         """The training attack of this epoch.
 
-        With a step controller driving the attack's steps, a copy with its
-        `num_steps` and the step `max(ε / steps, step_size)`
-        (`controllers.controlled_step_size`); else `train_attack`.
+        With a step controller driving the attack's steps, a copy with the
+        count's `num_steps` and the step `max(ε / steps, step_size)`
+        (`controllers.controlled_step_size`); else `train_attack`. A method
+        whose controller drives another count (DEAT) overrides this.
         """
-        controller = self.step_controller
-        if controller is None or controller.count_name != "attack_steps":
+        if self.step_controller is None:
             return self.train_attack
-        steps = controller.steps
-        floor = self.train_attack.step_size
+        steps = self.step_count(self.step_controller_count)
         attack = self.train_attack.replace(
             num_steps=max(steps, 1),
             step_size=controllers.controlled_step_size(
-                self.epsilon, steps, floor
+                self.epsilon, steps, self.train_attack.step_size
             ),
         )
         # At 0 steps (M+PGD's first epoch) the examples are the start.
@@ -606,11 +314,20 @@ class AdversarialTrainer(keras.Model):
         return self.train_attack.threat_model
 
     @property
+    def mutable_state_paths(self) -> tuple:
+        """Paths of the variables the step changes on purpose."""
+        own = self.mutable_state
+        controller = self.step_controller
+        if controller is None:
+            return own
+        theirs = (f"{controller.name}/{n}" for n in controller.mutable_state)
+        return (*own, *theirs)
+
+    @property
     def metrics(self):
         # Exactly the method's trackers and the user's metrics: compile()
         # adds a private `loss` tracker that a custom step never updates.
-        user = [m for group in self.user_metrics.values() for m in group]
-        return [*self.trackers.values(), *user]
+        return [*self.trackers.values(), *self._metric_groups.all()]
 
     @property
     def user_metrics(self) -> dict:
@@ -648,10 +365,8 @@ class AdversarialTrainer(keras.Model):
         """Checks that the classifier outputs logits, one per class.
 
         Run at construction for a built classifier, and on the first batch
-        for one built there (a subclassed model). Eagerly, one inference
-        forward on two fixed images in [0, 1] builds the classifier if
-        needed and shows its outputs; in a trace only the static output
-        shape is checked. Sets `num_classes`.
+        for one built there (a subclassed model); sets `num_classes`
+        (`tfadv.methods.classifiers.inspect`).
 
         Args:
             image_shape: the input shape without the batch axis, when the
@@ -661,95 +376,21 @@ class AdversarialTrainer(keras.Model):
             ValueError: the output is not `(batch, num_classes)` logits
                 with num_classes >= 2 (e.g. softmax probabilities).
         """
-        method = type(self).__name__
-        activation = _probability_activation(self.classifier)
-        if activation is not None:
-            raise ValueError(
-                f"{method} trains a classifier that outputs logits (one "
-                "unnormalised score per class), but this classifier's last "
-                f"layer applies a {activation} activation, so its outputs "
-                "are probabilities. Remove that activation (e.g. "
-                "Dense(num_classes) instead of Dense(num_classes, "
-                f"activation='{activation}')): the losses and attacks "
-                "apply the softmax themselves."
-            )
-        if image_shape is None:
-            image_shape = classifier_image_shape(self.classifier)
-        known = image_shape is not None and all(
-            d is not None for d in image_shape
+        classes = classifiers.inspect(
+            self.classifier, image_shape, method=type(self).__name__
         )
-        if known and tf.executing_eagerly():
-            size = 2 * int(np.prod(image_shape))
-            images = np.linspace(0.0, 1.0, size, dtype="float32")
-            outputs = self.classifier(
-                tf.constant(images.reshape((2, *image_shape))), training=False
-            )
-            self._check_logits(outputs)
-            return
-        try:
-            shape = self.classifier.output_shape
-        except (AttributeError, ValueError):
-            return  # known once the classifier runs
-        self._check_logits(keras.KerasTensor(shape))
-
-    def _check_logits(self, outputs) -> None:
-        """Refuses outputs that are not logits, one per class."""
-        method = type(self).__name__
-        accepted = (
-            "logits, one per class: a single (batch, num_classes) tensor "
-            "of unnormalised scores, with num_classes >= 2"
-        )
-        if not hasattr(outputs, "shape") or not hasattr(outputs, "dtype"):
-            raise ValueError(
-                f"{method} trains a classifier that outputs {accepted}; "
-                f"this one outputs a {type(outputs).__name__}."
-            )
-        shape = tuple(outputs.shape)
-        if len(shape) != 2:
-            raise ValueError(
-                f"{method} trains a classifier that outputs {accepted}; "
-                f"this one outputs shape {shape}."
-            )
-        classes = shape[-1]
-        if classes is not None and classes < 2:
-            raise ValueError(
-                f"{method} trains a classifier that outputs {accepted}; "
-                f"this one outputs {classes} value per example. For two "
-                "classes use two logits (Dense(2)), not one sigmoid output."
-            )
-        if (
-            isinstance(outputs, (tf.Tensor, np.ndarray))
-            and tf.executing_eagerly()
-        ):
-            values = np.asarray(outputs, dtype="float64")
-            in_unit = values.min() >= 0.0 and values.max() <= 1.0
-            sums_to_one = np.allclose(values.sum(-1), 1.0, atol=1e-3)
-            if in_unit and sums_to_one:
-                raise ValueError(
-                    f"{method} trains a classifier that outputs {accepted}; "
-                    "this one's outputs look like probabilities (every row "
-                    "is in [0, 1] and sums to 1, as after a softmax). "
-                    "Remove the final softmax: the losses and attacks apply "
-                    "it themselves."
-                )
         if classes is not None:
-            self._num_classes = int(classes)
+            self._num_classes = classes
 
     def _ensure_classifier_checked(self, x) -> None:
         """Builds and checks an unbuilt classifier from the batch's shape."""
-        if self._num_classes is not None:
-            return
-        # Outside the trace (eagerly), so the classifier's variables are
-        # made once, as at construction.
-        with tf.init_scope():
-            self.inspect_classifier(tuple(x.shape[1:]))
         if self._num_classes is None:
-            raise ValueError(
-                f"{type(self).__name__} could not find how many classes its "
-                "classifier outputs; build it on a batch of fully defined "
-                f"shape first (got images of shape {tuple(x.shape)})."
-            )
-        self.built = True
+            # Outside the trace (eagerly), so the classifier's variables are
+            # made once, as at construction.
+            with tf.init_scope():
+                self.inspect_classifier(tuple(x.shape[1:]))
+            classifiers.require_classes(self._num_classes, x, self)
+            self.built = True
 
     def build(self, input_shape=None):
         # Eagerly (an explicit build, a first eager call), an unbuilt
@@ -761,53 +402,17 @@ class AdversarialTrainer(keras.Model):
             and tf.executing_eagerly()
         ):
             self.inspect_classifier(tuple(input_shape[1:]))
-        self._build_optimizer()
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras builds a distributed model from one batch, which it gets by
-        # averaging a distributed batch over the replicas eagerly; that
-        # reduction fails under MultiWorkerMirroredStrategy ("Attempt to
-        # convert a value (PerReplica...)"). Only the batch's structure and
-        # shapes matter to the build, so this replica's share serves.
-        strategy = getattr(self, "_distribute_strategy", None)
-        if iterator is not None and strategy is not None:
-            for _, _, batches in iterator:
-                data_batch = tf.nest.map_structure(
-                    lambda v: (
-                        strategy.experimental_local_results(v)[0]
-                        if isinstance(v, tf.distribute.DistributedValues)
-                        else v
-                    ),
-                    next(batches),
-                )
-                break
-            iterator = None
-        return super()._maybe_symbolic_build(
-            iterator=iterator, data_batch=data_batch
-        )
-
-    def _build_optimizer(self) -> None:
-        """Makes the optimizer's slot variables now, outside any step.
-
-        Variables first made inside the compiled step make `tf.function`
-        trace it twice; a compiled, built trainer therefore builds its
-        optimizer at once (in `compile`, or in `build` after it).
-        """
-        optimizer = getattr(self, "optimizer", None)
-        if (
-            optimizer is not None
-            and self.built
-            and self._num_classes is not None
-            and not optimizer.built
-            and tf.executing_eagerly()
-        ):
-            optimizer.build(self.trainable_variables)
+        keras_internals.build_optimizer(self)
 
     def call(self, inputs, training=False):
         logits = self.classifier(inputs, training=training)
         if self._num_classes is None:
             # First seen here (a symbolic build under a strategy).
-            self._check_logits(logits)
+            classes = classifiers.check_outputs(
+                logits, method=type(self).__name__
+            )
+            if classes is not None:
+                self._num_classes = classes
         return logits
 
     # Saving.
@@ -838,40 +443,6 @@ class AdversarialTrainer(keras.Model):
         config = attack_base.deserialize_config(config)
         classifier = config.pop("classifier")
         return cls(classifier, **config)
-
-    def save_own_variables(self, store):
-        # Keras saves a layer's variables but not its seed generators'
-        # states; the trainer's generator is saved after its variables, so
-        # a loaded trainer draws the same random starts next.
-        super().save_own_variables(store)
-        own = len(self._trainable_variables + self._non_trainable_variables)
-        store[f"{own}"] = self.seed_generator.state
-
-    def load_own_variables(self, store):
-        own = self._trainable_variables + self._non_trainable_variables
-        if len(store.keys()) == len(own) + 1:
-            for i, variable in enumerate([*own, self.seed_generator.state]):
-                variable.assign(store[f"{i}"])
-            return
-        # A file written without the generator's state.
-        super().load_own_variables(store)
-
-    def get_compile_config(self):
-        config = super().get_compile_config()
-        if config:
-            metrics, weighted = self._metric_groups.specs
-            serialize = keras.saving.serialize_keras_object
-            config["metrics"] = serialize(list(metrics)) or None
-            config["weighted_metrics"] = serialize(list(weighted)) or None
-        return config
-
-    def compile_from_config(self, config):
-        # Keras skips a model whose compile() is overridden; tfadv's only
-        # adds checks and the user metrics, so compile as saved.
-        config = keras.saving.deserialize_keras_object(config)
-        # compile builds the optimizer of a built trainer: its variables
-        # must exist before its state loads.
-        self.compile(**config)
 
     # Compiling.
 
@@ -914,52 +485,16 @@ class AdversarialTrainer(keras.Model):
                     "with fit's sample_weight or class_weight, and choose "
                     "the method's loss through its own arguments."
                 )
-        metrics = _metric_list("metrics", metrics, method)
-        weighted_metrics = _metric_list(
-            "weighted_metrics", weighted_metrics, method
+        groups = user_metrics.MetricGroups()
+        groups.set(
+            metrics, weighted_metrics, taken=self.trackers, method=method
         )
         super().compile(optimizer=optimizer, **kwargs)
-        self._metric_groups.specs = (metrics, weighted_metrics)
-        self._metric_groups.groups = self._make_user_metrics(
-            metrics, weighted_metrics
-        )
-        optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
-        schedule = getattr(optimizer, "_learning_rate", None)
+        self._metric_groups = groups
+        schedule = keras_internals.learning_rate_schedule(self.optimizer)
         if isinstance(schedule, schedules.PerMinibatch):
             schedule.bind(self.minibatches)
-        self._build_optimizer()
-
-    def _make_user_metrics(self, metrics, weighted_metrics) -> dict:
-        """One copy of every user metric per logit kind."""
-        method = type(self).__name__
-        made = {prefix: [] for prefix in USER_METRIC_PREFIXES}
-        taken = {*self.trackers}
-        for specs, weighted in ((metrics, False), (weighted_metrics, True)):
-            for spec in specs:
-                metric = _resolve_metric(spec, method)
-                if metric is None:
-                    continue  # accuracy: always reported
-                for prefix in USER_METRIC_PREFIXES:
-                    name = f"{prefix}_{metric.name}"
-                    if name in taken:
-                        raise ValueError(
-                            f"{method} would log two values named {name!r}; "
-                            "give the metric another name (e.g. "
-                            "keras.metrics.SparseTopKCategoricalAccuracy("
-                            "k=5, name='top5'))."
-                        )
-                    taken.add(name)
-                    copy = type(metric).from_config(
-                        {**metric.get_config(), "name": name}
-                    )
-                    copy.weighted_by_sample = weighted
-                    made[prefix].append(copy)
-        return made
-
-    def _update_user_metrics(self, prefix, y, logits) -> None:
-        for metric in self.user_metrics.get(prefix, ()):
-            weights = self.sample_weight if metric.weighted_by_sample else None
-            metric.update_state(y, logits, sample_weight=weights)
+        keras_internals.build_optimizer(self)
 
     # Epoch-level hooks (see the module docstring).
 
@@ -1014,28 +549,25 @@ class AdversarialTrainer(keras.Model):
             aggregation="only_first_replica",
             name=name,
         )
-        self._step_counts[name] = variable
+        self._step_counts.add(name, variable)
         return variable
 
     def step_count(self, name: str) -> int:
         """The count as a Python int; inside a trace, records the value."""
-        tracing = not tf.executing_eagerly()
-        with tf.init_scope():  # eager even while the step is traced
-            value = int(keras.ops.convert_to_numpy(self._step_counts[name]))
-        if tracing:
-            self._traced_counts[name] = value
-        return value
+        return self._step_counts.read(name)
 
     def set_step_count(self, name: str, value: int) -> None:
         """Changes a count; the next epoch's step is retraced with it."""
-        self._step_counts[name].assign(validation.count(name, value))
+        self._step_counts.set(name, value)
+
+    @property
+    def traced_step_counts(self) -> dict:
+        """The counts the current training step was traced with."""
+        return dict(self._step_counts.traced)
 
     def retrace_if_counts_changed(self) -> bool:
         """Rebuilds the train function if a count differs from its trace."""
-        changed = False
-        for name, traced in self._traced_counts.items():
-            current = keras.ops.convert_to_numpy(self._step_counts[name])
-            changed |= int(current) != traced
+        changed = self._step_counts.changed_since_trace()
         if changed and getattr(self, "train_function", None) is not None:
             self.make_train_function(force=True)
             return True
@@ -1052,7 +584,8 @@ class AdversarialTrainer(keras.Model):
         (from `fit`'s `sample_weight` or `class_weight`) become
         `self.sample_weight` until the step ends. With `check_inputs` (and
         not under XLA), the step asserts finite images in [0, 1],
-        whole-number labels in [0, num_classes) and one-hot rows.
+        whole-number labels in [0, num_classes) and one-hot rows
+        (`tfadv.methods.batches`).
 
         Returns:
             `(x, y)`: the images and int32 labels of shape `(batch,)`.
@@ -1063,108 +596,18 @@ class AdversarialTrainer(keras.Model):
             ValueError: no labels, or labels of a shape that fits neither
                 form.
         """
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         method = type(self).__name__
-        if y is None:
-            raise ValueError(
-                f"{method} trains on labelled batches: (images, labels) or "
-                "(images, labels, sample_weight); got images only."
-            )
-        x = tf.convert_to_tensor(x)
-        if not x.dtype.is_floating:
-            raise TypeError(
-                f"Images must be floating point in [0, 1]; got {x.dtype}. "
-                "Divide uint8 images by 255 in the input pipeline."
-            )
+        x, y, sample_weight = batches.unpack(data, method=method)
         self._ensure_classifier_checked(x)
         # XLA drops Assert ops (with a warning per op), so skip them there.
         check = self.check_inputs and not getattr(self, "jit_compile", False)
-        y = self._prepare_labels(tf.convert_to_tensor(y), check)
+        y = batches.labels(
+            y, num_classes=self.num_classes, check=check, method=method
+        )
         if check:
-            x, y = self._assert_valid(x, y)
-        self._batch.sample_weight = _prepare_sample_weight(
-            sample_weight, method
-        )
+            x, y = batches.assert_valid(x, y, num_classes=self.num_classes)
+        self._batch.sample_weight = sample_weight
         return x, y
-
-    def _prepare_labels(self, y, check):
-        method = type(self).__name__
-        classes = self.num_classes
-        accepted = (
-            "integer class indices of shape (batch,) or (batch, 1), or "
-            f"one-hot rows of shape (batch, {classes}) (the classifier "
-            f"outputs {classes} logits)"
-        )
-        if not (y.dtype.is_integer or y.dtype.is_floating or y.dtype.is_bool):
-            raise TypeError(
-                f"{method} takes labels as {accepted}; got {y.dtype.name} "
-                "labels."
-            )
-        rank = y.shape.rank
-        width = y.shape[-1] if rank else None
-        if rank == 2 and width != 1:
-            if width != classes:
-                raise ValueError(
-                    f"{method} takes labels as {accepted}; got labels of "
-                    f"shape {tuple(y.shape)}, whose width is not the "
-                    "number of classes."
-                )
-            y = tf.cast(y, tf.float32)
-            if check:
-                y = _assert_one_hot(y)
-            return tf.argmax(y, axis=-1, output_type=tf.int32)
-        if rank is not None and rank > 2:
-            raise ValueError(
-                f"{method} takes labels as {accepted}; got labels of shape "
-                f"{tuple(y.shape)}."
-            )
-        y = tf.reshape(y, [-1])
-        if y.dtype.is_floating and check:
-            whole = tf.debugging.assert_equal(
-                y,
-                tf.round(y),
-                message="Labels must be whole-number class indices; a float "
-                "label has a fractional part (e.g. 2.7), which would be "
-                "truncated to another class. Give integer labels (or "
-                "one-hot rows).",
-            )
-            with tf.control_dependencies([whole]):
-                y = tf.identity(y)
-        return tf.cast(y, tf.int32)
-
-    def _assert_valid(self, x, y):
-        classes = self.num_classes
-        checks = [
-            tf.debugging.assert_all_finite(
-                x, "Images contain NaN or inf; they must be finite in [0, 1]."
-            ),
-            tf.debugging.assert_greater_equal(
-                tf.reduce_min(x),
-                tf.constant(0.0, x.dtype),
-                message="Images must lie in [0, 1] (pixel space); the "
-                "minimum is below 0. Normalisation belongs inside the model.",
-            ),
-            tf.debugging.assert_less_equal(
-                tf.reduce_max(x),
-                tf.constant(1.0, x.dtype),
-                message="Images must lie in [0, 1] (pixel space); the "
-                "maximum is above 1. Divide by 255 in the input pipeline.",
-            ),
-            tf.debugging.assert_non_negative(
-                y, message="Labels must be in [0, num_classes); got < 0."
-            ),
-            tf.debugging.assert_less(
-                y,
-                classes,
-                message=f"Labels must be in [0, num_classes) = [0, {classes}) "
-                f"for this classifier, which outputs {classes} logits (one "
-                f"per class); got a label >= {classes}. The data has more "
-                "classes than the classifier has outputs: give the "
-                "classifier one output per class.",
-            ),
-        ]
-        with tf.control_dependencies(checks):
-            return tf.identity(x), tf.identity(y)
 
     def attack(self, attack, x, target, **kwargs):
         """Runs `attack` on the classifier in the method's attack mode.
@@ -1286,12 +729,13 @@ class AdversarialTrainer(keras.Model):
         """
         if loss is not None:
             self.trackers[LOSS].update_state(loss * num_replicas())
+        weights = self.sample_weight
         if clean_logits is not None:
             self.trackers[CLEAN_ACCURACY].update_state(y, clean_logits)
-            self._update_user_metrics("clean", y, clean_logits)
+            self._metric_groups.update("clean", y, clean_logits, weights)
         if adv_logits is not None:
             self.trackers[ADV_ACCURACY].update_state(y, adv_logits)
-            self._update_user_metrics("adv", y, adv_logits)
+            self._metric_groups.update("adv", y, adv_logits, weights)
 
     def logs(self, names):
         """The results of the trackers `names`, and of the user's metrics.
@@ -1300,52 +744,73 @@ class AdversarialTrainer(keras.Model):
         `names` (`clean_<name>` with `clean_accuracy`, and so on).
         """
         logs = {name: self.trackers[name].result() for name in names}
-        for prefix, tracker in _TRACKER_OF_PREFIX.items():
-            if tracker in names:
-                for metric in self.user_metrics.get(prefix, ()):
-                    logs[metric.name] = metric.result()
-        if _multi_worker(tf.distribute.get_strategy()):
+        logs.update(self._metric_groups.results(names))
+        if keras_internals.multi_worker(tf.distribute.get_strategy()):
             # Keras averages a multi-worker step's outputs along axis 0
             # across the workers, which a scalar lacks (tensorflow#72388);
             # as [1] vectors they average back into the same scalars.
-            logs = {
-                name: tf.reshape(value, [1]) for name, value in logs.items()
-            }
+            logs = user_metrics.as_vectors(logs)
         return logs
+
+    def step_logs(self, x, y, *, loss=None, clean_logits=None, adv_logits=None):
+        """Ends a training step: updates the metrics, returns the logs.
+
+        `loss` is the step's replica-scaled loss, the logits those the
+        update computed; None leaves a metric alone (a method that updated
+        it at every replay), except missing clean logits, which are
+        computed in inference mode for the clean accuracy.
+        """
+        if clean_logits is None:
+            clean_logits = self.classifier(x, training=False)
+        self.update_metrics(
+            loss, y, clean_logits=clean_logits, adv_logits=adv_logits
+        )
+        return self.logs(self.train_metric_names)
 
     # The step.
 
     def perturb(self, x, y):
         """Makes the training examples, outside the update's gradient tape.
 
-        Keeping the attack off the tape saves the memory and time a tape
-        would spend recording the attack loop. The default runs
-        `current_train_attack()` on the labels in the method's attack mode
-        (None without a training attack); methods whose attack needs
-        another target override `attack_target`.
+        The default runs `current_train_attack()` on `attack_target` in the
+        method's attack mode (None without a training attack).
         """
         if self.train_attack is None:
             return None
         attack = self.current_train_attack()
-        return self.attack(attack, x, self.attack_target(x, y))
+        return self.attack(attack, x, self.attack_target(x, y, attack))
 
-    def attack_target(self, x, y):
-        """What the training attack's objective compares the logits with.
+    def attack_target(self, x, y, attack=None, *, training=None):
+        """What an attack's objective compares the logits with.
 
         The labels, unless the objective asks for the clean distribution
-        (the KL objective of TRADES-style attacks), computed once in the
-        attack mode.
+        (the KL objective of TRADES-style attacks), computed once.
+
+        Args:
+            x: clean images.
+            y: integer labels.
+            attack: the attack (the training attack by default).
+            training: the classifier's mode for the clean distribution
+                (the method's attack mode by default).
         """
-        objective = getattr(self.train_attack, "objective", None)
+        attack = self.train_attack if attack is None else attack
+        objective = getattr(attack, "objective", None)
         if objective is None or objectives.target_kind(objective) == "labels":
             return y
-        clean_logits = self.classifier(x, training=self.attack_training_mode)
+        if training is None:
+            training = self.attack_training_mode
+        clean_logits = self.classifier(x, training=training)
         return tf.stop_gradient(
             tf.nn.softmax(tf.cast(clean_logits, tf.float32))
         )
 
     def compute_adversarial_loss(self, x, y, x_adv):
         """Builds the training loss inside the update's gradient tape.
+
+        The default is the cross-entropy on the training examples in
+        training mode, `(1 − c)·CE(f(x_adv), y) + c·CE(f(x), y)` with
+        `c = clean_weight` (0 unless the method sets it): the loss of
+        PGD-AT, FGSM-RS, GAAT's exact phase and noisy training.
 
         Args:
             x: clean images in [0, 1].
@@ -1357,7 +822,15 @@ class AdversarialTrainer(keras.Model):
             logits for the metrics (either may be None; missing clean logits
             are computed in inference mode for the metric).
         """
-        raise NotImplementedError
+        adv_logits = self.classifier(x_adv, training=True)
+        loss = self.cross_entropy(y, adv_logits)
+        clean_logits = None
+        if self.clean_weight:
+            clean_logits = self.classifier(x, training=True)
+            loss = (1.0 - self.clean_weight) * loss + (
+                self.clean_weight * self.cross_entropy(y, clean_logits)
+            )
+        return loss, clean_logits, adv_logits
 
     def minibatch_update(self, x, y):
         """Trains on one checked minibatch and returns the step's logs.
@@ -1382,12 +855,9 @@ class AdversarialTrainer(keras.Model):
             self.step_controller.observe(self.gradient_l1(input_grad))
         else:
             self.apply_gradients(tape, scaled_loss)
-        if clean_logits is None:
-            clean_logits = self.classifier(x, training=False)
-        self.update_metrics(
-            loss, y, clean_logits=clean_logits, adv_logits=adv_logits
+        return self.step_logs(
+            x, y, loss=loss, clean_logits=clean_logits, adv_logits=adv_logits
         )
-        return self.logs(self.train_metric_names)
 
     def train_step(self, data):
         x, y = self.prepare_batch(data)
@@ -1421,56 +891,8 @@ class AdversarialTrainer(keras.Model):
                 )
             adv_logits = self.classifier(x_adv, training=False)
             self.trackers[ROBUST_ACCURACY].update_state(y, adv_logits)
-            self._update_user_metrics("robust", y, adv_logits)
+            self._metric_groups.update(
+                "robust", y, adv_logits, self.sample_weight
+            )
             names = self.test_metric_names
         return self.logs(names)
-
-
-def _assert_one_hot(y):
-    """`y` after asserting that its rows are one-hot."""
-    binary = tf.reduce_all((y == 0.0) | (y == 1.0))
-    single = tf.reduce_all(tf.reduce_sum(y, -1) == 1.0)
-    check = tf.debugging.Assert(
-        binary & single,
-        [
-            "One-hot labels must have a single 1 per row and 0 elsewhere "
-            "(soft labels, e.g. label smoothing, are not accepted: the "
-            "method's losses take class indices)."
-        ],
-    )
-    with tf.control_dependencies([check]):
-        return tf.identity(y)
-
-
-def _prepare_sample_weight(sample_weight, method: str):
-    """Per-example float32 weights of shape (batch,), or None."""
-    if sample_weight is None:
-        return None
-    weights = tf.cast(tf.convert_to_tensor(sample_weight), tf.float32)
-    shape = weights.shape
-    if shape.rank is not None and (
-        shape.rank > 2 or (shape.rank == 2 and shape[-1] not in (1, None))
-    ):
-        raise ValueError(
-            f"{method} weighs each example's loss by one number, so "
-            "sample_weight must have shape (batch,) or (batch, 1); got "
-            f"shape {tuple(shape)}."
-        )
-    return tf.reshape(weights, [-1])
-
-
-def _input_std(classifier: keras.Model):
-    """The std of the classifier's normalisation layer (1 without one).
-
-    tfadv's builders normalise with a `keras.layers.Normalization` named
-    `models.NORMALIZE_LAYER`; its std turns a pixel-space gradient into
-    the gradient with respect to the normalised input.
-    """
-    try:
-        layer = classifier.get_layer(common.NORMALIZE_LAYER)
-    except ValueError:
-        return 1.0
-    variance = getattr(layer, "input_variance", None)
-    if not isinstance(layer, keras.layers.Normalization) or variance is None:
-        return 1.0
-    return tf.sqrt(tf.cast(tf.reshape(variance, [-1]), tf.float32))

@@ -11,13 +11,18 @@ that a method accepts (`step_controller=`), like the loss objects Keras's
 - `AccuracyTrigger`: DEAT-p, one more step when the epoch's training
   accuracy passes a threshold.
 
-The controller owns a step count of the trainer (`add_step_count`, so a
-checkpoint carries it and the step is retraced when it changes) and its own
-state in the trainer's variables. The trainer calls `observe` from its
-training step with the ℓ1 norm of the input gradient of its update's own
-backward pass (no extra pass), and the epoch hooks call `on_epoch_begin`
-and `on_epoch_end`, whose values go to the epoch's logs (TensorBoard and
-results.json's history).
+A controller is a rule with state of its own and no reference to what it
+drives. It is a Keras layer, so its state (M+'s magnitude and threshold)
+is its own saved variables, which a trainer's checkpoint and `.keras` file
+carry. The trainer that accepts it asks it to
+`validate_trainer_compatibility`, then `create_state(max_steps)` (the cap
+is the
+training attack's `num_steps` unless the controller was given one); per
+step it `observe`s the ℓ1 norm of the input gradient of the update's own
+backward pass (no extra pass); per epoch `on_epoch_begin(epoch, steps)`
+and `on_epoch_end(epoch, steps, logs)` return the count to run next, which
+the trainer sets as its own step count (retracing its step), and the
+values to add to the epoch's logs.
 """
 
 import gin
@@ -26,77 +31,129 @@ import keras
 from tfadv import validation
 from tfadv.attacks import base as attack_base
 
-STEPS = "steps"
 
-
-class StepController:
+class StepController(keras.layers.Layer):
     """Base class: a rule that sets a step count between epochs.
 
     Every subclass is a registered Keras serializable (its `get_config`
     holds its constructor arguments), so a trainer driven by it saves to
-    `.keras` and loads whole; the controller's state lives in the
-    trainer's weights, which the file carries.
+    `.keras` and loads whole, the controller's variables with it.
 
     Args:
-        max_steps: the most steps the rule may reach (>= 1).
+        max_steps: the most steps the rule may reach (>= 1), or None for
+            the training attack's `num_steps` (given, it must equal them).
         initial_steps: the count of the first epoch (0 <= it <= max_steps).
-        name: the prefix of the logged values (`<name>/steps`, ...).
+        name: the prefix of the logged values (`<name>/steps`, ...) and of
+            the controller's variables.
     """
 
-    # Weights the training step itself changes (not only the epoch hooks).
+    # The controller's variables that the training step itself changes
+    # (not only the epoch hooks), by name.
     mutable_state = ()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         attack_base.register_serializable(cls)
 
-    def __init__(self, *, max_steps: int, initial_steps: int = 1, name: str):
+    def __init__(
+        self, *, max_steps: int | None = None, initial_steps: int = 1, **kwargs
+    ):
+        super().__init__(**kwargs)
+        kind = type(self).__name__
+        if max_steps is not None:
+            max_steps = validation.count(
+                f"{kind} max_steps", max_steps, minimum=1
+            )
+        self.max_steps = max_steps
+        self.initial_steps = validation.count(
+            f"{kind} initial_steps", initial_steps
+        )
+        self._check_initial_steps()
+
+    def _check_initial_steps(self):
+        if self.max_steps is not None and self.initial_steps > self.max_steps:
+            raise ValueError(
+                f"{type(self).__name__} initial_steps ({self.initial_steps}) "
+                f"must not exceed max_steps ({self.max_steps})."
+            )
+
+    def validate_trainer_compatibility(self, trainer) -> None:
+        """Refuses a trainer this controller cannot drive.
+
+        The trainer must declare a step count (`step_controller_count`)
+        and train with an attack that has `num_steps` and `step_size`,
+        whose `num_steps` is the cap; a controller drives one trainer.
+
+        Raises:
+            ValueError: any of these does not hold.
+        """
+        method = type(trainer).__name__
+        if self.built:
+            raise ValueError(
+                f"This {type(self).__name__} already drives a trainer; give "
+                f"each trainer its own (for {method})."
+            )
+        count = trainer.step_controller_count
+        if count is None:
+            raise ValueError(
+                f"{method} has no step count that a step controller could "
+                "drive; controllers drive PGDAT, TRADES and MART (the "
+                "training attack's steps) and DEAT (its replays)."
+            )
+        config = trainer.train_attack.get_config()
+        if not {"num_steps", "step_size"} <= set(config):
+            raise ValueError(
+                f"{method}'s step controller changes its training attack's "
+                f"num_steps and step_size, which {trainer.train_attack!r} "
+                "does not have; use a ProjectedGradient."
+            )
+        if (
+            self.max_steps is not None
+            and self.max_steps != (config["num_steps"])
+        ):
+            raise ValueError(
+                f"{method}'s step controller stops at max_steps="
+                f"{self.max_steps}, but its train_attack's num_steps, the "
+                f"most {count} it may reach, is {config['num_steps']}; give "
+                "one of them (the controller takes the attack's when its "
+                "max_steps is None), or the same value to both."
+            )
+
+    def create_state(self, max_steps: int) -> None:
+        """Fixes the cap and creates the controller's variables.
+
+        Args:
+            max_steps: the training attack's `num_steps`.
+        """
         self.max_steps = validation.count(
             f"{type(self).__name__} max_steps", max_steps, minimum=1
         )
-        self.initial_steps = validation.count(
-            f"{type(self).__name__} initial_steps", initial_steps
-        )
-        if self.initial_steps > self.max_steps:
-            raise ValueError(
-                f"{type(self).__name__} initial_steps ({initial_steps}) must "
-                f"not exceed max_steps ({max_steps})."
-            )
-        self.name = name
-        self.trainer = None
-        self.count_name = None
+        self._check_initial_steps()
+        # Variables made here are named `<name>/<variable>`, as a layer's.
+        with keras.name_scope(self.name, caller=self):
+            self.make_variables()
+        self.built = True
 
-    def attach(self, trainer, count_name: str) -> None:
-        """Takes charge of `trainer`'s step count `count_name`."""
-        if self.trainer is not None:
-            raise ValueError(
-                f"This {type(self).__name__} already drives a "
-                f"{type(self.trainer).__name__}; give each trainer its own."
-            )
-        self.trainer = trainer
-        self.count_name = count_name
-        trainer.add_step_count(count_name, self.initial_steps)
-        self.build(trainer)
-
-    def build(self, trainer) -> None:
-        """Creates the controller's state as weights of `trainer`."""
-
-    @property
-    def steps(self) -> int:
-        """The current count (a Python int; read as the step is traced)."""
-        return self.trainer.step_count(self.count_name)
-
-    def set_steps(self, value: int) -> None:
-        self.trainer.set_step_count(self.count_name, value)
+    def make_variables(self) -> None:
+        """Creates the rule's variables (none by default)."""
 
     def observe(self, gradient_l1) -> None:
         """Called from the training step with ‖∇ₓ loss‖₁ of its update."""
 
-    def on_epoch_begin(self, epoch: int) -> None:
-        """Called before each epoch, eagerly."""
+    def on_epoch_begin(self, epoch: int, steps: int) -> int:
+        """The count epoch `epoch` runs, given the current one; eagerly."""
+        del epoch
+        return steps
 
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> dict:
-        """Applies the rule after `epoch`; returns values to log."""
+    def on_epoch_end(
+        self, epoch: int, steps: int, logs: dict | None = None
+    ) -> tuple[int, dict]:
+        """Applies the rule after `epoch`, which ran `steps`.
+
+        Returns:
+            `(steps, values)`: the count of the next epoch, and values to
+            add to the epoch's logs.
+        """
         raise NotImplementedError
 
     def get_config(self) -> dict:
@@ -108,7 +165,7 @@ class StepController:
 
     @classmethod
     def from_config(cls, config: dict) -> "StepController":
-        """A fresh controller (not attached) from `get_config()`."""
+        """A fresh controller (not built) from `get_config()`."""
         return cls(**config)
 
 
@@ -129,7 +186,7 @@ class MPlus(StepController):
     The comparison is strict and the threshold is refreshed only when the
     count grows. Logs `mplus/steps` (the count of the epoch that ended),
     `mplus/magnitude` (its M) and `mplus/threshold` (after the rule; 0 until
-    it is set). M and the threshold are weights of the trainer, so a
+    it is set). M and the threshold are the controller's variables, so a
     checkpoint carries them; M restarts at every epoch.
 
     Example:
@@ -140,18 +197,19 @@ class MPlus(StepController):
 
     Args:
         gamma: γ > 0, the factor of the threshold (1.01 on CIFAR-10).
-        max_steps: r_max, the most steps (8 for M+DEAT).
+        max_steps: r_max, the most steps; None (the default) takes the
+            training attack's `num_steps` (8 for M+DEAT).
         initial_steps: the first epoch's count (1 for M+DEAT, 0 for M+PGD,
             M+TRADES and M+MART).
     """
 
-    mutable_state = ("mplus_magnitude",)
+    mutable_state = ("magnitude",)
 
     def __init__(
         self,
         *,
         gamma: float = 1.01,
-        max_steps: int = 8,
+        max_steps: int | None = None,
         initial_steps: int = 1,
     ):
         super().__init__(
@@ -162,39 +220,36 @@ class MPlus(StepController):
         )
         self.magnitude = None
         self.threshold = None
-        self.threshold_set = None
 
-    def build(self, trainer):
+    def make_variables(self):
         # Each replica sums its own share of M (no all-reduce in the step);
-        # a read outside the step adds the replicas' sums. An attribute of
-        # the trainer, so checkpoints carry it.
-        trainer.mplus_magnitude = keras.Variable(
+        # a read outside the step adds the replicas' sums.
+        self.magnitude = keras.Variable(
             initializer="zeros",
             shape=(),
             dtype="float32",
             trainable=False,
             synchronization="on_read",
             aggregation="sum",
-            name="mplus_magnitude",
+            name="magnitude",
         )
-        self.magnitude = trainer.mplus_magnitude
-        self.threshold = trainer.add_weight(
+        self.threshold = self.add_weight(
             shape=(),
             initializer="zeros",
             trainable=False,
             aggregation="only_first_replica",
-            name="mplus_threshold",
+            name="threshold",
         )
 
     def observe(self, gradient_l1):
         self.magnitude.assign_add(gradient_l1)
 
-    def on_epoch_begin(self, epoch):
+    def on_epoch_begin(self, epoch, steps):
         self.magnitude.assign(0.0)
+        return steps
 
-    def decide(self, epoch: int, magnitude: float, threshold: float):
+    def decide(self, epoch: int, steps: int, magnitude: float, threshold):
         """The rule: `(steps, threshold)` after `epoch` with this M."""
-        steps = self.steps
         if epoch == 0:
             steps = min(steps + 1, self.max_steps)
         elif epoch == 1:
@@ -204,15 +259,13 @@ class MPlus(StepController):
             steps += 1
         return steps, threshold
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch, steps, logs=None):
         magnitude = float(keras.ops.convert_to_numpy(self.magnitude))
         threshold = float(keras.ops.convert_to_numpy(self.threshold))
-        used = self.steps
-        steps, threshold = self.decide(epoch, magnitude, threshold)
+        following, threshold = self.decide(epoch, steps, magnitude, threshold)
         self.threshold.assign(threshold)
-        self.set_steps(steps)
-        return {
-            "mplus/steps": used,
+        return following, {
+            "mplus/steps": steps,
             "mplus/magnitude": magnitude,
             "mplus/threshold": threshold,
         }
@@ -231,12 +284,17 @@ class LinearGrowth(StepController):
 
     Args:
         every: epochs per step (d >= 1).
-        max_steps: r_max.
+        max_steps: r_max (5 in DEAT's setting); None takes the training
+            attack's `num_steps`.
         initial_steps: the count of epochs 0 … every − 1.
     """
 
     def __init__(
-        self, *, every: int = 3, max_steps: int = 5, initial_steps: int = 1
+        self,
+        *,
+        every: int = 3,
+        max_steps: int | None = None,
+        initial_steps: int = 1,
     ):
         super().__init__(
             max_steps=max_steps, initial_steps=initial_steps, name="linear"
@@ -246,11 +304,11 @@ class LinearGrowth(StepController):
     def steps_at(self, epoch: int) -> int:
         return min(epoch // self.every + self.initial_steps, self.max_steps)
 
-    def on_epoch_begin(self, epoch):
-        self.set_steps(self.steps_at(epoch))
+    def on_epoch_begin(self, epoch, steps):
+        return self.steps_at(epoch)
 
-    def on_epoch_end(self, epoch, logs=None):
-        return {"linear/steps": self.steps}
+    def on_epoch_end(self, epoch, steps, logs=None):
+        return steps, {"linear/steps": steps}
 
     def get_config(self):
         return {**super().get_config(), "every": self.every}
@@ -266,7 +324,8 @@ class AccuracyTrigger(StepController):
 
     Args:
         threshold: the accuracy, in [0, 1], above which the count grows.
-        max_steps: r_max.
+        max_steps: r_max (4 in DEAT's setting); None takes the training
+            attack's `num_steps`.
         initial_steps: the first epoch's count.
         metric: the training log to compare (default "adv_accuracy").
     """
@@ -275,7 +334,7 @@ class AccuracyTrigger(StepController):
         self,
         *,
         threshold: float = 0.4,
-        max_steps: int = 4,
+        max_steps: int | None = None,
         initial_steps: int = 1,
         metric: str = "adv_accuracy",
     ):
@@ -289,8 +348,8 @@ class AccuracyTrigger(StepController):
         )
         self.metric = metric
 
-    def on_epoch_end(self, epoch, logs=None):
-        used = self.steps
+    def on_epoch_end(self, epoch, steps, logs=None):
+        used = steps
         logs = logs or {}
         if self.metric not in logs:
             raise ValueError(
@@ -298,8 +357,8 @@ class AccuracyTrigger(StepController):
                 f"which this run does not have (it has {sorted(logs)})."
             )
         if float(logs[self.metric]) > self.threshold and used < self.max_steps:
-            self.set_steps(used + 1)
-        return {"accuracy_trigger/steps": used}
+            steps = used + 1
+        return steps, {"accuracy_trigger/steps": used}
 
     def get_config(self):
         return {

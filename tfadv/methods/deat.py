@@ -1,7 +1,6 @@
 """DEAT and M+DEAT: Dynamic Efficient Adversarial Training (Wang et al.)."""
 
 import gin
-import tensorflow as tf
 
 from tfadv.attacks import pgd
 from tfadv.methods import base
@@ -44,10 +43,11 @@ class DEAT(base.AdversarialTrainer):
 
     The training attack holds ε, the step floor α (its `step_size`,
     1.25ε = 10/255 by default), the start (its `start`: "uniform", the
-    reference's τ = ε) and r_max (its `num_steps`, 8 by default; the
-    controller's `max_steps` must equal it). r is a Python int in the
+    reference's τ = ε) and r_max (its `num_steps`, 8 by default, which is
+    the controller's cap). r is a Python int in the
     traced step: the replays unroll, and the step is retraced when r
-    changes (`AdversarialTrainer.set_step_count`). Each minibatch gives r
+    changes (the trainer sets its step count `replays` from the
+    controller's decision after every epoch). Each minibatch gives r
     optimizer updates, so use a `tfadv.schedules.PerMinibatch` learning
     rate, which counts minibatches as the reference's scheduler does.
 
@@ -66,7 +66,7 @@ class DEAT(base.AdversarialTrainer):
     Args:
         classifier: a Keras model mapping [0, 1] images to logits.
         step_controller: what sets r between epochs; None builds
-            `controllers.MPlus(gamma=1.01, max_steps=r_max)`.
+            `controllers.MPlus(gamma=1.01)` (capped at r_max).
         **kwargs: see `AdversarialTrainer` (`train_attack`, a
             `ProjectedGradient`; `epsilon`; `eval_attack`; `weight_decay`).
 
@@ -88,9 +88,7 @@ class DEAT(base.AdversarialTrainer):
                 "attack_training_mode=False is not possible."
             )
         if step_controller is None:
-            attack = kwargs.get("train_attack")
-            r_max = getattr(attack, "num_steps", DEFAULT_MAX_REPLAYS)
-            step_controller = controllers.MPlus(gamma=1.01, max_steps=r_max)
+            step_controller = controllers.MPlus(gamma=1.01)
         if step_controller.initial_steps < 1:
             raise ValueError(
                 "DEAT replays each minibatch at least once; its controller's "
@@ -110,23 +108,25 @@ class DEAT(base.AdversarialTrainer):
     @property
     def replays(self) -> int:
         """r, the replays of this epoch (a Python int)."""
-        return self.step_controller.steps
+        return self.step_count(self.step_controller_count)
+
+    def current_train_attack(self):
+        """δ's steps this epoch: the attack with the step `max(ε / r, α)`."""
+        return self.train_attack.replace(
+            step_size=controllers.controlled_step_size(
+                self.epsilon, self.replays, self.train_attack.step_size
+            )
+        )
 
     def minibatch_update(self, x, y):
-        replays = self.replays
-        step_size = controllers.controlled_step_size(
-            self.epsilon, replays, self.train_attack.step_size
-        )
-        attack = self.train_attack.replace(step_size=step_size)
+        attack = self.current_train_attack()
         # A fresh start every minibatch, made feasible for x.
         start = attack.initial_point(x, self.next_seed())
         delta = self.threat_model.project(x, start) - x
         result = replay.replay(
-            self, x, y, delta, num_replays=replays, attack=attack
+            self, x, y, delta, num_replays=self.replays, attack=attack
         )
         self.step_controller.observe(
             self.gradient_l1(result.input_gradients[-1])
         )
-        clean_logits = self.classifier(tf.convert_to_tensor(x), training=False)
-        self.update_metrics(None, y, clean_logits=clean_logits)
-        return self.logs(self.train_metric_names)
+        return self.step_logs(x, y)

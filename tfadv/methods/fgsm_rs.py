@@ -22,9 +22,10 @@ class FGSMRS(base.AdversarialTrainer):
         δ₀ ~ U(−ε, ε)^d,   δ = Π(δ₀ + α·sign(∇_δ CE(f_θ(x + δ₀), y)))
 
     with `α = 1.25ε` and `Π` the projection onto the ε-box and the image
-    box. A larger α, or a random start covering only part of the ball,
-    leads to catastrophic overfitting: robust accuracy against PGD falls
-    to about 0 within an epoch. Train with
+    box, then one update on the trainer's default loss `CE(f(x + δ), y)`
+    in training mode. A larger α, or a random start covering only part of
+    the ball, leads to catastrophic overfitting: robust accuracy against
+    PGD falls to about 0 within an epoch. Train with
     `tfadv.callbacks.CatastrophicOverfittingStop` (the reference's
     `--early-stop`) and a cyclic learning rate (`tfadv.schedules.cyclic`).
 
@@ -67,7 +68,3 @@ class FGSMRS(base.AdversarialTrainer):
             start="uniform",
             name="fgsm_rs",
         )
-
-    def compute_adversarial_loss(self, x, y, x_adv):
-        adv_logits = self.classifier(x_adv, training=True)
-        return self.cross_entropy(y, adv_logits), None, adv_logits

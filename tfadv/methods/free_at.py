@@ -3,12 +3,12 @@
 import math
 
 import gin
-import keras
 import tensorflow as tf
 
 from tfadv import validation
 from tfadv.attacks import pgd
 from tfadv.methods import base
+from tfadv.methods import classifiers
 from tfadv.methods import replay
 
 DELTA_NAME = "free_at_delta"
@@ -85,10 +85,7 @@ class FreeAT(base.AdversarialTrainer):
             `attack_training_mode=False`.
     """
 
-    mutable_state_paths = (
-        *base.AdversarialTrainer.mutable_state_paths,
-        DELTA_NAME,
-    )
+    mutable_state = (*base.AdversarialTrainer.mutable_state, DELTA_NAME)
     paper_epsilon = 8 / 255  # CIFAR-10; never a default
     default_attack_training_mode = True
     train_attack_types = (pgd.ProjectedGradient,)
@@ -106,27 +103,14 @@ class FreeAT(base.AdversarialTrainer):
             minimum=1,
         )
         self.batch_size = validation.count("batch_size", batch_size, minimum=1)
-        image_shape = base.classifier_image_shape(classifier)
-        if image_shape is None or any(d is None for d in image_shape):
-            raise ValueError(
-                "FreeAT keeps a perturbation of the input's shape, so the "
-                "classifier needs a fully defined input shape; got "
-                f"{image_shape}. Give a functional model a fully defined "
-                "keras.Input, or call a subclassed one on a batch of "
-                "images before building the trainer."
-            )
+        image_shape = classifiers.defined_image_shape(
+            classifier, method="FreeAT", what="a perturbation"
+        )
         self.rows_per_replica = math.ceil(self.batch_size / base.num_replicas())
-        # One buffer per replica, never synchronised: each replica reads
-        # and writes its own rows; a cross-replica read (saving) takes
-        # replica 0's.
-        self.delta = keras.Variable(
-            initializer="zeros",
-            shape=(self.rows_per_replica, *image_shape),
-            dtype="float32",
-            trainable=False,
-            synchronization="on_read",
-            aggregation="only_first_replica",
-            name=DELTA_NAME,
+        # One buffer per replica: each replica reads and writes its own
+        # rows; a cross-replica read (saving) takes replica 0's.
+        self.delta = classifiers.per_replica_buffer(
+            (self.rows_per_replica, *image_shape), "float32", DELTA_NAME
         )
 
     @property
@@ -183,6 +167,4 @@ class FreeAT(base.AdversarialTrainer):
             attack=self.train_attack,
         )
         self.delta.assign(tf.concat([result.delta, stored[size:]], axis=0))
-        clean_logits = self.classifier(x, training=False)
-        self.update_metrics(None, y, clean_logits=clean_logits)
-        return self.logs(self.train_metric_names)
+        return self.step_logs(x, y)

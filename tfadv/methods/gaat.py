@@ -1,7 +1,6 @@
 """GAAT, Taylor-approximated adversarial training (Gong et al. 2023)."""
 
 import math
-import typing
 
 import gin
 import keras
@@ -13,9 +12,10 @@ from tfadv.attacks import base as attack_base
 from tfadv.attacks import objectives
 from tfadv.attacks import pgd
 from tfadv.methods import base
-from tfadv.methods import pgd_at
+from tfadv.methods import classifiers
+from tfadv.methods import taylor
 
-ORDERS = (1, 2)
+ORDERS = taylor.ORDERS
 # The phases, in the order of their value in the step count PHASE.
 PHASES = ("surrogate", "exact")
 SURROGATE, EXACT = 0, 1
@@ -27,154 +27,6 @@ MONITOR_COUNT = "gaat_monitor_count"
 # Names of the values the guard adds to the epoch's logs.
 REMAINDER_LOG = "gaat/remainder"
 PHASE_LOG = "gaat/exact_phase"
-
-
-class TaylorTerms(typing.NamedTuple):
-    """The terms of a Taylor expansion of per-example losses around `x`.
-
-    Every field but `delta` and `aux` has one value per example (float32).
-
-    Attributes:
-        loss: `ℓ(x)`.
-        gradient: `∇ₓℓ(x)`, shaped like `x` (float32).
-        delta: the perturbation δ, held constant (no gradient flows into
-            it), shaped like `x` (float32).
-        linear: `δᵀ∇ₓℓ(x)`.
-        quadratic: `½ δᵀ∇²ₓℓ(x) δ`; zeros for an order-1 expansion.
-        aux: what the loss function returned besides the losses.
-    """
-
-    loss: tf.Tensor
-    gradient: tf.Tensor
-    delta: tf.Tensor
-    linear: tf.Tensor
-    quadratic: tf.Tensor
-    aux: typing.Any
-
-    @property
-    def surrogate(self) -> tf.Tensor:
-        """The partial sum `L_K(δ)`: the approximation of `ℓ(x + δ)`."""
-        return self.loss + self.linear + self.quadratic
-
-
-def _per_example_dot(a, b):
-    axes = list(range(1, len(a.shape)))
-    return tf.reduce_sum(a * b, axis=axes)
-
-
-def input_derivatives(loss_fn, x, *, tangent=None):
-    """The losses at `x`, their input gradient and a Hessian-vector product.
-
-    The gradient is that of the summed losses, recorded on a tape, so an
-    enclosing `GradientTape` differentiates it with respect to the weights
-    (double backpropagation). With a `tangent` v, `∇²ₓ(Σℓ) v` is
-    forward-over-backward: a `ForwardAccumulator` with tangent v around
-    that backward pass; its `jvp` is recorded by an enclosing tape too.
-
-    Summing before differentiating gives each example its own loss's
-    gradient, unless the loss couples the examples (BatchNorm in training
-    mode); the derivatives are then those of the batch's summed loss.
-
-    Args:
-        loss_fn: `x -> (per-example losses, aux)`.
-        x: a float tensor of examples.
-        tangent: v, shaped like `x`, or None for no Hessian term.
-
-    Returns:
-        `(losses, aux, gradient, hessian_tangent)`: the float32 losses,
-        what `loss_fn` returned besides, the gradient (shaped like `x`) and
-        `∇²ₓ(Σℓ) v` (None without a tangent).
-    """
-    x = tf.convert_to_tensor(x)
-
-    def losses_and_gradient():
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(x)
-            losses, aux = loss_fn(x)
-            losses = tf.cast(losses, tf.float32)
-            total = tf.reduce_sum(losses)
-        gradient = tape.gradient(
-            total, x, unconnected_gradients=tf.UnconnectedGradients.ZERO
-        )
-        return losses, aux, gradient
-
-    if tangent is None:
-        return (*losses_and_gradient(), None)
-    tangent = tf.stop_gradient(tf.cast(tangent, x.dtype))
-    with tf.autodiff.ForwardAccumulator(x, tangent) as accumulator:
-        losses, aux, gradient = losses_and_gradient()
-    hessian_tangent = accumulator.jvp(
-        gradient, unconnected_gradients=tf.UnconnectedGradients.ZERO
-    )
-    return losses, aux, gradient, hessian_tangent
-
-
-def taylor_expansion(
-    loss_fn, x, *, order: int, delta=None, direction=None
-) -> TaylorTerms:
-    """The order-1 or order-2 Taylor expansion of `loss_fn` around `x`.
-
-    `ℓ(x + δ) ≈ ℓ(x) + δᵀ∇ₓℓ(x) [+ ½ δᵀ∇²ₓℓ(x) δ]`, per example, from
-    `input_derivatives`: an enclosing `GradientTape` differentiates every
-    term with respect to the weights, with δ held constant.
-
-    Args:
-        loss_fn: `x -> (per-example losses, aux)`.
-        x: the expansion point, a float tensor of examples.
-        order: 1 or 2.
-        delta: the perturbation, or None to derive it from the gradient
-            with `direction` (order 1 only: the order-2 term needs δ
-            before the forward pass).
-        direction: `gradient -> delta`, used when `delta` is None.
-
-    Returns:
-        The `TaylorTerms`.
-
-    Raises:
-        ValueError: a bad order, or no δ for an order-2 expansion.
-    """
-    validation.choice("order", order, ORDERS)
-    if delta is None and (order == 2 or direction is None):
-        raise ValueError(
-            "taylor_expansion needs delta for order 2 (the Hessian-vector "
-            "product takes it as the forward tangent) and delta or "
-            "direction for order 1."
-        )
-    losses, aux, grad, hessian_delta = input_derivatives(
-        loss_fn, x, tangent=delta if order == 2 else None
-    )
-    grad = tf.cast(grad, tf.float32)
-    if delta is None:
-        delta = direction(grad)
-    delta = tf.stop_gradient(tf.cast(delta, tf.float32))
-    linear = _per_example_dot(delta, grad)
-    if hessian_delta is None:
-        quadratic = tf.zeros_like(linear)
-    else:
-        hessian_delta = tf.cast(hessian_delta, tf.float32)
-        quadratic = 0.5 * _per_example_dot(delta, hessian_delta)
-    return TaylorTerms(losses, grad, delta, linear, quadratic, aux)
-
-
-def steepest_ascent_delta(threat_model, x, gradient) -> tf.Tensor:
-    """The δ of the threat set that most increases `δᵀ gradient`.
-
-    One step of size ε along the threat model's steepest-ascent direction
-    (`ε·sign(g)` for L-inf), then projected so that `x + δ` stays in
-    [0, 1]. Away from the box edges the linear term is then `ε‖g‖₁`.
-    """
-    x = tf.convert_to_tensor(x)
-    moved = threat_model.step(
-        x, tf.cast(gradient, x.dtype), threat_model.epsilon
-    )
-    return threat_model.project(x, moved) - x
-
-
-def relative_remainder(true_losses, surrogate) -> float:
-    """`|mean ℓ(x + δ) − mean L_K(δ)| / mean ℓ(x + δ)`, as a float."""
-    true_mean = float(tf.reduce_mean(tf.cast(true_losses, tf.float32)))
-    surrogate_mean = float(tf.reduce_mean(tf.cast(surrogate, tf.float32)))
-    return abs(true_mean - surrogate_mean) / max(abs(true_mean), 1e-12)
 
 
 @gin.register
@@ -283,8 +135,8 @@ class GAAT(base.AdversarialTrainer):
             another budget than the training attack's.
     """
 
-    mutable_state_paths = (
-        *base.AdversarialTrainer.mutable_state_paths,
+    mutable_state = (
+        *base.AdversarialTrainer.mutable_state,
         MONITOR_IMAGES,
         MONITOR_LABELS,
         MONITOR_COUNT,
@@ -342,41 +194,25 @@ class GAAT(base.AdversarialTrainer):
                 start="none",
                 name="gaat_fgsm",
             )
-        image_shape = base.classifier_image_shape(classifier)
-        if image_shape is None or any(d is None for d in image_shape):
-            raise ValueError(
-                "GAAT keeps a monitor batch of the input's shape, so the "
-                "classifier needs a fully defined input shape; got "
-                f"{image_shape}. Give a functional model a fully defined "
-                "keras.Input, or call a subclassed one on a batch of "
-                "images before building the trainer."
-            )
+        image_shape = classifiers.defined_image_shape(
+            classifier, method="GAAT", what="a monitor batch"
+        )
         # One copy per replica, never synchronised, so the step fills it
         # inside a tf.cond without a cross-replica merge; each replica keeps
         # its own first rows, and a cross-replica read (the guard, a
         # checkpoint) takes the first replica's.
-        self.monitor_images = self._monitor_variable(
+        self.monitor_images = classifiers.per_replica_buffer(
             (self.monitor_size, *image_shape), "float32", MONITOR_IMAGES
         )
-        self.monitor_labels = self._monitor_variable(
+        self.monitor_labels = classifiers.per_replica_buffer(
             (self.monitor_size,), "int32", MONITOR_LABELS
         )
-        self.monitor_count = self._monitor_variable((), "int32", MONITOR_COUNT)
+        self.monitor_count = classifiers.per_replica_buffer(
+            (), "int32", MONITOR_COUNT
+        )
         self.add_step_count(PHASE, PHASES.index(self.initial_phase))
         self.phase_history = []
         self.remainder_history = []
-
-    @staticmethod
-    def _monitor_variable(shape, dtype, name):
-        return keras.Variable(
-            initializer="zeros",
-            shape=shape,
-            dtype=dtype,
-            trainable=False,
-            synchronization="on_read",
-            aggregation="only_first_replica",
-            name=name,
-        )
 
     def _check_perturbation_attack(self, attack):
         if attack is None:
@@ -397,11 +233,7 @@ class GAAT(base.AdversarialTrainer):
         return attack
 
     def default_train_attack(self, epsilon):
-        return pgd.ProjectedGradient(
-            epsilon=epsilon,
-            step_size=pgd_at.STEP_FRACTION * epsilon,
-            num_steps=pgd_at.DEFAULT_STEPS,
-        )
+        return pgd.madry_attack(epsilon)
 
     def get_config(self):
         return {
@@ -443,18 +275,6 @@ class GAAT(base.AdversarialTrainer):
 
         return tf.cond(self.monitor_count > 0, lambda: tf.constant(False), fill)
 
-    def compute_adversarial_loss(self, x, y, x_adv):
-        adv_logits = self.classifier(x_adv, training=True)
-        return self.cross_entropy(y, adv_logits), None, adv_logits
-
-    def _target(self, attack, x, y, training):
-        """The labels, or the clean distribution for a KL objective."""
-        objective = getattr(attack, "objective", None)
-        if objective is None or objectives.target_kind(objective) == "labels":
-            return y
-        logits = self.classifier(x, training=training)
-        return tf.stop_gradient(tf.nn.softmax(tf.cast(logits, tf.float32)))
-
     def surrogate_delta(self, x, y):
         """δ from `perturbation_attack` (or the order-2 FGSM step), or None.
 
@@ -464,8 +284,7 @@ class GAAT(base.AdversarialTrainer):
         attack = self.perturbation_attack or self._fgsm
         if attack is None:
             return None
-        target = self._target(attack, x, y, self.attack_training_mode)
-        return self.attack(attack, x, target) - x
+        return self.attack(attack, x, self.attack_target(x, y, attack)) - x
 
     def surrogate_update(self, x, y):
         """One update on the Taylor surrogate `mean L_K(δ)`."""
@@ -476,12 +295,12 @@ class GAAT(base.AdversarialTrainer):
             return objectives.cross_entropy(logits, y), logits
 
         with tf.GradientTape() as tape:
-            terms = taylor_expansion(
+            terms = taylor.taylor_expansion(
                 loss_fn,
                 x,
                 order=self.order,
                 delta=delta,
-                direction=lambda g: steepest_ascent_delta(
+                direction=lambda g: taylor.steepest_ascent_delta(
                     self.threat_model, x, g
                 ),
             )
@@ -491,10 +310,9 @@ class GAAT(base.AdversarialTrainer):
         perturbed = x + tf.cast(terms.delta, x.dtype)
         adv_logits = self.classifier(perturbed, training=False)
         self.apply_gradients(tape, scaled_loss)
-        self.update_metrics(
-            loss, y, clean_logits=terms.aux, adv_logits=adv_logits
+        return self.step_logs(
+            x, y, loss=loss, clean_logits=terms.aux, adv_logits=adv_logits
         )
-        return self.logs(self.train_metric_names)
 
     def minibatch_update(self, x, y):
         self.capture_monitor(x, y)
@@ -521,7 +339,7 @@ class GAAT(base.AdversarialTrainer):
                 return None
             x = tf.convert_to_tensor(self.monitor_images)[:count]
             y = tf.convert_to_tensor(self.monitor_labels)[:count]
-        target = self._target(self.train_attack, x, y, False)
+        target = self.attack_target(x, y, training=False)
         x_adv = self.train_attack(
             self.classifier, x, target, seed=self.guard_seed, training=False
         )
@@ -530,11 +348,13 @@ class GAAT(base.AdversarialTrainer):
             logits = self.classifier(inputs, training=False)
             return objectives.cross_entropy(logits, y), None
 
-        terms = taylor_expansion(loss_fn, x, order=self.order, delta=x_adv - x)
+        terms = taylor.taylor_expansion(
+            loss_fn, x, order=self.order, delta=x_adv - x
+        )
         true_losses = objectives.cross_entropy(
             self.classifier(x_adv, training=False), y
         )
-        return relative_remainder(true_losses, terms.surrogate)
+        return taylor.relative_remainder(true_losses, terms.surrogate)
 
     def on_epoch_end(self, epoch, logs=None):
         ran = self.step_count(PHASE)

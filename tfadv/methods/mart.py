@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from tfadv.attacks import objectives
 from tfadv.attacks import pgd
+from tfadv.methods import base
 from tfadv.methods import trades_family
 
 # The reference's guards against log(0), kept so losses match it.
@@ -62,7 +63,7 @@ class MART(trades_family.KLRegularizedTrainer):
     """
 
     # M+ (tfadv.methods.controllers.MPlus) may drive the attack's steps.
-    step_controller_count = "attack_steps"
+    step_controller_count = base.ATTACK_STEPS
 
     def default_train_attack(self, epsilon):
         return pgd.trades_attack(

@@ -4,7 +4,9 @@ import gin
 import tensorflow as tf
 
 from tfadv import validation
+from tfadv.attacks import objectives
 from tfadv.methods import base
+from tfadv.methods import taylor
 
 NOISES = ("gaussian", "uniform")
 
@@ -121,17 +123,15 @@ class NoisyTraining(base.AdversarialTrainer):
 
     def compute_adversarial_loss(self, x, y, x_adv):
         if not self.gradient_penalty:
-            logits = self.classifier(x_adv, training=True)
-            return self.cross_entropy(y, logits), None, logits
-        with tf.GradientTape() as inner:
-            inner.watch(x_adv)
-            logits = self.classifier(x_adv, training=True)
-            per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(
-                labels=y, logits=tf.cast(logits, tf.float32)
-            )
-            total = tf.reduce_sum(per_example)
-        # The sum's input gradient is each example's own ∇ₓ CE.
-        grad = inner.gradient(total, x_adv)
+            return super().compute_adversarial_loss(x, y, x_adv)
+
+        def loss_fn(inputs):
+            logits = self.classifier(inputs, training=True)
+            return objectives.cross_entropy(logits, y), logits
+
+        # The summed losses' input gradient is each example's own ∇ₓ CE,
+        # recorded for the double backpropagation of the penalty.
+        per_example, logits, grad, _ = taylor.input_derivatives(loss_fn, x_adv)
         axes = list(range(1, len(x_adv.shape)))
         l1 = tf.reduce_sum(tf.abs(tf.cast(grad, tf.float32)), axis=axes)
         loss = self.replica_mean(per_example + self.gradient_penalty * l1)

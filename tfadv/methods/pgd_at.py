@@ -6,11 +6,6 @@ from tfadv import validation
 from tfadv.attacks import pgd
 from tfadv.methods import base
 
-# The default attack, Madry et al.'s CIFAR-10 setting: 7 steps of 2/255 at
-# 8/255, i.e. steps of epsilon / 4 from a uniform random start.
-DEFAULT_STEPS = 7
-STEP_FRACTION = 0.25
-
 
 @gin.register
 class PGDAT(base.AdversarialTrainer):
@@ -22,9 +17,10 @@ class PGDAT(base.AdversarialTrainer):
 
     Per minibatch: `x' = train_attack(x, y)` (PGD-k from a uniform random
     start; without a `train_attack`, Madry's CIFAR-10 PGD-7 with steps of
-    ε/4, built at the required `epsilon` (the paper's is 8/255 on
-    CIFAR-10), and any `tfadv.attacks.Attack` works), then one update on
-    `(1 − c)·CE(f(x'), y) + c·CE(f(x), y)` where
+    ε/4, `tfadv.attacks.pgd.madry_attack`, built at the required `epsilon`
+    (the paper's is 8/255 on CIFAR-10), and any `tfadv.attacks.Attack`
+    works), then one update on the trainer's default loss
+    `(1 − c)·CE(f(x'), y) + c·CE(f(x), y)` in training mode, where
     `c = clean_weight`. Madry's objective is `c = 0` (the default). The PGD
     baseline of the YOPO repository trains on `CE(adv) + CE(clean)`, which is
     `c = 0.5` with the learning rate doubled (docs/algorithms.md §1.5).
@@ -50,7 +46,7 @@ class PGDAT(base.AdversarialTrainer):
     """
 
     # M+ (tfadv.methods.controllers.MPlus) may drive the attack's steps.
-    step_controller_count = "attack_steps"
+    step_controller_count = base.ATTACK_STEPS
     paper_epsilon = 8 / 255  # CIFAR-10; never a default
     default_attack_training_mode = True
 
@@ -61,22 +57,7 @@ class PGDAT(base.AdversarialTrainer):
         )
 
     def default_train_attack(self, epsilon):
-        return pgd.ProjectedGradient(
-            epsilon=epsilon,
-            step_size=STEP_FRACTION * epsilon,
-            num_steps=DEFAULT_STEPS,
-        )
+        return pgd.madry_attack(epsilon)
 
     def get_config(self):
         return {**super().get_config(), "clean_weight": self.clean_weight}
-
-    def compute_adversarial_loss(self, x, y, x_adv):
-        adv_logits = self.classifier(x_adv, training=True)
-        loss = self.cross_entropy(y, adv_logits)
-        clean_logits = None
-        if self.clean_weight:
-            clean_logits = self.classifier(x, training=True)
-            loss = (1.0 - self.clean_weight) * loss + (
-                self.clean_weight * self.cross_entropy(y, clean_logits)
-            )
-        return loss, clean_logits, adv_logits

@@ -3,6 +3,7 @@
 import gin
 
 from tfadv.attacks import pgd
+from tfadv.methods import base
 from tfadv.methods import trades_family
 
 
@@ -63,7 +64,7 @@ class TRADES(trades_family.KLRegularizedTrainer):
     """
 
     # M+ (tfadv.methods.controllers.MPlus) may drive the attack's steps.
-    step_controller_count = "attack_steps"
+    step_controller_count = base.ATTACK_STEPS
 
     def default_train_attack(self, epsilon):
         return pgd.trades_attack(epsilon, objective="kl", name="trades_kl10")

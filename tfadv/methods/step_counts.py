@@ -1,0 +1,99 @@
+"""Step counts that change between epochs, and the hook caller.
+
+`fit` builds the training step once, so a Python int compiled into it does
+not change because an attribute changed. A method whose count changes
+between epochs (DEAT's replays, an M+ attack's steps, GAAT's phase) keeps
+it as a checkpointed integer variable that the step reads as a Python int
+when it is traced, so loops over it unroll; when the count differs from
+the value the step was traced with, `EpochHooks` rebuilds the train
+function before the next epoch (`fit` reads `train_function` at every
+batch).
+"""
+
+import keras
+import tensorflow as tf
+
+from tfadv import validation
+
+
+class StepCounts:
+    """A trainer's step counts: their variables and their traced values.
+
+    Kept outside Keras's state tracking; the variables themselves are the
+    trainer's weights (made with its `add_weight`), so checkpoints carry
+    them.
+    """
+
+    def __init__(self):
+        self.variables = {}
+        self.traced = {}
+
+    def add(self, name: str, variable) -> None:
+        self.variables[name] = variable
+
+    def read(self, name: str) -> int:
+        """The count as a Python int; inside a trace, records the value."""
+        tracing = not tf.executing_eagerly()
+        with tf.init_scope():  # eager even while the step is traced
+            value = int(keras.ops.convert_to_numpy(self.variables[name]))
+        if tracing:
+            self.traced[name] = value
+        return value
+
+    def set(self, name: str, value: int) -> None:
+        self.variables[name].assign(validation.count(name, value))
+
+    def changed_since_trace(self) -> bool:
+        """Whether a count differs from the value the step was traced with."""
+        return any(
+            int(keras.ops.convert_to_numpy(self.variables[name])) != traced
+            for name, traced in self.traced.items()
+        )
+
+
+class EpochHooks(keras.callbacks.Callback):
+    """Calls a trainer's epoch hooks and keeps its step counts traced.
+
+    `on_epoch_begin` lets the step controller and then the trainer's
+    `on_epoch_begin(epoch)` set the epoch's counts, then retraces the
+    training step when a count differs from the value the step was traced
+    with (a hook or a restored checkpoint changed it). `on_epoch_end` lets
+    the controller decide the next count and adds what it and
+    `trainer.on_epoch_end` return to the epoch's logs, so callbacks after it
+    (TensorBoard, the history) record it. The hooks run eagerly, outside
+    the compiled step.
+
+    Args:
+        trainer: the `AdversarialTrainer` whose hooks to call.
+    """
+
+    def __init__(self, trainer):
+        super().__init__()
+        self.trainer = trainer
+
+    def on_epoch_begin(self, epoch, logs=None):
+        trainer = self.trainer
+        controller = trainer.step_controller
+        if controller is not None:
+            name = trainer.step_controller_count
+            steps = controller.on_epoch_begin(epoch, trainer.step_count(name))
+            trainer.set_step_count(name, steps)
+        trainer.on_epoch_begin(epoch)
+        trainer.retrace_if_counts_changed()
+
+    def on_epoch_end(self, epoch, logs=None):
+        trainer = self.trainer
+        controller = trainer.step_controller
+        extra = {}
+        if controller is not None:
+            # The controller decides the next count; the trainer keeps it.
+            name = trainer.step_controller_count
+            steps, values = controller.on_epoch_end(
+                epoch, trainer.step_count(name), logs
+            )
+            trainer.set_step_count(name, steps)
+            extra.update(values)
+        # A hook that returns None has nothing to log.
+        extra.update(trainer.on_epoch_end(epoch, logs) or {})
+        if extra and logs is not None:
+            logs.update(extra)
