@@ -470,3 +470,77 @@ class AttackValidationTest(tf.test.TestCase, parameterized.TestCase):
             attacks.ProjectedGradient(
                 epsilon=0.1, step_size=0.1, num_steps=1, random_start=True
             )
+
+
+class ReferenceOptionsTest(tf.test.TestCase):
+    """Options that reproduce particular reference scripts."""
+
+    def test_unclipped_uniform_start_takes_the_first_gradient_outside(self):
+        # FGSM from x + U(-ε, ε), not clipped before the gradient (the
+        # Fast-AT reference), on a linear model against NumPy.
+        w, b, x, y = harness.linear_problem(seed=5)
+        model = harness.linear_model(in_dim=x.shape[1])
+        model.layers[0].set_weights([w, b])
+        eps = 0.1
+        for clip_start in (True, False):
+            attack = attacks.ProjectedGradient(
+                epsilon=eps, step_size=eps, num_steps=1, clip_start=clip_start
+            )
+            got = attack(model, x, y, seed=3)
+            start = attack.threat_model.sample(
+                tf.constant(x), base.as_seed(3)
+            ).numpy()
+            if clip_start:
+                start = np.clip(start, 0.0, 1.0)
+            grad = (
+                harness.softmax(start @ w + b) - harness.onehot(y, w.shape[1])
+            ) @ w.T
+            want = harness.project(x, start + eps * np.sign(grad), eps)
+            self.assertAllClose(got, want, atol=1e-6)
+            self.assertAllInRange(got, 0.0, 1.0)
+        self.assertFalse(attack.get_config()["clip_start"])
+
+    def test_recomputed_target_is_the_clean_distribution_each_step(self):
+        model = harness.bn_model()
+        x, y = harness.attack_data()
+        clean = tf.nn.softmax(model(x, training=False))
+        once = attacks.ProjectedGradient(
+            epsilon=0.1, step_size=0.02, num_steps=3, objective="kl"
+        )
+        every = once.replace(recompute_target=True)
+        # In inference mode the clean forward is the same at every step.
+        self.assertAllClose(
+            once(model, x, clean, seed=1),
+            every(model, x, tf.zeros_like(clean), seed=1),
+        )
+        with self.assertRaisesRegex(ValueError, "recompute_target"):
+            attacks.ProjectedGradient(
+                epsilon=0.1, step_size=0.02, num_steps=3, recompute_target=True
+            )
+
+    def test_last_step_gradient(self):
+        w, b, x, y = harness.linear_problem(seed=6)
+        model = harness.linear_model(in_dim=x.shape[1])
+        model.layers[0].set_weights([w, b])
+        attack = attacks.ProjectedGradient(
+            epsilon=0.1, step_size=0.03, num_steps=3, start="none"
+        )
+        x_adv, grad = attack.ascend_with_gradient(model, x, y, seed=0)
+        self.assertAllClose(x_adv, attack(model, x, y, seed=0))
+        # The gradient at the point the third step started from.
+        point = x
+        for _ in range(2):
+            g = (
+                harness.softmax(point @ w + b) - harness.onehot(y, w.shape[1])
+            ) @ w.T
+            point = harness.project(x, point + 0.03 * np.sign(g), 0.1)
+        want = (
+            (harness.softmax(point @ w + b) - harness.onehot(y, w.shape[1]))
+            @ w.T
+            / len(x)
+        )
+        self.assertAllClose(grad, want, atol=1e-6)
+        _, none = attack.start_only().ascend_with_gradient(model, x, y)
+        self.assertAllClose(none, np.zeros_like(x))
+        with self.assertRaisesRegex(ValueError, "restarts=2"):
+            attack.replace(restarts=2).ascend_with_gradient(model, x, y)

@@ -5,26 +5,41 @@ training log (docs/algorithms.md §2.2); the rule's order, strictness and
 cap; bad input; M+ driving the attack steps of PGD-AT, TRADES and MART.
 """
 
+import json
+import os
+
 import numpy as np
+import pytest
 import tensorflow as tf
+from absl import flags
 from absl.testing import parameterized
 
 from tests import harness
 from tfadv import attacks
+from tfadv import experiment
 from tfadv import methods
+from tfadv import run_folder
+from tfadv import train
 from tfadv.methods import controllers
 
 # r in each of the 50 epochs of TrustAI/DEAT's mdeat_out/output_pre.log.
 REFERENCE_LOG = (
     [1] + [2] * 2 + [3] * 5 + [4] * 19 + [5] * 2 + [6] * 13 + [7] * 2 + [8] * 6
 )
+# The four Table-1 runs' logged M and step counts (its "source" says where
+# they were read and how the counts follow from the epoch times).
+TABLE1 = os.path.join(os.path.dirname(__file__), "data", "deat_table1.json")
 
 
 class Driven:
     """What a trainer does with a controller: it keeps and sets the count."""
 
-    def __init__(self, controller, max_steps=8):
-        controller.create_state(controller.max_steps or max_steps)
+    def __init__(self, controller, max_steps=8, epsilon=8.0, step_floor=10.0):
+        controller.create_state(
+            controller.max_steps or max_steps,
+            epsilon=epsilon,
+            step_floor=step_floor,
+        )
         self.controller = controller
         self.steps = controller.initial_steps
 
@@ -118,7 +133,11 @@ class OtherRulesTest(tf.test.TestCase):
         self.assertEqual(used, [1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4, 5, 5, 5, 5])
 
     def test_accuracy_trigger_is_deat_p(self):
-        driven = Driven(controllers.AccuracyTrigger(threshold=0.4, max_steps=3))
+        driven = Driven(
+            controllers.AccuracyTrigger(
+                threshold=0.4, max_steps=3, metric="adv_accuracy"
+            )
+        )
         used = []
         for epoch, accuracy in enumerate([0.3, 0.41, 0.4, 0.5, 0.9, 0.9]):
             logs = driven.end(epoch, {"adv_accuracy": accuracy})
@@ -309,3 +328,178 @@ class OwnStateTest(tf.test.TestCase):
         self.assertAllClose(restored.step_controller.threshold, 3.5)
         self.assertAllClose(restored.step_controller.magnitude, 2.0)
         self.assertEqual(restored.step_count(methods.base.ATTACK_STEPS), 4)
+
+
+def replay_log(run, *, forced_growth):
+    """The counts MPlus gives a logged run's M sequence, epoch by epoch."""
+    controller = controllers.MPlus(
+        gamma=run["gamma"],
+        max_steps=run["max_steps"],
+        initial_steps=run["initial_steps"],
+        forced_growth=forced_growth,
+    )
+    driven = Driven(
+        controller, epsilon=run["epsilon"], step_floor=run["step_floor"]
+    )
+    used = []
+    for epoch, magnitude in enumerate(run["magnitudes"]):
+        driven.begin(epoch)
+        controller.observe(tf.constant(magnitude, tf.float32))
+        used.append(driven.end(epoch, {})["mplus/steps"])
+    return used
+
+
+class Table1Test(tf.test.TestCase, parameterized.TestCase):
+    """The runs behind DEAT's Table 1, replayed from their logs."""
+
+    @parameterized.parameters("mdeat", "mpgd", "mtrades", "mmart")
+    def test_the_logged_schedule_is_reproduced_exactly(self, name):
+        with open(TABLE1) as f:
+            run = json.load(f)["runs"][name]
+        # The transcribed counts follow the epoch times.
+        seconds = np.array(run["seconds"])
+        steps = np.array(run["steps"]) - run["steps"][0]
+        unit = seconds[1] - seconds[0]
+        self.assertLess(
+            np.max(np.abs(seconds - seconds[0] - steps * unit)), 3.5
+        )
+        self.assertEqual(
+            replay_log(run, forced_growth=run["forced_growth"]), run["steps"]
+        )
+
+    def test_without_forced_growth_mplus_pgd_and_mart_do_not_match(self):
+        with open(TABLE1) as f:
+            runs = json.load(f)["runs"]
+        for name, mean in (("mpgd", 0.98), ("mmart", 1.92)):
+            used = replay_log(runs[name], forced_growth=False)
+            self.assertNotEqual(used, runs[name]["steps"])
+            self.assertAllClose(np.mean(used), mean)
+        # M+DEAT's step floor (10/255) is above ε (8/255): never forced.
+        self.assertEqual(
+            replay_log(runs["mdeat"], forced_growth=True),
+            runs["mdeat"]["steps"],
+        )
+
+    def test_forced_growth_is_bounded_by_the_cap(self):
+        controller = controllers.MPlus(
+            max_steps=3, initial_steps=0, forced_growth=True
+        )
+        driven = Driven(controller, epsilon=8.0, step_floor=1.0)
+        used = []
+        for epoch in range(6):
+            driven.begin(epoch)
+            used.append(driven.end(epoch, {})["mplus/steps"])
+        # +1 after epoch 0, none after epoch 1 (threshold), then forced.
+        self.assertEqual(used, [0, 1, 1, 2, 3, 3])
+
+    def test_step_rules(self):
+        fixed = Driven(
+            controllers.MPlus(step_rule="fixed"), epsilon=0.1, step_floor=0.02
+        ).controller
+        self.assertAllClose(fixed.step_size(1), 0.02)
+        self.assertAllClose(fixed.step_size(2), 0.02)
+        largest = Driven(
+            controllers.MPlus(), epsilon=0.1, step_floor=0.02
+        ).controller
+        self.assertAllClose(largest.step_size(2), 0.05)
+        with self.assertRaisesRegex(ValueError, "step_rule.*'max'"):
+            controllers.MPlus(step_rule="largest")
+        with self.assertRaisesRegex(ValueError, "measure.*'update'"):
+            controllers.MPlus(measure="attack")
+        with self.assertRaisesRegex(ValueError, "forced_growth.*'yes'"):
+            controllers.MPlus(forced_growth="yes")
+
+
+class MeasuredAtTheAttackTest(tf.test.TestCase, parameterized.TestCase):
+    @parameterized.parameters("default", "mirrored")
+    def test_magnitude_is_the_last_attack_steps_gradient(self, strategy):
+        # One step from no start: the last (only) step starts at x, so M
+        # is ‖∇ₓ mean CE‖₁ at x, whatever the update does afterwards.
+        w, b, x, y = harness.linear_problem(seed=8)
+        controller = controllers.MPlus(
+            max_steps=3, initial_steps=1, measure="last_attack_step"
+        )
+        harness.fit_linear(
+            lambda c: methods.PGDAT(
+                c,
+                train_attack=harness.pgd(num_steps=3, start="none"),
+                step_controller=controller,
+            ),
+            w,
+            b,
+            x,
+            y,
+            lr=0.0,
+            strategy=harness.strategy(strategy),
+        )
+        p = harness.softmax(x @ w + b)
+        want = np.abs((p - harness.onehot(y, w.shape[1])) @ w.T).sum() / len(x)
+        self.assertAllClose(controller.magnitude, want, rtol=1e-5)
+
+    def test_zero_steps_measure_nothing(self):
+        w, b, x, y = harness.linear_problem(seed=8)
+        controller = controllers.MPlus(
+            max_steps=3, initial_steps=0, measure="last_attack_step"
+        )
+        harness.fit_linear(
+            lambda c: methods.PGDAT(
+                c,
+                train_attack=harness.pgd(num_steps=3),
+                step_controller=controller,
+            ),
+            w,
+            b,
+            x,
+            y,
+            lr=0.1,
+            strategy=harness.strategy("default"),
+        )
+        self.assertAllClose(controller.magnitude, 0.0)
+
+
+class LastReplayAccuracyTest(tf.test.TestCase):
+    def test_deat_p_compares_the_last_replays_accuracy(self):
+        w, b, x, y = harness.linear_problem(seed=2)
+        trigger = controllers.AccuracyTrigger(threshold=0.0, initial_steps=2)
+        method, _ = harness.fit_linear(
+            lambda c: methods.DEAT(
+                c,
+                train_attack=harness.pgd(num_steps=3),
+                step_controller=trigger,
+            ),
+            w,
+            b,
+            x,
+            y,
+            lr=0.0,
+            strategy=harness.strategy("default"),
+        )
+        # lr = 0: the last replay's examples are x + δ after one step of
+        # the replay from a known start; its accuracy is what was counted.
+        self.assertAllClose(trigger.seen, len(x))
+        correct = float(trigger.correct.numpy())
+        self.assertEqual(correct, round(correct))
+        self.assertBetween(correct, 0.0, len(x))
+        logs = {}
+        hooks = method.callbacks()[0]
+        hooks.on_epoch_end(1, logs)
+        self.assertAllClose(logs["accuracy_trigger/accuracy"], correct / len(x))
+
+
+class ShippedMPlusGinTest(tf.test.TestCase):
+    @pytest.mark.slow
+    def test_mplus_pgd_gin_grows_k_as_the_forced_rule_says(self):
+        # ε / α = 0.1 / 0.025 = 4: forced growth after epochs 0, 2, 3, 4.
+        flags.FLAGS.mark_as_parsed()
+        logdir = os.path.join(self.create_tempdir().full_path, "run")
+        train.parse_gin(
+            ["mplus_pgd.gin", "testing/tiny.gin"],
+            ["run.epochs = 5", "make_datasets.train_examples = 128"],
+        )
+        experiment.run(logdir=logdir)
+        with open(os.path.join(logdir, run_folder.RESULTS_FILE)) as f:
+            history = json.load(f)["history"]
+        self.assertEqual(history["mplus/steps"], [0, 1, 1, 2, 3])
+        # M comes from the attack's last step: none at 0 steps.
+        self.assertEqual(history["mplus/magnitude"][0], 0.0)
+        self.assertGreater(history["mplus/magnitude"][1], 0.0)

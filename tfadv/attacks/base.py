@@ -77,8 +77,8 @@ def as_seed(seed: Seed) -> tf.Tensor:
     return seed
 
 
-def for_gradient(total: tf.Tensor, per_example: tf.Tensor) -> tf.Tensor:
-    """`total` times the power of two that brings the mean objective near 1.
+def gradient_scale(per_example: tf.Tensor) -> tf.Tensor:
+    """The power of two that brings the mean objective near 1 (float32).
 
     An attack's step uses only the gradient's direction (its sign in L∞,
     its unit vector in L2), and multiplying by a power of two scales every
@@ -93,8 +93,12 @@ def for_gradient(total: tf.Tensor, per_example: tf.Tensor) -> tf.Tensor:
     exponent = tf.clip_by_value(
         tf.round(-tf.math.log(magnitude) / math.log(2.0)), 0.0, 24.0
     )
-    scale = tf.stop_gradient(tf.pow(2.0, exponent))
-    return total * tf.cast(scale, total.dtype)
+    return tf.stop_gradient(tf.pow(2.0, exponent))
+
+
+def for_gradient(total: tf.Tensor, per_example: tf.Tensor) -> tf.Tensor:
+    """`total` times `gradient_scale(per_example)`."""
+    return total * tf.cast(gradient_scale(per_example), total.dtype)
 
 
 def split_seed(seed: tf.Tensor, num: int) -> list:

@@ -55,7 +55,9 @@ class ProjectedGradient(base.Attack):
 
     Starts:
     - "uniform": a uniformly random point of the ball, projected into
-      [0, 1] (Madry, Wong);
+      [0, 1] (Madry, Wong), or left unprojected with `clip_start=False`
+      (the Fast-AT and Fast-TRADES baselines of Backward Smoothing take
+      their first gradient at the unclipped `x + U(−ε, ε)`);
     - "gaussian": `x + start_stddev·N(0, I)`, NOT projected: as in the
       TRADES and MART references, the first gradient is taken there and the
       first step projects;
@@ -88,6 +90,13 @@ class ProjectedGradient(base.Attack):
         restarts: number of independent runs (>= 1); the worst case is kept.
         use_predicted_labels: attack the model's own prediction instead of
             `y` (avoids label leaking); `y` is then ignored.
+        clip_start: project the uniform start into [0, 1] before the first
+            gradient (True), or not (the references of the Fast baselines).
+        recompute_target: with the "kl" objective, recompute the clean
+            distribution at every step, in the attack's mode (the M+TRADES
+            reference attacks in training mode, where BatchNorm's batch
+            statistics make each clean forward differ); the target passed
+            in is then ignored.
         name: the name results are reported under; defaults to "pgd{k}"
             ("fgsm" for one step).
     """
@@ -104,6 +113,8 @@ class ProjectedGradient(base.Attack):
         start_stddev: float = 0.001,
         restarts: int = 1,
         use_predicted_labels: bool = False,
+        clip_start: bool = True,
+        recompute_target: bool = False,
         name: str | None = None,
     ):
         self.threat_model = threat_models.get(norm, epsilon)
@@ -122,6 +133,17 @@ class ProjectedGradient(base.Attack):
             "start_stddev", start_stddev
         )
         self.use_predicted_labels = bool(use_predicted_labels)
+        self.clip_start = bool(clip_start)
+        self.recompute_target = bool(recompute_target)
+        if self.recompute_target and (
+            objectives.target_kind(self.objective) == "labels"
+        ):
+            raise ValueError(
+                "ProjectedGradient recompute_target=True recomputes the "
+                "clean distribution that the 'kl' objective compares with; "
+                f"the objective {objectives.name_of(self.objective)!r} "
+                "compares with the labels. Leave recompute_target False."
+            )
         self._given_name = name
         if name is None:
             name = "fgsm" if num_steps == 1 else f"pgd{num_steps}"
@@ -138,6 +160,8 @@ class ProjectedGradient(base.Attack):
             "start_stddev": self.start_stddev,
             "restarts": self.restarts,
             "use_predicted_labels": self.use_predicted_labels,
+            "clip_start": self.clip_start,
+            "recompute_target": self.recompute_target,
             "name": self._given_name,
         }
 
@@ -179,20 +203,35 @@ class ProjectedGradient(base.Attack):
             )
         return x
 
-    def _ascend(self, model, x, y, seed, training, x_init=None):
-        """One run: the start, then `num_steps` projected ascent steps."""
+    def _ascend(
+        self, model, x, y, seed, training, x_init=None, *, with_gradient=False
+    ):
+        """One run: the start, then `num_steps` projected ascent steps.
+
+        With `with_gradient`, `(x_adv, g)`: g is the input gradient of the
+        batch-mean objective at the last step's point (zeros without a
+        step).
+        """
         if x_init is not None:
             x_adv = tf.cast(x_init, x.dtype)
         else:
-            x_adv = self.initial_point(x, seed)
+            x_adv = self.initial_point(x, seed, into_box=self.clip_start)
         if not self.num_steps:
-            return self.threat_model.project(x, x_adv)
+            x_adv = self.threat_model.project(x, x_adv)
+            return (x_adv, tf.zeros_like(x_adv)) if with_gradient else x_adv
 
-        def step(x_adv):
+        def step(state):
+            x_adv, _ = state
+            target = y
+            if self.recompute_target:
+                clean = model(x, training=training)
+                target = tf.stop_gradient(
+                    tf.nn.softmax(tf.cast(clean, tf.float32))
+                )
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch(x_adv)
                 logits = model(x_adv, training=training)
-                objective = self.objective(logits, y)
+                objective = self.objective(logits, target)
                 # Scaled so that a float16 model's gradient cannot
                 # underflow; the step's direction is the same.
                 loss = base.for_gradient(tf.reduce_sum(objective), objective)
@@ -203,9 +242,38 @@ class ProjectedGradient(base.Attack):
                 loss, x_adv, unconnected_gradients=tf.UnconnectedGradients.ZERO
             )
             moved = self.threat_model.step(x_adv, grad, self.step_size)
-            return self.threat_model.project(x, moved)
+            # The batch-mean objective's gradient, the scale removed.
+            rows = tf.cast(tf.shape(x_adv)[0], tf.float32)
+            scale = base.gradient_scale(objective) * rows
+            mean_grad = tf.cast(grad, tf.float32) / scale
+            return self.threat_model.project(x, moved), mean_grad
 
-        return base.repeat(step, x_adv, self.num_steps)
+        state = (x_adv, tf.zeros(tf.shape(x_adv), tf.float32))
+        x_adv, grad = base.repeat(step, state, self.num_steps)
+        return (x_adv, grad) if with_gradient else x_adv
+
+    def ascend_with_gradient(self, model, x, y, *, seed=None, training=False):
+        """`(x_adv, g)`: one run, and its last step's input gradient.
+
+        g is the gradient of the batch-mean objective at the point the last
+        step started from (before its step), the gradient DEAT's M+ runs
+        of Table 1 summed (M+PGD, M+TRADES, M+MART); zeros at 0 steps. One
+        restart only.
+
+        Raises:
+            ValueError: the attack has several restarts.
+        """
+        if self.restarts != 1:
+            raise ValueError(
+                "ascend_with_gradient runs one restart; this attack has "
+                f"restarts={self.restarts}."
+            )
+        x = base.check_images(x, type(self).__name__)
+        y = tf.stop_gradient(tf.convert_to_tensor(y))
+        x_adv, grad = self._ascend(
+            model, x, y, base.as_seed(seed), training, with_gradient=True
+        )
+        return tf.stop_gradient(x_adv), tf.stop_gradient(grad)
 
     def _score(self, model, x_adv, y, labels_are_classes):
         logits = model(x_adv, training=False)

@@ -19,24 +19,17 @@ classifier), `user_metrics` (the logged names and `compile`'s metrics),
   even where its training perturbation reaches further.
 - **The step.** `train_step` checks the batch (`prepare_batch`), calls
   `minibatch_update(x, y)` and counts the minibatch (`minibatches`, which
-  a `tfadv.schedules.PerMinibatch` learning rate reads). The default
-  update is "attack outside the tape (`perturb`), one loss
-  (`compute_adversarial_loss`, by default the cross-entropy on the
-  training examples in training mode), one optimizer update
-  (`apply_gradients`, which can also return the input gradient of the
-  same backward pass)", ending in `step_logs`. Methods of another
-  structure (Free-AT's replays, YOPO's accumulated passes) override
-  `minibatch_update` and end in `step_logs` too. Hand-written loss terms
-  go through `replica_mean`, the cross-entropy through `cross_entropy`, so
-  replicas and sample weights are handled once.
+  a `PerMinibatch` learning rate reads). The default update: `perturb`
+  outside the tape, `compute_adversarial_loss` (by default the
+  cross-entropy on the training examples), `apply_gradients`, then
+  `step_logs`; other structures (Free-AT, YOPO) override
+  `minibatch_update`. Loss terms go through `replica_mean` and
+  `cross_entropy`, so replicas and sample weights are handled once.
 - **Epoch-level control.** `on_epoch_begin(epoch)`, `on_epoch_end(epoch,
-  logs) -> dict` (values added to the epoch's logs), `results_info()`
-  (merged into results.json) and `callbacks()` (the hook caller first;
-  `tfadv.train` installs them, a plain-`fit` user passes
-  `callbacks=trainer.callbacks()`). A count that changes between epochs
-  is a step count (`add_step_count`, `step_count`, `set_step_count`): a
-  checkpointed integer read as a Python int when the step is traced, the
-  step retraced when it changes.
+  logs) -> dict` (values added to the epoch's logs), `results_info()` and
+  `callbacks()` (pass `callbacks=trainer.callbacks()` to `fit`). A count
+  that changes between epochs is a step count (`add_step_count`,
+  `step_count`, `set_step_count`), the step retraced when it changes.
 - **Step controllers.** `step_controller=` takes a
   `tfadv.methods.controllers.StepController` (M+, DEAT-d, DEAT-p), a rule
   with its own state that decides, between epochs, the step count named by
@@ -224,7 +217,9 @@ class AdversarialTrainer(
         )
         self._method_callbacks = None
         self.input_std = classifiers.normalization_std(classifier)
-        self.step_controller = self._attach_controller(step_controller)
+        self.step_controller = step_counts.attach_controller(
+            self, step_controller
+        )
         # The trainer's own variables exist now; with a built classifier it
         # is complete (BackupAndRestore and save_weights need it built),
         # and the classifier is checked now. An unbuilt one (a subclassed
@@ -251,39 +246,21 @@ class AdversarialTrainer(
             is not AdversarialTrainer.default_train_attack
         )
 
-    def _attach_controller(self, controller):
-        """Checks a step controller, builds its state and adds its count."""
-        if controller is None:
-            return None
-        if not isinstance(controller, controllers.StepController):
-            raise TypeError(
-                f"{type(self).__name__}.step_controller must be a tfadv."
-                "methods.controllers.StepController (e.g. MPlus); got "
-                f"{controller!r}."
-            )
-        controller.validate_trainer_compatibility(self)
-        controller.create_state(self.train_attack.num_steps)
-        self.add_step_count(
-            self.step_controller_count, controller.initial_steps
-        )
-        return controller
-
     def current_train_attack(self) -> attack_base.Attack:
         """The training attack of this epoch.
 
         With a step controller driving the attack's steps, a copy with the
-        count's `num_steps` and the step `max(ε / steps, step_size)`
-        (`controllers.controlled_step_size`); else `train_attack`. A method
-        whose controller drives another count (DEAT) overrides this.
+        count's `num_steps` and the controller's step for it (M+:
+        `max(ε / steps, step_size)` or the fixed `step_size`); else
+        `train_attack`. A method whose controller drives another count
+        (DEAT) overrides this.
         """
         if self.step_controller is None:
             return self.train_attack
         steps = self.step_count(self.step_controller_count)
         attack = self.train_attack.replace(
             num_steps=max(steps, 1),
-            step_size=controllers.controlled_step_size(
-                self.epsilon, steps, self.train_attack.step_size
-            ),
+            step_size=self.step_controller.step_size(steps),
         )
         # At 0 steps (M+PGD's first epoch) the examples are the start.
         return attack.start_only() if steps == 0 else attack
@@ -778,7 +755,21 @@ class AdversarialTrainer(
         if self.train_attack is None:
             return None
         attack = self.current_train_attack()
-        return self.attack(attack, x, self.attack_target(x, y, attack))
+        target = self.attack_target(x, y, attack)
+        controller = self.step_controller
+        if controller is None or controller.measure == controllers.UPDATE:
+            return self.attack(attack, x, target)
+        # M from the attack's last step (DEAT's Table-1 M+ runs).
+        with attack_base.inputs_checked():
+            x_adv, grad = attack.ascend_with_gradient(
+                self.classifier,
+                x,
+                target,
+                seed=self.next_seed(),
+                training=self.attack_training_mode,
+            )
+        controller.observe(self.gradient_l1(grad))
+        return x_adv
 
     def attack_target(self, x, y, attack=None, *, training=None):
         """What an attack's objective compares the logits with.
@@ -839,8 +830,11 @@ class AdversarialTrainer(
         `compute_adversarial_loss`. Override it for another structure.
         """
         x_adv = self.perturb(x, y)
+        controller = self.step_controller
         # A step controller observes the update's input gradient.
-        observed = self.step_controller is not None and x_adv is not None
+        observed = x_adv is not None and (
+            controller is not None and controller.measure == controllers.UPDATE
+        )
         with tf.GradientTape() as tape:
             if observed:
                 tape.watch(x_adv)
@@ -852,9 +846,11 @@ class AdversarialTrainer(
             _, input_grad = self.apply_gradients(
                 tape, scaled_loss, inputs=x_adv
             )
-            self.step_controller.observe(self.gradient_l1(input_grad))
+            controller.observe(self.gradient_l1(input_grad))
         else:
             self.apply_gradients(tape, scaled_loss)
+        if controller is not None and adv_logits is not None:
+            controller.observe_accuracy(adv_logits, y)
         return self.step_logs(
             x, y, loss=loss, clean_logits=clean_logits, adv_logits=adv_logits
         )

@@ -27,9 +27,17 @@ values to add to the epoch's logs.
 
 import gin
 import keras
+import tensorflow as tf
 
 from tfadv import validation
 from tfadv.attacks import base as attack_base
+
+# Where M is measured (`StepController.measure`).
+UPDATE = "update"
+LAST_ATTACK_STEP = "last_attack_step"
+MEASURES = (UPDATE, LAST_ATTACK_STEP)
+# How M+'s attack step follows the count (`MPlus.step_rule`).
+STEP_RULES = ("max", "fixed")
 
 
 class StepController(keras.layers.Layer):
@@ -50,6 +58,9 @@ class StepController(keras.layers.Layer):
     # The controller's variables that the training step itself changes
     # (not only the epoch hooks), by name.
     mutable_state = ()
+    # Where the trainer measures the M it observes: the input gradient of
+    # the update's own backward pass, or of the attack's last step.
+    measure = UPDATE
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -119,15 +130,21 @@ class StepController(keras.layers.Layer):
                 "max_steps is None), or the same value to both."
             )
 
-    def create_state(self, max_steps: int) -> None:
+    def create_state(
+        self, max_steps: int, *, epsilon: float, step_floor: float
+    ) -> None:
         """Fixes the cap and creates the controller's variables.
 
         Args:
             max_steps: the training attack's `num_steps`.
+            epsilon: the training budget ε.
+            step_floor: α, the training attack's `step_size`.
         """
         self.max_steps = validation.count(
             f"{type(self).__name__} max_steps", max_steps, minimum=1
         )
+        self.epsilon = float(epsilon)
+        self.step_floor = float(step_floor)
         self._check_initial_steps()
         # Variables made here are named `<name>/<variable>`, as a layer's.
         with keras.name_scope(self.name, caller=self):
@@ -138,7 +155,18 @@ class StepController(keras.layers.Layer):
         """Creates the rule's variables (none by default)."""
 
     def observe(self, gradient_l1) -> None:
-        """Called from the training step with ‖∇ₓ loss‖₁ of its update."""
+        """Called from the training step with ‖∇ₓ loss‖₁ (see `measure`)."""
+
+    def observe_accuracy(self, logits, labels) -> None:
+        """Called from the training step with the logits it trained on.
+
+        The last replay's for DEAT; a rule on the training accuracy
+        (`AccuracyTrigger`) sums them.
+        """
+
+    def step_size(self, steps: int) -> float:
+        """The attack's step at `steps` steps: `max(ε / steps, α)`."""
+        return controlled_step_size(self.epsilon, steps, self.step_floor)
 
     def on_epoch_begin(self, epoch: int, steps: int) -> int:
         """The count epoch `epoch` runs, given the current one; eagerly."""
@@ -184,7 +212,15 @@ class MPlus(StepController):
         M > threshold, steps < max: threshold ← γ·M; steps ← steps + 1
 
     The comparison is strict and the threshold is refreshed only when the
-    count grows. Logs `mplus/steps` (the count of the epoch that ended),
+    count grows. With `forced_growth`, the count also grows (and the
+    threshold is refreshed) after any epoch t >= 2 while `α·steps < ε`, α
+    the attack's step floor: the runs behind DEAT's Table 1 for M+PGD,
+    M+TRADES and M+MART did this (the clause is commented out in the
+    repository's current scripts, `mpgd_cifar10.py` lines 199-200 and
+    `mmart_cifar10.py` 259-260; fed the logged M values, only the rule with
+    it reproduces the logged schedules, `tests/data/deat_table1.json`).
+    The reference does not cap that growth; tfadv stops at `max_steps`.
+    Logs `mplus/steps` (the count of the epoch that ended),
     `mplus/magnitude` (its M) and `mplus/threshold` (after the rule; 0 until
     it is set). M and the threshold are the controller's variables, so a
     checkpoint carries them; M restarts at every epoch.
@@ -201,6 +237,19 @@ class MPlus(StepController):
             training attack's `num_steps` (8 for M+DEAT).
         initial_steps: the first epoch's count (1 for M+DEAT, 0 for M+PGD,
             M+TRADES and M+MART).
+        forced_growth: also grow while `α·steps < ε` (Table 1's runs).
+        measure: where the trainer measures M: "update", the input
+            gradient of the update's own backward pass at the training
+            examples (the repository's current M+ scripts, and M+DEAT's last
+            replay), or "last_attack_step", the gradient of the attack's
+            objective at its last step (Table 1's M+PGD, M+TRADES and
+            M+MART runs: their logs show M = 0 in every 0-step epoch, which
+            only this gives; read from the logs, the lines are commented out
+            in the current scripts).
+        step_rule: the attack's step at k steps: "max", `max(ε / k, α)`
+            (M+PGD and M+DEAT), or "fixed", α at every count (the M+TRADES
+            and M+MART references, whose attack reads the module-level step;
+            the `max(ε / k, α)` their `main()` computes never reaches it).
     """
 
     mutable_state = ("magnitude",)
@@ -211,12 +260,22 @@ class MPlus(StepController):
         gamma: float = 1.01,
         max_steps: int | None = None,
         initial_steps: int = 1,
+        forced_growth: bool = False,
+        measure: str = UPDATE,
+        step_rule: str = "max",
     ):
         super().__init__(
             max_steps=max_steps, initial_steps=initial_steps, name="mplus"
         )
         self.gamma = validation.in_interval(
             "MPlus gamma", gamma, 0.0, float("inf"), low_open=True
+        )
+        self.forced_growth = validation.boolean(
+            "MPlus forced_growth", forced_growth
+        )
+        self.measure = validation.choice("MPlus measure", measure, MEASURES)
+        self.step_rule = validation.choice(
+            "MPlus step_rule", step_rule, STEP_RULES
         )
         self.magnitude = None
         self.threshold = None
@@ -250,14 +309,21 @@ class MPlus(StepController):
 
     def decide(self, epoch: int, steps: int, magnitude: float, threshold):
         """The rule: `(steps, threshold)` after `epoch` with this M."""
+        below_cap = steps < self.max_steps
+        forced = self.forced_growth and self.step_floor * steps < self.epsilon
         if epoch == 0:
             steps = min(steps + 1, self.max_steps)
         elif epoch == 1:
             threshold = self.gamma * magnitude
-        elif magnitude > threshold and steps < self.max_steps:
+        elif below_cap and (magnitude > threshold or forced):
             threshold = self.gamma * magnitude
             steps += 1
         return steps, threshold
+
+    def step_size(self, steps):
+        if self.step_rule == "fixed":
+            return self.step_floor
+        return super().step_size(steps)
 
     def on_epoch_end(self, epoch, steps, logs=None):
         magnitude = float(keras.ops.convert_to_numpy(self.magnitude))
@@ -271,7 +337,13 @@ class MPlus(StepController):
         }
 
     def get_config(self):
-        return {**super().get_config(), "gamma": self.gamma}
+        return {
+            **super().get_config(),
+            "gamma": self.gamma,
+            "forced_growth": self.forced_growth,
+            "measure": self.measure,
+            "step_rule": self.step_rule,
+        }
 
 
 @gin.register
@@ -319,15 +391,20 @@ class AccuracyTrigger(StepController):
     """DEAT-p: one more step after an epoch whose accuracy passed a bar.
 
     DEAT's FAST setting (threshold 0.4, r_max = 4; docs/algorithms.md §2.4).
-    The accuracy is the epoch's training `metric` (the accuracy on the
-    training examples the method made). Logs `accuracy_trigger/steps`.
+    The accuracy is, by default, the epoch's accuracy on the last replay's
+    examples, which the trainer reports to `observe_accuracy`, as the
+    reference (`deat-p_cifar10.py` lines 137 and 144) counts it; with
+    `metric=` a training log instead (e.g. "adv_accuracy", which averages
+    every replay, the noise-only first one included). Logs
+    `accuracy_trigger/steps` and `accuracy_trigger/accuracy`.
 
     Args:
         threshold: the accuracy, in [0, 1], above which the count grows.
         max_steps: r_max (4 in DEAT's setting); None takes the training
             attack's `num_steps`.
         initial_steps: the first epoch's count.
-        metric: the training log to compare (default "adv_accuracy").
+        metric: None for the last replay's accuracy, or the name of the
+            training log to compare.
     """
 
     def __init__(
@@ -336,7 +413,7 @@ class AccuracyTrigger(StepController):
         threshold: float = 0.4,
         max_steps: int | None = None,
         initial_steps: int = 1,
-        metric: str = "adv_accuracy",
+        metric: str | None = None,
     ):
         super().__init__(
             max_steps=max_steps,
@@ -347,18 +424,62 @@ class AccuracyTrigger(StepController):
             "AccuracyTrigger threshold", threshold, 0.0, 1.0
         )
         self.metric = metric
+        self.correct = None
+        self.seen = None
 
-    def on_epoch_end(self, epoch, steps, logs=None):
-        used = steps
+    mutable_state = ("correct", "seen")
+
+    def make_variables(self):
+        # Summed per replica in the step; a read outside it adds them.
+        self.correct, self.seen = (
+            keras.Variable(
+                initializer="zeros",
+                shape=(),
+                dtype="float32",
+                trainable=False,
+                synchronization="on_read",
+                aggregation="sum",
+                name=name,
+            )
+            for name in ("correct", "seen")
+        )
+
+    def observe_accuracy(self, logits, labels):
+        predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
+        hits = tf.cast(
+            tf.equal(predicted, tf.cast(labels, tf.int32)), "float32"
+        )
+        self.correct.assign_add(tf.reduce_sum(hits))
+        self.seen.assign_add(tf.cast(tf.size(hits), "float32"))
+
+    def on_epoch_begin(self, epoch, steps):
+        self.correct.assign(0.0)
+        self.seen.assign(0.0)
+        return steps
+
+    def accuracy(self, logs) -> float:
+        """The epoch's accuracy the rule compares."""
+        if self.metric is None:
+            seen = float(keras.ops.convert_to_numpy(self.seen))
+            correct = float(keras.ops.convert_to_numpy(self.correct))
+            return correct / seen if seen else 0.0
         logs = logs or {}
         if self.metric not in logs:
             raise ValueError(
                 f"AccuracyTrigger compares the training log {self.metric!r}, "
                 f"which this run does not have (it has {sorted(logs)})."
             )
-        if float(logs[self.metric]) > self.threshold and used < self.max_steps:
+        return float(logs[self.metric])
+
+    def on_epoch_end(self, epoch, steps, logs=None):
+        used = steps
+        accuracy = self.accuracy(logs)
+        if accuracy > self.threshold and used < self.max_steps:
             steps = used + 1
-        return steps, {"accuracy_trigger/steps": used}
+        return steps, {
+            "accuracy_trigger/steps": used,
+            "accuracy_trigger/accuracy": accuracy,
+        }
 
     def get_config(self):
         return {

@@ -113,9 +113,7 @@ class DEAT(base.AdversarialTrainer):
     def current_train_attack(self):
         """δ's steps this epoch: the attack with the step `max(ε / r, α)`."""
         return self.train_attack.replace(
-            step_size=controllers.controlled_step_size(
-                self.epsilon, self.replays, self.train_attack.step_size
-            )
+            step_size=self.step_controller.step_size(self.replays)
         )
 
     def minibatch_update(self, x, y):
@@ -126,7 +124,9 @@ class DEAT(base.AdversarialTrainer):
         result = replay.replay(
             self, x, y, delta, num_replays=self.replays, attack=attack
         )
+        # M and the accuracy DEAT-p compares: the last replay's.
         self.step_controller.observe(
             self.gradient_l1(result.input_gradients[-1])
         )
+        self.step_controller.observe_accuracy(result.logits, y)
         return self.step_logs(x, y)

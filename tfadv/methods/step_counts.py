@@ -14,6 +14,7 @@ import keras
 import tensorflow as tf
 
 from tfadv import validation
+from tfadv.methods import controllers
 
 
 class StepCounts:
@@ -49,6 +50,41 @@ class StepCounts:
             int(keras.ops.convert_to_numpy(self.variables[name])) != traced
             for name, traced in self.traced.items()
         )
+
+
+def attach_controller(trainer, controller):
+    """A trainer's step controller, checked, with its state and count.
+
+    The controller checks that it can drive the trainer, takes its cap,
+    budget and step floor from the training attack, and makes its own
+    variables; the trainer adds the step count the controller decides
+    (`step_controller_count`), starting at the controller's
+    `initial_steps`.
+
+    Returns:
+        The controller, or None.
+
+    Raises:
+        TypeError: `controller` is not a `StepController`.
+        ValueError: the controller cannot drive this trainer.
+    """
+    if controller is None:
+        return None
+    if not isinstance(controller, controllers.StepController):
+        raise TypeError(
+            f"{type(trainer).__name__}.step_controller must be a tfadv."
+            "methods.controllers.StepController (e.g. MPlus); got "
+            f"{controller!r}."
+        )
+    controller.validate_trainer_compatibility(trainer)
+    attack = trainer.train_attack
+    controller.create_state(
+        attack.num_steps, epsilon=attack.epsilon, step_floor=attack.step_size
+    )
+    trainer.add_step_count(
+        trainer.step_controller_count, controller.initial_steps
+    )
+    return controller
 
 
 class EpochHooks(keras.callbacks.Callback):
