@@ -158,6 +158,31 @@ class OtherRulesTest(tf.test.TestCase):
         )
 
 
+def magnitude_at_x(controller, strategy):
+    """M after one epoch of PGDAT from no start at lr 0, and ‖∇ₓ mean CE‖₁.
+
+    Returns:
+        `(the controller's M, ‖∇ₓ mean CE(xW + b, y)‖₁ at x in NumPy)`.
+    """
+    w, b, x, y = harness.linear_problem(seed=8)
+    harness.fit_linear(
+        lambda c: methods.PGDAT(
+            c,
+            train_attack=harness.pgd(num_steps=3, start="none"),
+            step_controller=controller,
+        ),
+        w,
+        b,
+        x,
+        y,
+        lr=0.0,
+        strategy=harness.strategy(strategy),
+    )
+    p = harness.softmax(x @ w + b)
+    want = np.abs((p - harness.onehot(y, w.shape[1])) @ w.T).sum() / len(x)
+    return controller.magnitude, want
+
+
 class AttachTest(tf.test.TestCase, parameterized.TestCase):
     def test_methods_without_a_step_count_refuse_a_controller(self):
         for make in (
@@ -187,6 +212,21 @@ class AttachTest(tf.test.TestCase, parameterized.TestCase):
                 harness.tiny_classifier(),
                 train_attack=square,
                 step_controller=controllers.MPlus(),
+            )
+
+    def test_last_attack_step_needs_a_projected_gradient(self):
+        bs = attacks.BackwardSmoothingAttack(epsilon=0.1)
+        with self.assertRaisesRegex(ValueError, "last_attack_step.*measure"):
+            methods.TRADES(
+                harness.tiny_classifier(),
+                train_attack=bs,
+                step_controller=controllers.MPlus(measure="last_attack_step"),
+            )
+        with self.assertRaisesRegex(ValueError, "one restart"):
+            methods.PGDAT(
+                harness.tiny_classifier(),
+                train_attack=harness.pgd(restarts=2),
+                step_controller=controllers.MPlus(measure="last_attack_step"),
             )
 
     def test_one_controller_per_trainer(self):
@@ -244,24 +284,9 @@ class MPlusOnAttackStepsTest(tf.test.TestCase, parameterized.TestCase):
     @parameterized.parameters("default", "mirrored")
     def test_magnitude_is_the_update_input_gradient(self, strategy):
         # k = 0 steps from no start: x_adv = x, and M is ‖∇ₓ mean CE‖₁.
-        w, b, x, y = harness.linear_problem(seed=8)
         controller = controllers.MPlus(max_steps=3, initial_steps=0)
-        harness.fit_linear(
-            lambda c: methods.PGDAT(
-                c,
-                train_attack=harness.pgd(num_steps=3, start="none"),
-                step_controller=controller,
-            ),
-            w,
-            b,
-            x,
-            y,
-            lr=0.0,
-            strategy=harness.strategy(strategy),
-        )
-        p = harness.softmax(x @ w + b)
-        want = np.abs((p - harness.onehot(y, w.shape[1])) @ w.T).sum() / len(x)
-        self.assertAllClose(controller.magnitude, want, rtol=1e-5)
+        got, want = magnitude_at_x(controller, strategy)
+        self.assertAllClose(got, want, rtol=1e-5)
 
 
 class OwnStateTest(tf.test.TestCase):
@@ -415,26 +440,11 @@ class MeasuredAtTheAttackTest(tf.test.TestCase, parameterized.TestCase):
     def test_magnitude_is_the_last_attack_steps_gradient(self, strategy):
         # One step from no start: the last (only) step starts at x, so M
         # is ‖∇ₓ mean CE‖₁ at x, whatever the update does afterwards.
-        w, b, x, y = harness.linear_problem(seed=8)
         controller = controllers.MPlus(
             max_steps=3, initial_steps=1, measure="last_attack_step"
         )
-        harness.fit_linear(
-            lambda c: methods.PGDAT(
-                c,
-                train_attack=harness.pgd(num_steps=3, start="none"),
-                step_controller=controller,
-            ),
-            w,
-            b,
-            x,
-            y,
-            lr=0.0,
-            strategy=harness.strategy(strategy),
-        )
-        p = harness.softmax(x @ w + b)
-        want = np.abs((p - harness.onehot(y, w.shape[1])) @ w.T).sum() / len(x)
-        self.assertAllClose(controller.magnitude, want, rtol=1e-5)
+        got, want = magnitude_at_x(controller, strategy)
+        self.assertAllClose(got, want, rtol=1e-5)
 
     def test_zero_steps_measure_nothing(self):
         w, b, x, y = harness.linear_problem(seed=8)

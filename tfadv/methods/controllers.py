@@ -118,10 +118,17 @@ class StepController(keras.layers.Layer):
                 f"num_steps and step_size, which {trainer.train_attack!r} "
                 "does not have; use a ProjectedGradient."
             )
-        if (
-            self.max_steps is not None
-            and self.max_steps != (config["num_steps"])
+        measured = getattr(trainer.train_attack, "ascend_with_gradient", None)
+        if self.measure == LAST_ATTACK_STEP and (
+            measured is None or config.get("restarts", 1) != 1
         ):
+            raise ValueError(
+                f"{type(self).__name__}(measure={LAST_ATTACK_STEP!r}) takes M "
+                "from the gradient of the training attack's last step, which "
+                f"{trainer.train_attack!r} does not give; use a "
+                "ProjectedGradient with one restart, or measure='update'."
+            )
+        if self.max_steps not in (None, config["num_steps"]):
             raise ValueError(
                 f"{method}'s step controller stops at max_steps="
                 f"{self.max_steps}, but its train_attack's num_steps, the "
@@ -245,7 +252,9 @@ class MPlus(StepController):
             objective at its last step (Table 1's M+PGD, M+TRADES and
             M+MART runs: their logs show M = 0 in every 0-step epoch, which
             only this gives; read from the logs, the lines are commented out
-            in the current scripts).
+            in the current scripts). DEAT measures its last replay's
+            backward either way (the update and the attack's step are one
+            pass there).
         step_rule: the attack's step at k steps: "max", `max(ε / k, α)`
             (M+PGD and M+DEAT), or "fixed", α at every count (the M+TRADES
             and M+MART references, whose attack reads the module-level step;
@@ -281,17 +290,7 @@ class MPlus(StepController):
         self.threshold = None
 
     def make_variables(self):
-        # Each replica sums its own share of M (no all-reduce in the step);
-        # a read outside the step adds the replicas' sums.
-        self.magnitude = keras.Variable(
-            initializer="zeros",
-            shape=(),
-            dtype="float32",
-            trainable=False,
-            synchronization="on_read",
-            aggregation="sum",
-            name="magnitude",
-        )
+        self.magnitude = replica_sum("magnitude")
         self.threshold = self.add_weight(
             shape=(),
             initializer="zeros",
@@ -430,19 +429,8 @@ class AccuracyTrigger(StepController):
     mutable_state = ("correct", "seen")
 
     def make_variables(self):
-        # Summed per replica in the step; a read outside it adds them.
-        self.correct, self.seen = (
-            keras.Variable(
-                initializer="zeros",
-                shape=(),
-                dtype="float32",
-                trainable=False,
-                synchronization="on_read",
-                aggregation="sum",
-                name=name,
-            )
-            for name in ("correct", "seen")
-        )
+        self.correct = replica_sum("correct")
+        self.seen = replica_sum("seen")
 
     def observe_accuracy(self, logits, labels):
         predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
@@ -487,6 +475,23 @@ class AccuracyTrigger(StepController):
             "threshold": self.threshold,
             "metric": self.metric,
         }
+
+
+def replica_sum(name: str) -> keras.Variable:
+    """A float32 scalar the step adds to, summed over replicas when read.
+
+    Each replica adds its own share (no all-reduce in the step); a read
+    outside the step adds the replicas' sums.
+    """
+    return keras.Variable(
+        initializer="zeros",
+        shape=(),
+        dtype="float32",
+        trainable=False,
+        synchronization="on_read",
+        aggregation="sum",
+        name=name,
+    )
 
 
 def controlled_step_size(epsilon: float, steps: int, floor: float) -> float:
