@@ -26,6 +26,7 @@ README = os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")
 WITH_ATTACK = {
     methods.PGDAT: 8 / 255,
     methods.FGSMRS: 8 / 255,
+    methods.NFGSM: 8 / 255,
     methods.FreeAT: 8 / 255,
     methods.TRADES: 0.031,
     methods.MART: 0.031,

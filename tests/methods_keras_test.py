@@ -40,6 +40,7 @@ def weights_of(method):
 WITH_ATTACK = {
     methods.PGDAT: 8 / 255,
     methods.FGSMRS: 8 / 255,
+    methods.NFGSM: 8 / 255,
     methods.FreeAT: 8 / 255,
     methods.DEAT: 8 / 255,
     methods.YOPO: 8 / 255,
@@ -190,6 +191,7 @@ def free_at(classifier):
 # Seeded, so that every run draws the same random starts.
 BACKUP_METHODS = {
     "pgd_at": lambda c: methods.PGDAT(c, train_attack=harness.pgd(), seed=1),
+    "n_fgsm": lambda c: methods.NFGSM(c, epsilon=EPS, seed=1),
     "free_at": free_at,
     "yopo": lambda c: methods.YOPO(
         c,
@@ -412,6 +414,10 @@ DETERMINISTIC = {
         c, train_attack=none_start(), clean_weight=0.3, weight_decay=0.01
     ),
     "fgsm_rs": lambda c: methods.FGSMRS(c, train_attack=none_start()),
+    # No noise (k = 0): one step of ε from x, not projected back.
+    "n_fgsm": lambda c: methods.NFGSM(
+        c, train_attack=attacks.NoiseFGSM(epsilon=EPS, noise_factor=0.0)
+    ),
     "free_at": lambda c: methods.FreeAT(
         c, train_attack=none_start(), batch_size=8
     ),

@@ -37,6 +37,7 @@ REGISTERING_MODULES = (
     "tfadv.methods.free_at",
     "tfadv.methods.gaat",
     "tfadv.methods.mart",
+    "tfadv.methods.n_fgsm",
     "tfadv.methods.noisy_training",
     "tfadv.methods.pgd_at",
     "tfadv.methods.standard",

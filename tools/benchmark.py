@@ -141,6 +141,7 @@ METHODS = (
     "standard",
     "pgd_at",
     "fgsm_rs",
+    "n_fgsm",
     "fast_at",
     "free_at",
     "yopo",
@@ -215,6 +216,7 @@ SETTINGS = {
         methods=(
             "pgd_at",
             "fgsm_rs",
+            "n_fgsm",
             "free_at",
             "yopo",
             "deat",
@@ -232,6 +234,7 @@ SETTINGS = {
         gin_files={
             "pgd_at": "experiments/cifar10_pgd_at.gin",
             "fgsm_rs": "experiments/cifar10_fgsm_rs.gin",
+            "n_fgsm": "experiments/cifar10_n_fgsm.gin",
             "free_at": "experiments/cifar10_free_at.gin",
             "yopo": "experiments/cifar10_preact_yopo_5_3.gin",
             "deat": "experiments/cifar10_mdeat.gin",
