@@ -36,6 +36,7 @@ REGISTERING_MODULES = (
     "tfadv.methods.fgsm_rs",
     "tfadv.methods.free_at",
     "tfadv.methods.gaat",
+    "tfadv.methods.grad_align",
     "tfadv.methods.mart",
     "tfadv.methods.n_fgsm",
     "tfadv.methods.noisy_training",
