@@ -86,6 +86,8 @@ class MethodConfigTest(tf.test.TestCase, parameterized.TestCase):
 
     @parameterized.parameters(
         ("fgsm_rs.gin", "FGSMRS"),
+        ("n_fgsm.gin", "NFGSM"),
+        ("grad_align.gin", "GradAlign"),
         ("free_at.gin", "FreeAT"),
         ("trades.gin", "TRADES"),
         ("mart.gin", "MART"),
@@ -105,6 +107,8 @@ class MethodConfigTest(tf.test.TestCase, parameterized.TestCase):
 
     @parameterized.parameters(
         "experiments/cifar10_fgsm_rs.gin",
+        "experiments/cifar10_n_fgsm.gin",
+        "experiments/cifar10_grad_align.gin",
         "experiments/cifar10_free_at.gin",
         "experiments/cifar10_trades.gin",
         "experiments/cifar10_mart.gin",

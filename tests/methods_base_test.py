@@ -26,12 +26,16 @@ README = os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")
 WITH_ATTACK = {
     methods.PGDAT: 8 / 255,
     methods.FGSMRS: 8 / 255,
+    methods.NFGSM: 8 / 255,
+    methods.GradAlign: 8 / 255,
     methods.FreeAT: 8 / 255,
     methods.TRADES: 0.031,
     methods.MART: 0.031,
     methods.YOPO: 8 / 255,
     methods.TRADESYOPO: 0.031,
 }
+# What a method requires besides its budget (GradAlign's λ has no default).
+REQUIRED = {methods.GradAlign: {"align_weight": 0.2}}
 
 
 def pgd(eps=0.1, steps=3, **kwargs):
@@ -67,14 +71,18 @@ class TrainAttackTest(tf.test.TestCase, parameterized.TestCase):
         ):
             cls(harness.tiny_classifier())
         self.assertAllClose(cls.paper_epsilon, budget)
-        method = cls(harness.tiny_classifier(), epsilon=budget)
+        method = cls(
+            harness.tiny_classifier(), epsilon=budget, **REQUIRED.get(cls, {})
+        )
         self.assertIsInstance(method.train_attack, attacks.Attack)
         self.assertAllClose(method.epsilon, budget)
         self.assertIs(method.threat_model, method.train_attack.threat_model)
 
     @parameterized.parameters(*WITH_ATTACK)
     def test_default_attack_scales_to_epsilon(self, cls):
-        method = cls(harness.tiny_classifier(), epsilon=0.1)
+        method = cls(
+            harness.tiny_classifier(), epsilon=0.1, **REQUIRED.get(cls, {})
+        )
         self.assertAllClose(method.epsilon, 0.1)
         self.assertAllClose(method.train_attack.epsilon, 0.1)
 
@@ -86,7 +94,10 @@ class TrainAttackTest(tf.test.TestCase, parameterized.TestCase):
             cls(harness.tiny_classifier(), epsilon=0.1, train_attack=attack)
         # The same budget twice is fine.
         method = cls(
-            harness.tiny_classifier(), epsilon=0.3, train_attack=attack
+            harness.tiny_classifier(),
+            epsilon=0.3,
+            train_attack=attack,
+            **REQUIRED.get(cls, {}),
         )
         self.assertIs(method.train_attack, attack)
 

@@ -40,6 +40,8 @@ def weights_of(method):
 WITH_ATTACK = {
     methods.PGDAT: 8 / 255,
     methods.FGSMRS: 8 / 255,
+    methods.NFGSM: 8 / 255,
+    methods.GradAlign: 8 / 255,
     methods.FreeAT: 8 / 255,
     methods.DEAT: 8 / 255,
     methods.YOPO: 8 / 255,
@@ -49,6 +51,8 @@ WITH_ATTACK = {
     methods.TRADESYOPO: 0.031,
     methods.GAAT: None,
 }
+# What a method requires besides its budget (GradAlign's λ has no default).
+REQUIRED = {methods.GradAlign: {"align_weight": 0.2}}
 
 
 class SavingTest(tf.test.TestCase):
@@ -190,6 +194,10 @@ def free_at(classifier):
 # Seeded, so that every run draws the same random starts.
 BACKUP_METHODS = {
     "pgd_at": lambda c: methods.PGDAT(c, train_attack=harness.pgd(), seed=1),
+    "n_fgsm": lambda c: methods.NFGSM(c, epsilon=EPS, seed=1),
+    "grad_align": lambda c: methods.GradAlign(
+        c, epsilon=EPS, align_weight=0.2, seed=1
+    ),
     "free_at": free_at,
     "yopo": lambda c: methods.YOPO(
         c,
@@ -412,6 +420,10 @@ DETERMINISTIC = {
         c, train_attack=none_start(), clean_weight=0.3, weight_decay=0.01
     ),
     "fgsm_rs": lambda c: methods.FGSMRS(c, train_attack=none_start()),
+    # No noise (k = 0): one step of ε from x, not projected back.
+    "n_fgsm": lambda c: methods.NFGSM(
+        c, train_attack=attacks.NoiseFGSM(epsilon=EPS, noise_factor=0.0)
+    ),
     "free_at": lambda c: methods.FreeAT(
         c, train_attack=none_start(), batch_size=8
     ),
@@ -577,7 +589,7 @@ def make_any(cls, classifier):
     """`cls` on `classifier` with a budget when it takes one."""
     if cls in (methods.Standard, methods.NoisyTraining):
         return cls(classifier)
-    return cls(classifier, epsilon=EPS)
+    return cls(classifier, epsilon=EPS, **REQUIRED.get(cls, {}))
 
 
 ALL_METHODS = [methods.Standard, methods.NoisyTraining, *WITH_ATTACK]
@@ -680,7 +692,7 @@ class BudgetTest(tf.test.TestCase, parameterized.TestCase):
         with self.assertRaisesRegex(ValueError, message):
             cls(harness.tiny_classifier())
         self.assertAllClose(
-            cls(harness.tiny_classifier(), epsilon=EPS).epsilon, EPS
+            make_any(cls, harness.tiny_classifier()).epsilon, EPS
         )
 
     @parameterized.parameters(methods.Standard, methods.NoisyTraining)

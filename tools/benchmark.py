@@ -141,6 +141,8 @@ METHODS = (
     "standard",
     "pgd_at",
     "fgsm_rs",
+    "n_fgsm",
+    "grad_align",
     "fast_at",
     "free_at",
     "yopo",
@@ -215,6 +217,8 @@ SETTINGS = {
         methods=(
             "pgd_at",
             "fgsm_rs",
+            "n_fgsm",
+            "grad_align",
             "free_at",
             "yopo",
             "deat",
@@ -232,6 +236,8 @@ SETTINGS = {
         gin_files={
             "pgd_at": "experiments/cifar10_pgd_at.gin",
             "fgsm_rs": "experiments/cifar10_fgsm_rs.gin",
+            "n_fgsm": "experiments/cifar10_n_fgsm.gin",
+            "grad_align": "experiments/cifar10_grad_align.gin",
             "free_at": "experiments/cifar10_free_at.gin",
             "yopo": "experiments/cifar10_preact_yopo_5_3.gin",
             "deat": "experiments/cifar10_mdeat.gin",

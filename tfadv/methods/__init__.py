@@ -24,7 +24,9 @@ from tfadv.methods.deat import DEAT
 from tfadv.methods.fgsm_rs import FGSMRS
 from tfadv.methods.free_at import FreeAT
 from tfadv.methods.gaat import GAAT
+from tfadv.methods.grad_align import GradAlign
 from tfadv.methods.mart import MART
+from tfadv.methods.n_fgsm import NFGSM
 from tfadv.methods.noisy_training import NoisyTraining
 from tfadv.methods.pgd_at import PGDAT
 from tfadv.methods.standard import Standard
