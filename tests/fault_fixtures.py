@@ -13,6 +13,9 @@ as a power cut or the OOM killer would) at `where`:
 `start_train("pause:E:B", ...)` starts a child that instead waits after
 batch B of epoch E: it creates `<logdir>.paused`, and goes on once
 `<logdir>.resume` exists (a live run holding its folder).
+`start_train("wait_before_lock", ...)` starts a child that, having checked
+the folder, waits just before it locks it (a preemption in that window):
+it creates `<logdir>.waiting` and goes on once `<logdir>.go` exists.
 """
 
 import os
@@ -70,6 +73,20 @@ elif where.startswith("pause:"):
                 time.sleep(0.05)
 
     callbacks.DivergenceGuard.on_train_batch_end = on_train_batch_end
+elif where == "wait_before_lock":
+    import time
+
+    from tfadv import run_folder
+
+    lock = run_folder.lock
+
+    def waits_then_locks(logdir, *args, **kwargs):
+        open(logdir + ".waiting", "w").close()
+        while not os.path.exists(logdir + ".go"):
+            time.sleep(0.05)
+        return lock(logdir, *args, **kwargs)
+
+    run_folder.lock = waits_then_locks
 elif where.startswith("checkpoint:"):
     epoch = int(where.split(":")[1])
     save_weights = keras.Model.save_weights

@@ -1,11 +1,13 @@
 """tfadv.run_folder: the resume rule, the JSON writers and the callbacks."""
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+from unittest import mock
 
 import gin
 import keras
@@ -13,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
+from tests import cli_fixtures
 from tests import harness
 from tfadv import run_folder
 
@@ -113,6 +116,113 @@ class PrepareTest(tf.test.TestCase):
             run_folder.path("runs/x", run_folder.RESULTS_FILE),
             os.path.join("runs/x", "results.json"),
         )
+
+
+class RefusedStartTest(tf.test.TestCase):
+    """A refused start removes only what it created, and only locked."""
+
+    def test_a_start_refused_by_the_lock_never_deletes_the_live_run(self):
+        # The race: this start finds no folder, is delayed (a preemption)
+        # before it locks, and meanwhile another run creates the folder,
+        # locks it and writes its files. The lock refuses this start; the
+        # live run's folder must survive it.
+        logdir = os.path.join(self.create_tempdir().full_path, "run")
+        real_lock = run_folder.lock
+        live = contextlib.ExitStack()
+        config = run_folder.path(logdir, run_folder.OPERATIVE_CONFIG_FILE)
+
+        def delayed_lock(*args, **kwargs):
+            # The other run starts in the delay: it locks and writes.
+            live.enter_context(real_lock(logdir))
+            with open(config, "w") as f:
+                f.write("live run's config\n")
+            return real_lock(*args, **kwargs)
+
+        with live:
+            with (
+                mock.patch.object(run_folder, "lock", delayed_lock),
+                self.assertRaisesRegex(
+                    SystemExit, f"in use by another tfadv run .*{os.getpid()}"
+                ),
+            ):
+                cli_fixtures.run_cli(logdir, "pgd_at.gin", "testing/tiny.gin")
+            # The live run goes on in its folder: nothing was removed.
+            self.assertCountEqual(
+                os.listdir(logdir),
+                [run_folder.LOCK_FILE, run_folder.OPERATIVE_CONFIG_FILE],
+            )
+            with open(config) as f:
+                self.assertEqual(f.read(), "live run's config\n")
+            run_folder.write_json_atomic(
+                run_folder.path(logdir, run_folder.TIMING_FILE), {"a": 1}
+            )
+
+    def test_a_start_that_fails_under_its_lock_removes_what_it_made(self):
+        root = self.create_tempdir().full_path
+        logdir = os.path.join(root, "a", "b", "run")
+        # As experiment.run holds it: the lock outlives the block.
+        with (
+            self.assertRaisesRegex(ValueError, "bad"),
+            contextlib.ExitStack() as held,
+            run_folder.removed_on_error(logdir) as start,
+        ):
+            held.enter_context(run_folder.lock(logdir, start))
+            self.assertTrue(start.locked)
+            with open(run_folder.path(logdir, "x"), "w") as f:
+                f.write("x")
+            raise ValueError("bad")
+        self.assertEqual(os.listdir(root), [])  # parents it made, too
+
+    def test_a_folder_that_existed_is_kept(self):
+        logdir = self.create_tempdir().full_path
+        with open(os.path.join(logdir, run_folder.TIMING_FILE), "w") as f:
+            f.write("{}")
+        with (
+            self.assertRaisesRegex(ValueError, "bad"),
+            contextlib.ExitStack() as held,
+            run_folder.removed_on_error(logdir) as start,
+        ):
+            held.enter_context(run_folder.lock(logdir, start))
+            raise ValueError("bad")
+        self.assertIn(run_folder.TIMING_FILE, os.listdir(logdir))
+
+    def test_nothing_is_removed_without_the_lock(self):
+        # This start made the folder, but another run locked it first.
+        logdir = os.path.join(self.create_tempdir().full_path, "run")
+        with (
+            self.assertRaisesRegex(ValueError, "bad"),
+            run_folder.removed_on_error(logdir) as start,
+        ):
+            run_folder._make_folders(logdir, start)
+            self.assertEqual(start.created, [logdir])
+            raise ValueError("bad")
+        self.assertTrue(os.path.isdir(logdir))
+
+    def test_the_lock_follows_a_folder_removed_before_it_locked(self):
+        # Another start removed the folder (and its lock file) between
+        # this start's open and its flock: this start locks the new file.
+        logdir = os.path.join(self.create_tempdir().full_path, "run")
+        real_flock = run_folder.fcntl.flock
+        removed = []
+
+        def flock(handle, operation):
+            if not removed and operation & run_folder.fcntl.LOCK_EX:
+                removed.append(1)
+                shutil.rmtree(logdir)
+            return real_flock(handle, operation)
+
+        with (
+            mock.patch.object(run_folder.fcntl, "flock", flock),
+            run_folder.lock(logdir),
+        ):
+            with open(run_folder.path(logdir, run_folder.LOCK_FILE)) as f:
+                self.assertEqual(f.read(), str(os.getpid()))
+            with (
+                self.assertRaisesRegex(run_folder.RunFolderError, "in use"),
+                run_folder.lock(logdir),
+            ):
+                pass
+        self.assertEqual(removed, [1])
 
 
 class JsonTest(tf.test.TestCase):

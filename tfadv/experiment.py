@@ -530,14 +530,15 @@ def run(
     strategy = strategy or tf.distribute.get_strategy()
     with contextlib.ExitStack() as stack:
         # A start refused before training leaves no folder behind.
-        with run_folder.removed_on_error(logdir):
+        with run_folder.removed_on_error(logdir) as start:
             resuming = False
             if not dry_run:
                 # Refuse a finished or foreign folder before touching it, then
                 # check again under the lock (another run may have finished).
-                run_folder.prepare(logdir)
-                stack.enter_context(run_folder.lock(logdir))
-                resuming = run_folder.prepare(logdir)
+                # What this start created is decided under the lock.
+                run_folder.check(logdir)
+                stack.enter_context(run_folder.lock(logdir, start))
+                resuming = run_folder.check(logdir)
                 run_folder.record_config(
                     logdir,
                     gin.config_str(),

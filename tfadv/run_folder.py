@@ -21,7 +21,9 @@ evaluation or export resumes too, trains no more and finishes); anything
 else is refused. A resumed run ends with the weights, history and results
 of the uninterrupted run. One run at a
 time: a run holds the folder's lock (`lock`) while it trains, and a second
-run on the folder is refused while the first lives.
+run on the folder is refused while the first lives. A start refused before
+training removes what it created (`removed_on_error`), decided under its
+lock: never a folder that another run holds.
 """
 
 import contextlib
@@ -86,6 +88,17 @@ def prepare(logdir: str) -> bool:
         RunFolderError: the folder holds a finished run, or files that no
             tfadv run made.
     """
+    resuming = check(logdir)
+    os.makedirs(logdir, exist_ok=True)
+    return resuming
+
+
+def check(logdir: str) -> bool:
+    """`prepare` without creating anything: refuses, or says if it resumes.
+
+    Raises:
+        RunFolderError: as `prepare`.
+    """
     if os.path.exists(logdir) and not os.path.isdir(logdir):
         raise RunFolderError(
             f"--logdir={logdir} is a file, not a folder; a run writes a "
@@ -116,24 +129,78 @@ def prepare(logdir: str) -> bool:
                 f"{logdir} is not empty and is not an interrupted tfadv run "
                 f"(it holds {foreign[:5]}); pass another --logdir."
             )
-    os.makedirs(logdir, exist_ok=True)
     return os.path.isdir(path(logdir, CHECKPOINT_DIR))
+
+
+class Start:
+    """What one start of a run made, and whether it holds the folder.
+
+    `lock` fills it in: the folders it created (the run folder and any
+    missing parents, each made with one `os.mkdir`, so a folder another
+    process made first is never counted) and whether the lock is held.
+    """
+
+    def __init__(self):
+        self.folder = None  # the run folder's absolute path, once locked
+        self.created: list[str] = []  # outermost first
+        self.locked = False
+
+    def remove_created(self) -> None:
+        """Removes what this start created, only while it holds the lock.
+
+        A start refused by the lock created nothing the live run does not
+        now own (it may have made the folder an instant before the other
+        run locked it), so it removes nothing.
+        """
+        if not self.locked:
+            return
+        for folder in reversed(self.created):
+            if folder == self.folder:
+                shutil.rmtree(folder, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.rmdir(folder)  # a parent, only if still empty
+        self.created = []
 
 
 @contextlib.contextmanager
 def removed_on_error(logdir: str):
-    """Removes `logdir` if it did not exist before and the block fails.
+    """On a failure in the block, removes what this start created.
 
     For the checks and the build before training: a refused start leaves
     nothing behind, and a folder that existed is left as it was found.
+    The block passes the yielded `Start` to `lock`; what was created is
+    decided there, under the lock, not from whether `logdir` existed
+    when the block began (another run may create and lock the folder in
+    between, and a refused start must never delete a live run). Nothing
+    is removed unless this start holds the lock.
     """
-    existed = os.path.exists(logdir)
+    del logdir  # decided by `lock`, under the lock
+    start = Start()
     try:
-        yield
+        yield start
     except BaseException:
-        if not existed:
-            shutil.rmtree(logdir, ignore_errors=True)
+        start.remove_created()
         raise
+
+
+def _make_folders(logdir: str, start: Start | None) -> None:
+    """`os.makedirs(logdir)`, noting in `start` each folder it made."""
+    missing = []
+    folder = os.path.abspath(logdir)
+    while not os.path.isdir(folder):
+        missing.append(folder)
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder)
+        except FileExistsError:
+            continue  # another process made it: not this start's
+        if start is not None:
+            start.created.append(folder)
 
 
 def record_config(
@@ -187,30 +254,52 @@ def _bindings(config: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def lock(logdir: str):
+def lock(logdir: str, start: Start | None = None):
     """Holds the run folder's lock: one run at a time per folder.
 
     An exclusive `flock` on `<logdir>/.lock`, which holds the owner's
     process id. The operating system releases it when the process ends,
     however it ends, so a killed run never leaves the folder locked.
+    Creates the folder if needed; with `start` (from `removed_on_error`)
+    it notes the folders it made and that the lock is held.
 
     Raises:
         RunFolderError: another live process holds the lock.
     """
-    os.makedirs(logdir, exist_ok=True)
     lock_path = path(logdir, LOCK_FILE)
-    handle = open(lock_path, "a+")  # noqa: SIM115 (held while the run lives)
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.seek(0)
-        owner = handle.read().strip() or "unknown"
+    for _ in range(_LOCK_TRIES):
+        _make_folders(logdir, start)
+        try:
+            # Held while the run lives, hence no `with`.
+            handle = open(lock_path, "a+")  # noqa: SIM115
+        except FileNotFoundError:
+            continue  # a refused start removed its folder just now
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown"
+            handle.close()
+            raise RunFolderError(
+                f"{logdir} is in use by another tfadv run (process {owner}); "
+                "two runs on one folder would overwrite each other. Wait for "
+                "it to finish, or pass another --logdir."
+            ) from None
+        if _same_file(handle, lock_path):
+            break
+        # The file was removed (with its folder) between the open and the
+        # lock: this lock guards nothing; lock the folder's new file.
+        fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
+    else:
         raise RunFolderError(
-            f"{logdir} is in use by another tfadv run (process {owner}); "
-            "two runs on one folder would overwrite each other. Wait for it "
-            "to finish, or pass another --logdir."
-        ) from None
+            f"{logdir} was removed {_LOCK_TRIES} times while this run tried "
+            "to lock it; another process is deleting it. Pass another "
+            "--logdir."
+        )
+    if start is not None:
+        start.folder = os.path.abspath(logdir)
+        start.locked = True
     try:
         handle.seek(0)
         handle.truncate()
@@ -218,8 +307,23 @@ def lock(logdir: str):
         handle.flush()
         yield
     finally:
+        if start is not None:
+            start.locked = False
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
+
+
+_LOCK_TRIES = 5
+
+
+def _same_file(handle, file_path: str) -> bool:
+    """Whether the open `handle` is still the file at `file_path`."""
+    try:
+        on_disk = os.stat(file_path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(handle.fileno())
+    return (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)
 
 
 def write_json_atomic(file_path: str, payload) -> None:
