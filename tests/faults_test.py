@@ -74,6 +74,7 @@ class KilledRunTest(tf.test.TestCase, parameterized.TestCase):
         ("inside_the_checkpoint_write", "checkpoint:1"),
         ("during_the_final_evaluation", "final_evaluation"),
         ("during_the_export", "export"),
+        ("inside_the_results_write", "results"),
     )
     def test_resumed_run_equals_the_uninterrupted_one(self, where):
         logdir = os.path.join(self.root, where.replace(":", "_"))
@@ -82,6 +83,8 @@ class KilledRunTest(tf.test.TestCase, parameterized.TestCase):
             killed.returncode, -signal.SIGKILL, killed.stderr[-3000:]
         )
         self.assertFalse(os.path.exists(os.path.join(logdir, "results.json")))
+        if where == "results":
+            self.assertIn("results.json.tmp", os.listdir(logdir))
         resumed = _run("none", logdir)
         self.assertEqual(resumed.returncode, 0, resumed.stderr[-3000:])
         weights, results = _finished(logdir)
@@ -91,7 +94,11 @@ class KilledRunTest(tf.test.TestCase, parameterized.TestCase):
         self.assertLen(results["history"]["loss"], 3)
         self.assertEqual(results, self.results)
         self.assertEmpty(
-            [n for n in os.listdir(logdir) if n.startswith("incoming.")]
+            [
+                n
+                for n in os.listdir(logdir)
+                if n.startswith("incoming.") or n.endswith(".tmp")
+            ]
         )
 
 

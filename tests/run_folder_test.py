@@ -101,10 +101,24 @@ class PrepareTest(tf.test.TestCase):
             (run_folder.MODEL_FILE,),
             ("incoming." + run_folder.MODEL_FILE,),
             (run_folder.TIMING_FILE + ".tmp", run_folder.DATA_FILE),
+            # Killed inside the results write: it resumes and finishes.
+            (run_folder.RESULTS_FILE + ".tmp", run_folder.MODEL_FILE),
+            (run_folder.DATA_FILE + ".tmp", run_folder.TIMING_FILE),
+            (run_folder.REQUESTED_CONFIG_FILE + ".tmp",),
         ):
             with self.subTest(names=names):
                 logdir = self._folder(*names, dirs=(run_folder.CHECKPOINT_DIR,))
                 self.assertTrue(run_folder.prepare(logdir))
+                shutil.rmtree(logdir)
+
+    def test_a_foreign_tmp_file_is_still_foreign(self):
+        for name in ("thesis.tex.tmp", "results.json.tmp.tmp", ".tmp"):
+            with self.subTest(name=name):
+                logdir = self._folder(name, dirs=(run_folder.CHECKPOINT_DIR,))
+                with self.assertRaisesRegex(
+                    run_folder.RunFolderError, "not an interrupted tfadv run"
+                ):
+                    run_folder.prepare(logdir)
                 shutil.rmtree(logdir)
 
     def test_error_is_a_value_error(self):
@@ -223,6 +237,47 @@ class RefusedStartTest(tf.test.TestCase):
             ):
                 pass
         self.assertEqual(removed, [1])
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs (no `except Exception`)."""
+
+
+class KilledInTheResultsWriteTest(tf.test.TestCase):
+    def test_the_rerun_resumes_and_finishes(self):
+        # Killed halfway through writing results.json: its temporary file
+        # is left beside the checkpoint and model.keras. The rerun of the
+        # same command trains no more and writes the results.
+        logdir = os.path.join(self.create_tempdir().full_path, "run")
+        results_path = run_folder.path(logdir, run_folder.RESULTS_FILE)
+        write = run_folder.write_json_atomic
+
+        def dies_inside_the_results_write(file_path, payload):
+            if file_path != results_path:
+                return write(file_path, payload)
+            with open(file_path + ".tmp", "w") as f:
+                f.write(json.dumps(payload)[:100])
+            raise _Killed
+
+        with (
+            mock.patch.object(
+                run_folder, "write_json_atomic", dies_inside_the_results_write
+            ),
+            self.assertRaises(_Killed),
+        ):
+            cli_fixtures.run_cli(logdir, "pgd_at.gin", "testing/tiny.gin")
+        self.assertFalse(os.path.exists(results_path))
+        self.assertTrue(os.path.exists(results_path + ".tmp"))
+        with mock.patch.object(
+            keras.Model, "fit", autospec=True, side_effect=keras.Model.fit
+        ) as fit:
+            cli_fixtures.run_cli(logdir, "pgd_at.gin", "testing/tiny.gin")
+        fit.assert_called_once()
+        results = run_folder.read_json(results_path)
+        self.assertEqual(results["method"], "PGDAT")
+        self.assertLen(results["history"]["loss"], 1)
+        self.assertLen(results["epoch_seconds"], 1)
+        self.assertNotIn(run_folder.RESULTS_FILE + ".tmp", os.listdir(logdir))
 
 
 class JsonTest(tf.test.TestCase):

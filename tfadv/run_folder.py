@@ -67,6 +67,14 @@ _INTERRUPTED_RUN = {
     VALIDATION_EVENTS,
     IMAGE_EVENTS,
 }
+# Files tfadv writes through a temporary "<name>.tmp" and a rename: a kill
+# inside the write leaves that temporary file, which is tfadv's own.
+_WRITTEN_ATOMICALLY = {
+    RESULTS_FILE,
+    TIMING_FILE,
+    DATA_FILE,
+    REQUESTED_CONFIG_FILE,
+}
 
 
 class RunFolderError(ValueError):
@@ -115,8 +123,10 @@ def check(logdir: str) -> bool:
         foreign = sorted(
             name
             for name in os.listdir(logdir)
-            # A kill during an atomic write leaves its ".tmp" file.
-            if name.removesuffix(".tmp") not in _INTERRUPTED_RUN
+            if name not in _INTERRUPTED_RUN
+            # A kill during an atomic write leaves its ".tmp" file (the
+            # results' too: that run resumes, trains no more and finishes).
+            and not _temporary_of_an_atomic_write(name)
             # The hparams summary (tfadv.callbacks.HParamsLogger).
             and not name.startswith(HPARAMS_EVENTS_PREFIX)
         )
@@ -130,6 +140,11 @@ def check(logdir: str) -> bool:
                 f"(it holds {foreign[:5]}); pass another --logdir."
             )
     return os.path.isdir(path(logdir, CHECKPOINT_DIR))
+
+
+def _temporary_of_an_atomic_write(name: str) -> bool:
+    stem = name.removesuffix(".tmp")
+    return stem != name and stem in _WRITTEN_ATOMICALLY | _INTERRUPTED_RUN
 
 
 class Start:
