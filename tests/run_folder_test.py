@@ -7,9 +7,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from unittest import mock
 
 import gin
+import h5py
 import keras
 import numpy as np
 import tensorflow as tf
@@ -278,6 +280,182 @@ class KilledInTheResultsWriteTest(tf.test.TestCase):
         self.assertLen(results["history"]["loss"], 1)
         self.assertLen(results["epoch_seconds"], 1)
         self.assertNotIn(run_folder.RESULTS_FILE + ".tmp", os.listdir(logdir))
+
+
+def _snapshot(root):
+    """Every file under `root` with its size and modification time."""
+    state = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            stat = os.stat(os.path.join(folder, name))
+            state[os.path.relpath(os.path.join(folder, name), root)] = (
+                stat.st_size,
+                stat.st_mtime,
+            )
+    return state
+
+
+_TINY = ("pgd_at.gin", "testing/tiny.gin")
+
+
+class ResumeChecksTest(tf.test.TestCase):
+    """A resume refuses a checkpoint that is not this run's, and records."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.root = tempfile.mkdtemp()
+        cls.template = os.path.join(cls.root, "template")
+        cli_fixtures.run_cli(cls.template, *_TINY)
+
+    def _interrupted(self):
+        """A copy of a 1-epoch run killed after its checkpoint."""
+        logdir = os.path.join(self.create_tempdir().full_path, "run")
+        shutil.copytree(self.template, logdir)
+        for name in (run_folder.RESULTS_FILE, run_folder.MODEL_FILE):
+            os.remove(run_folder.path(logdir, name))
+        return logdir
+
+    def _checkpoint(self, logdir, name=run_folder.CHECKPOINT_WEIGHTS):
+        return os.path.join(
+            run_folder.path(logdir, run_folder.CHECKPOINT_DIR), name
+        )
+
+    def _assert_refused(self, logdir, pattern, bindings=(), **flags):
+        before = _snapshot(logdir)
+        with self.assertRaises(SystemExit) as cm:
+            cli_fixtures.run_cli(logdir, *_TINY, bindings=bindings, **flags)
+        message = str(cm.exception.code)
+        self.assertStartsWith(message, "tfadv.train: error: ")
+        self.assertNotIn("\n", message)
+        self.assertRegex(message, pattern)
+        self.assertEqual(_snapshot(logdir), before)
+
+    def test_the_checkpoint_names_its_run(self):
+        logdir = self._interrupted()
+        record = run_folder.read_json(run_folder.path(logdir, "run.json"))
+        self.assertLen(record["run_id"], 32)
+        self.assertEqual(record["history"], [])
+        self.assertEqual(
+            run_folder.check_checkpoint(logdir, epochs=1), 1
+        )  # and it resumes
+        cli_fixtures.run_cli(logdir, *_TINY)
+        results = run_folder.read_json(
+            run_folder.path(logdir, run_folder.RESULTS_FILE)
+        )
+        self.assertLen(results["history"]["loss"], 1)
+
+    def test_weights_missing_beside_the_metadata(self):
+        logdir = self._interrupted()
+        os.remove(self._checkpoint(logdir))
+        self._assert_refused(
+            logdir,
+            r"latest\.weights\.h5 is missing, but .*training_metadata\.json"
+            r".*delete .*checkpoint",
+        )
+
+    def test_a_truncated_weights_file(self):
+        logdir = self._interrupted()
+        weights = self._checkpoint(logdir)
+        with open(weights, "r+b") as f:
+            f.truncate(os.path.getsize(weights) // 2)
+        self._assert_refused(
+            logdir, r"latest\.weights\.h5 cannot be read .*truncated"
+        )
+
+    def test_an_epoch_beyond_the_runs_epochs(self):
+        logdir = self._interrupted()
+        for name in (run_folder.CHECKPOINT_WEIGHTS,):
+            with h5py.File(self._checkpoint(logdir, name), "a") as f:
+                f.attrs[run_folder.ResumableCheckpoint.EPOCH_ATTRIBUTE] = 7
+        self._assert_refused(
+            logdir, r"holds epoch 7, but this run has 1 epochs"
+        )
+
+    def test_another_runs_checkpoint(self):
+        logdir = self._interrupted()
+        other = os.path.join(self.create_tempdir().full_path, "other")
+        cli_fixtures.run_cli(other, *_TINY)  # same config, another run
+        shutil.rmtree(run_folder.path(logdir, run_folder.CHECKPOINT_DIR))
+        shutil.copytree(
+            run_folder.path(other, run_folder.CHECKPOINT_DIR),
+            run_folder.path(logdir, run_folder.CHECKPOINT_DIR),
+        )
+        self._assert_refused(logdir, r"was written by another run")
+
+    def test_other_data_is_refused_or_recorded(self):
+        # The same config on another data source (--data_dir).
+        logdir = self._interrupted()
+        data_dir = os.path.join(self.create_tempdir().full_path, "data")
+        rng = np.random.default_rng(0)
+        for prefix, n in (("train", 256), ("t10k", 64)):
+            cli_fixtures.write_idx(
+                data_dir,
+                prefix,
+                rng.integers(0, 256, size=(n, 28, 28)),
+                rng.integers(0, 10, size=n),
+            )
+        self._assert_refused(
+            logdir,
+            r"trained on other data \(source: .*data\.json.*"
+            r"--allow_config_change",
+            data_dir=data_dir,
+        )
+        with open(run_folder.path(logdir, run_folder.DATA_FILE)) as f:
+            before = json.load(f)
+        cli_fixtures.run_cli(
+            logdir, *_TINY, data_dir=data_dir, allow_config_change=True
+        )
+        record = run_folder.read_json(run_folder.path(logdir, "run.json"))
+        self.assertLen(record["history"], 1)
+        self.assertEqual(record["history"][0]["epochs"], 1)
+        self.assertEqual(record["history"][0]["data.json"], before)
+        now = run_folder.read_json(
+            run_folder.path(logdir, run_folder.DATA_FILE)
+        )
+        self.assertIn(data_dir, now["source"])
+
+    def test_an_allowed_config_change_keeps_the_earlier_config(self):
+        logdir = self._interrupted()
+        requested = run_folder.path(logdir, run_folder.REQUESTED_CONFIG_FILE)
+        operative = run_folder.path(logdir, run_folder.OPERATIVE_CONFIG_FILE)
+        with open(requested) as f:
+            old_requested = f.read()
+        with open(operative) as f:
+            old_operative = f.read()
+        cli_fixtures.run_cli(
+            logdir,
+            *_TINY,
+            bindings=["run.epochs = 2"],
+            allow_config_change=True,
+        )
+        record = run_folder.read_json(run_folder.path(logdir, "run.json"))
+        self.assertLen(record["history"], 1)
+        earlier = record["history"][0]
+        self.assertEqual(earlier["epochs"], 1)
+        self.assertEqual(earlier["config.requested.gin"], old_requested)
+        self.assertEqual(earlier["config.operative.gin"], old_operative)
+        with open(requested) as f:
+            self.assertIn("run.epochs = 2", f.read())
+        results = run_folder.read_json(
+            run_folder.path(logdir, run_folder.RESULTS_FILE)
+        )
+        self.assertLen(results["history"]["loss"], 2)
+
+    def test_a_config_edited_under_the_checkpoint(self):
+        logdir = self._interrupted()
+        requested = run_folder.path(logdir, run_folder.REQUESTED_CONFIG_FILE)
+        with open(requested) as f:
+            text = f.read()
+        with open(requested, "w") as f:
+            f.write(
+                text.replace("run.epochs = 1", "run.epochs = 1\n# x\nA = 1")
+            )
+        self._assert_refused(
+            logdir,
+            r"trained with another configuration than config\.requested\.gin",
+            bindings=["A = 1"],
+        )
 
 
 class JsonTest(tf.test.TestCase):

@@ -257,6 +257,7 @@ def fit(
     progress: str = "auto",
     norm: str = "linf",
     seed: int = 0,
+    identity: dict | None = None,
 ) -> tuple[dict, list, callbacks_lib.WallClockLogger]:
     """Trains with the run's callbacks and the method's own.
 
@@ -273,7 +274,7 @@ def fit(
         run_folder.path(logdir, run_folder.TIMING_FILE),
     )
     guard = callbacks_lib.DivergenceGuard()
-    checkpoint = run_folder.ResumableCheckpoint(logdir)
+    checkpoint = run_folder.ResumableCheckpoint(logdir, identity)
     info = datasets.info
     hparams = callbacks_lib.HParamsLogger(
         logdir,
@@ -531,7 +532,8 @@ def run(
     with contextlib.ExitStack() as stack:
         # A start refused before training leaves no folder behind.
         with run_folder.removed_on_error(logdir) as start:
-            resuming = False
+            resuming, config_changed, epoch = False, False, None
+            config = gin.config_str()
             if not dry_run:
                 # Refuse a finished or foreign folder before touching it, then
                 # check again under the lock (another run may have finished).
@@ -539,11 +541,13 @@ def run(
                 run_folder.check(logdir)
                 stack.enter_context(run_folder.lock(logdir, start))
                 resuming = run_folder.check(logdir)
-                run_folder.record_config(
-                    logdir,
-                    gin.config_str(),
-                    resuming=resuming,
-                    allow_change=allow_config_change,
+            if resuming:
+                # Read only: a refused resume leaves the folder as it was.
+                epoch = run_folder.check_checkpoint(
+                    logdir, epochs=epochs, allow_change=allow_config_change
+                )
+                config_changed = run_folder.config_changed(
+                    logdir, config, allow_change=allow_config_change
                 )
             logging.info(
                 "jit_compile=%s, steps_per_execution=%d, mixed_precision=%s, "
@@ -570,26 +574,41 @@ def run(
                 mixed_precision=mixed_precision,
                 seed=seed,
             )
-        if dry_run:
-            return {}
-        if resuming:
-            logging.info("Resuming the interrupted run in %s.", logdir)
-        info = built.datasets.info
-        run_folder.write_json_atomic(
-            run_folder.path(logdir, run_folder.DATA_FILE),
-            {
+            if dry_run:
+                return {}
+            info = built.datasets.info
+            data_used = {
                 "dataset": info.name,
                 "source": info.source,
                 "num_train": info.num_train,
                 "num_test": info.num_test,
                 "num_classes": info.num_classes,
                 "image_shape": list(info.image_shape),
-            },
-        )
+            }
+            data_changed = resuming and run_folder.data_changed(
+                logdir, data_used, allow_change=allow_config_change
+            )
+            # Every check passed: record this start (and, for an allowed
+            # change, what the earlier epochs used).
+            identity = run_folder.record_start(
+                logdir,
+                config=config,
+                data=data_used,
+                resuming=resuming,
+                epoch=epoch,
+                changed=config_changed or data_changed,
+            )
+        if resuming:
+            logging.info(
+                "Resuming the interrupted run in %s after epoch %s.",
+                logdir,
+                epoch or 0,
+            )
         try:
             history, callbacks, wall_clock = fit(
                 built,
                 logdir=logdir,
+                identity=identity,
                 epochs=epochs,
                 eval_attack=eval_attack,
                 callback_fns=callback_fns,

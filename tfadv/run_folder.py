@@ -9,6 +9,10 @@ A run folder (`--logdir`) holds, when the run has finished:
 - `checkpoint/`: weights, optimizer state, random-number state, epoch and
   the history of the finished epochs, for resuming;
 - `data.json`: which data the run used (the source that provided it);
+- `run.json`: the run's id, which every checkpoint stores with the
+  fingerprints of the configuration and data it was trained with, and the
+  configurations and data of earlier epochs when a resume was allowed to
+  change them;
 - `timing.json`: the seconds of every finished epoch (kept across resumes);
 - `model.keras`: the bare classifier, loadable with plain Keras (written
   atomically);
@@ -18,8 +22,9 @@ The resume rule: a folder with `results.json` is a finished run and is
 never written to; a folder holding only what an interrupted run leaves
 behind resumes from its checkpoint (a run killed during its final
 evaluation or export resumes too, trains no more and finishes); anything
-else is refused. A resumed run ends with the weights, history and results
-of the uninterrupted run. One run at a
+else is refused. A resume first checks that the checkpoint is this run's
+(`check_checkpoint`). A resumed run ends with the weights, history and
+results of the uninterrupted run. One run at a
 time: a run holds the folder's lock (`lock`) while it trains, and a second
 run on the folder is refused while the first lives. A start refused before
 training removes what it created (`removed_on_error`), decided under its
@@ -29,10 +34,12 @@ lock: never a folder that another run holds.
 import contextlib
 import difflib
 import fcntl
+import hashlib
 import json
 import math
 import os
 import shutil
+import uuid
 
 import gin
 import h5py
@@ -50,12 +57,17 @@ TRAIN_EVENTS = "train"
 VALIDATION_EVENTS = "validation"
 IMAGE_EVENTS = "images"
 LOCK_FILE = ".lock"
+RUN_FILE = "run.json"
+# Keras's names inside checkpoint/ (keras.callbacks.BackupAndRestore).
+CHECKPOINT_WEIGHTS = "latest.weights.h5"
+CHECKPOINT_METADATA = "training_metadata.json"
 # The run's hyperparameters and final accuracies, in the folder itself so
 # that TensorBoard's HPARAMS tab finds train/ and validation/ under it.
 HPARAMS_EVENTS_PREFIX = "events.out.tfevents."
 # What an interrupted run may leave behind.
 _INTERRUPTED_RUN = {
     LOCK_FILE,
+    RUN_FILE,
     REQUESTED_CONFIG_FILE,
     OPERATIVE_CONFIG_FILE,
     CHECKPOINT_DIR,
@@ -74,6 +86,7 @@ _WRITTEN_ATOMICALLY = {
     TIMING_FILE,
     DATA_FILE,
     REQUESTED_CONFIG_FILE,
+    RUN_FILE,
 }
 
 
@@ -233,13 +246,27 @@ def record_config(
     Raises:
         RunFolderError: resuming with a changed configuration.
     """
+    if resuming and not config_changed(
+        logdir, config, allow_change=allow_change
+    ):
+        return
+    _write_text(path(logdir, REQUESTED_CONFIG_FILE), config)
+
+
+def config_changed(logdir: str, config: str, *, allow_change: bool) -> bool:
+    """Whether `config` differs from the interrupted run's, if allowed.
+
+    Raises:
+        RunFolderError: it differs and `allow_change` is False (naming the
+            changed lines).
+    """
     file_path = path(logdir, REQUESTED_CONFIG_FILE)
-    if resuming and os.path.isfile(file_path):
+    if os.path.isfile(file_path):
         with open(file_path) as f:
             before = _bindings(f.read())
         now = _bindings(config)
         if before == now:
-            return
+            return False
         if not allow_change:
             changed = [
                 line
@@ -256,10 +283,216 @@ def record_config(
                 "resume it, pass another --logdir, or pass "
                 "--allow_config_change to continue with the new one."
             )
+    return True
+
+
+def _write_text(file_path: str, text: str) -> None:
     tmp = file_path + ".tmp"
     with open(tmp, "w") as f:
-        f.write(config)
+        f.write(text)
     os.replace(tmp, file_path)
+
+
+def _fingerprint(payload) -> str:
+    text = payload if isinstance(payload, str) else json.dumps(payload)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def config_fingerprint(config: str) -> str:
+    """A short hash of a gin config's bindings (comments, order ignored)."""
+    return _fingerprint("\n".join(_bindings(config)))
+
+
+def data_fingerprint(data: dict) -> str:
+    """A short hash of `data.json`'s description of the data."""
+    return _fingerprint(json.dumps(data, sort_keys=True))
+
+
+def check_checkpoint(
+    logdir: str, *, epochs: int, allow_change: bool = False
+) -> int | None:
+    """Checks that the folder's checkpoint belongs to this run, unchanged.
+
+    Read only. A checkpoint is tied to its run by what its weights file
+    stores (`ResumableCheckpoint`): the run's id (`run.json`), the
+    fingerprints of its configuration and data, its epoch and the history
+    of the epochs it finished.
+
+    Returns:
+        The checkpoint's epoch, or None when no epoch was saved.
+
+    Raises:
+        RunFolderError: one paragraph naming the file and what to do: the
+            weights file is missing while the metadata claims an epoch, it
+            cannot be read, its epoch is beyond `epochs` or disagrees with
+            its history, it was written by another run, or with another
+            configuration or data than the folder records (the last two
+            unless `allow_change`).
+    """
+    folder = path(logdir, CHECKPOINT_DIR)
+    weights = os.path.join(folder, CHECKPOINT_WEIGHTS)
+    metadata = os.path.join(folder, CHECKPOINT_METADATA)
+    start_over = (
+        f"Restore it from a copy of the run, or delete {folder} to "
+        "train the run from its first epoch (or pass another --logdir)."
+    )
+    if not os.path.isfile(weights):
+        if os.path.isfile(metadata):
+            raise RunFolderError(
+                f"{weights} is missing, but {metadata} says the run "
+                "finished epochs; resuming would train on from fresh "
+                f"weights and mislabel the results. {start_over}"
+            )
+        return None
+    try:
+        with h5py.File(weights, "r") as f:
+            attrs = dict(f.attrs)
+    except OSError as e:
+        raise RunFolderError(
+            f"{weights} cannot be read as a checkpoint ({e}); it is "
+            f"truncated or not a tfadv checkpoint. {start_over}"
+        ) from None
+    epoch = attrs.get(ResumableCheckpoint.EPOCH_ATTRIBUTE)
+    if epoch is None:
+        return None  # written by Keras itself: nothing more to check
+    epoch = int(epoch)
+    if epoch > epochs:
+        raise RunFolderError(
+            f"{weights} holds epoch {epoch}, but this run has {epochs} "
+            "epochs (run.epochs): it is not this run's checkpoint, or the "
+            f"run was longer. {start_over}"
+        )
+    history = attrs.get(ResumableCheckpoint.HISTORY_ATTRIBUTE)
+    if history is not None and len(json.loads(history)) != epoch:
+        raise RunFolderError(
+            f"{weights} holds epoch {epoch} but the logs of "
+            f"{len(json.loads(history))} epochs; it was edited or mixed "
+            f"with another run's. {start_over}"
+        )
+    identity = attrs.get(ResumableCheckpoint.RUN_ATTRIBUTE)
+    if identity is None:
+        return epoch  # written before checkpoints named their run
+    identity = json.loads(identity)
+    run_id = read_json(path(logdir, RUN_FILE)).get("run_id")
+    if identity.get("run_id") != run_id:
+        raise RunFolderError(
+            f"{weights} was written by another run (run id "
+            f"{identity.get('run_id')}, this folder's {RUN_FILE} says "
+            f"{run_id}); resuming would mix two runs. Put back this run's "
+            f"checkpoint, or delete {folder} to train the run from its "
+            "first epoch (or pass another --logdir)."
+        )
+    recorded = read_json(path(logdir, RUN_FILE)).get("history", [])
+    for key, what, name in (
+        ("config", "configuration", REQUESTED_CONFIG_FILE),
+        ("data", "data", DATA_FILE),
+    ):
+        fingerprint = _file_fingerprint(path(logdir, name), key)
+        saved = identity.get(key)
+        if fingerprint is None or saved is None or saved == fingerprint:
+            continue
+        # A change that a start allowed and recorded, killed before its
+        # first checkpoint, or one allowed now (and recorded then).
+        earlier = {_file_fingerprint(e, key) for e in recorded}
+        if allow_change or saved in earlier:
+            continue
+        raise RunFolderError(
+            f"{weights} was trained with another {what} than {name} "
+            f"records (fingerprint {saved}, the file's {fingerprint}); the "
+            f"folder would misstate what the run used. Put back the {name} "
+            "the run started with, or pass --allow_config_change to "
+            "continue and record the change."
+        )
+    return epoch
+
+
+def _file_fingerprint(source, key: str) -> str | None:
+    """The fingerprint of a file's config or data, or of a history entry."""
+    name = REQUESTED_CONFIG_FILE if key == "config" else DATA_FILE
+    if isinstance(source, dict):  # an entry of run.json's history
+        content = source.get(name)
+    elif os.path.isfile(source):
+        if key == "data":
+            content = read_json(source)
+        else:
+            with open(source) as f:
+                content = f.read()
+    else:
+        return None
+    if content is None:
+        return None
+    if key == "data":
+        return data_fingerprint(content)
+    return config_fingerprint(content)
+
+
+def data_changed(logdir: str, data: dict, *, allow_change: bool) -> bool:
+    """Whether `data` differs from the data the interrupted run used.
+
+    Raises:
+        RunFolderError: it differs and `allow_change` is False.
+    """
+    file_path = path(logdir, DATA_FILE)
+    before = read_json(file_path)
+    if not before or before == data:
+        return False
+    if not allow_change:
+        changed = sorted(
+            f"{key}: {before.get(key)!r} -> {data.get(key)!r}"
+            for key in before.keys() | data.keys()
+            if before.get(key) != data.get(key)
+        )
+        raise RunFolderError(
+            f"{logdir} holds an interrupted run trained on other data "
+            f"({'; '.join(changed)}, from {file_path}); resuming would mix "
+            "two data sets in one run. Rerun with the data it started with "
+            "(the same --data_dir or TFADV_DATA_DIR), pass another "
+            "--logdir, or pass --allow_config_change to continue and record "
+            "the change."
+        )
+    return True
+
+
+def record_start(
+    logdir: str,
+    *,
+    config: str,
+    data: dict,
+    resuming: bool,
+    epoch: int | None,
+    changed: bool,
+) -> dict:
+    """Writes the run's configuration, data and record for this start.
+
+    A new run gets a new id in `run.json`. A resumed run keeps its id; when
+    its configuration or data changed (allowed by --allow_config_change),
+    the previous `config.requested.gin`, `config.operative.gin` and
+    `data.json` are kept in `run.json`'s `history` with the epochs they
+    trained, before the new ones replace them.
+
+    Returns:
+        The identity its checkpoints store: the run's id and the
+        fingerprints of its configuration and data.
+    """
+    record = read_json(path(logdir, RUN_FILE)) if resuming else {}
+    record.setdefault("run_id", uuid.uuid4().hex)
+    record.setdefault("history", [])
+    if changed:
+        earlier = {"epochs": epoch or 0}
+        for name in (REQUESTED_CONFIG_FILE, OPERATIVE_CONFIG_FILE):
+            if os.path.isfile(path(logdir, name)):
+                with open(path(logdir, name)) as f:
+                    earlier[name] = f.read()
+        earlier[DATA_FILE] = read_json(path(logdir, DATA_FILE))
+        record["history"].append(earlier)
+    write_json_atomic(path(logdir, RUN_FILE), record)
+    _write_text(path(logdir, REQUESTED_CONFIG_FILE), config)
+    write_json_atomic(path(logdir, DATA_FILE), data)
+    return {
+        "run_id": record["run_id"],
+        "config": config_fingerprint(config),
+        "data": data_fingerprint(data),
+    }
 
 
 def _bindings(config: str) -> list[str]:
@@ -427,24 +660,30 @@ class ResumableCheckpoint(keras.callbacks.BackupAndRestore):
     to continue exactly: the model's random-number state (every
     `keras.random.SeedGenerator`, e.g. a method's attack seeds) and the
     logs of every finished epoch (`history`, which therefore covers the
-    epochs before a resume too).
+    epochs before a resume too), and the run it belongs to.
 
     Args:
         logdir: the run folder (the checkpoint goes to its `checkpoint/`).
+        identity: the run's id and the fingerprints of its configuration
+            and data (`record_start`), which `check_checkpoint` compares.
     """
 
     EPOCH_ATTRIBUTE = "tfadv_epoch"
     HISTORY_ATTRIBUTE = "tfadv_history"
+    RUN_ATTRIBUTE = "tfadv_run"
     STATE_GROUP = "tfadv_state"
     INCOMING = "incoming.weights.h5"
 
-    def __init__(self, logdir: str):
+    def __init__(self, logdir: str, identity: dict | None = None):
         super().__init__(
             path(logdir, CHECKPOINT_DIR),
             save_freq="epoch",
             delete_checkpoint=False,
         )
         self.history = []  # one dict of floats per finished epoch
+        # The run the checkpoint belongs to (`record_start`), stored with
+        # the weights so that `check_checkpoint` can tie them to it.
+        self.identity = identity
 
     def on_epoch_end(self, epoch, logs=None):
         loss = (logs or {}).get("loss")
@@ -507,6 +746,8 @@ class ResumableCheckpoint(keras.callbacks.BackupAndRestore):
         with h5py.File(incoming, "a") as f:
             f.attrs[self.EPOCH_ATTRIBUTE] = self._current_epoch
             f.attrs[self.HISTORY_ATTRIBUTE] = json.dumps(self.history)
+            if self.identity is not None:
+                f.attrs[self.RUN_ATTRIBUTE] = json.dumps(self.identity)
             group = f.create_group(self.STATE_GROUP)
             for name, variable in self._extra_state().items():
                 group[name.replace("/", "|")] = keras.ops.convert_to_numpy(
