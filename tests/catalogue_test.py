@@ -24,6 +24,7 @@ import tempfile
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import app
 from absl import flags
 from absl.testing import flagsaver
 from absl.testing import parameterized
@@ -338,6 +339,25 @@ TRAIN_CASES = (
         dict(data="env_missing"),
         r"TFADV_DATA_DIR=.*does not exist.*does not fall back",
     ),
+    (
+        "norm_of_the_training_attack",
+        dict(bindings=["run.norm = 'l2'"]),
+        r"PGDAT trains in the linf norm .*run\.norm is 'l2'.*"
+        r"train/ProjectedGradient\.norm = 'l2'.*run\.norm = 'linf'",
+    ),
+    (
+        "jit_compile_string",
+        dict(bindings=["run.jit_compile = 'yes'"]),
+        r"run\.jit_compile must be True or False; got 'yes'",
+    ),
+    (
+        "backward_smoothing_infinite_gamma",
+        dict(
+            gin_files=("backward_smoothing.gin", "testing/tiny.gin"),
+            bindings=["train/BackwardSmoothingAttack.gamma = 1e999"],
+        ),
+        r"gamma must be in \[0, inf\); got inf\..*finite number >= 0",
+    ),
 )
 
 
@@ -439,6 +459,21 @@ class EvaluateCatalogueTest(tf.test.TestCase, parameterized.TestCase):
             model = model[: len(model) // 3]
         with open(os.path.join(folder, "model.keras"), "wb") as f:
             f.write(model)
+        if kind in ("nan_weights", "five_outputs"):
+            path = os.path.join(folder, "model.keras")
+            if kind == "nan_weights":  # a diverged run's export
+                classifier = keras.saving.load_model(path)
+                weight = classifier.weights[-1]
+                weight.assign(np.full(weight.shape, np.nan, weight.dtype))
+            else:
+                classifier = keras.Sequential(
+                    [
+                        keras.Input((28, 28, 1)),
+                        keras.layers.Flatten(),
+                        keras.layers.Dense(5),
+                    ]
+                )
+            classifier.save(path)
         if kind == "truncated_results":
             with open(os.path.join(self.run_dir, "results.json")) as f:
                 text = f.read()
@@ -509,6 +544,19 @@ class EvaluateCatalogueTest(tf.test.TestCase, parameterized.TestCase):
             {"data_dir": "/nonexistent/data"},
             "does not fall back",
         ),
+        (
+            "nan_weights",
+            "nan_weights",
+            {"epsilon": 0.1},
+            r"model\.keras holds NaN or infinite weights .*finite weights",
+        ),
+        (
+            "output_width_not_the_classes",
+            "five_outputs",
+            {"epsilon": 0.1},
+            r"model\.keras outputs 5 logits, but 'fashion_mnist' has 10 "
+            r"classes.*--dataset",
+        ),
     )
     def test_refused(self, model_kind, options, pattern):
         root = self.create_tempdir().full_path
@@ -529,6 +577,30 @@ class EvaluateCatalogueTest(tf.test.TestCase, parameterized.TestCase):
         self.assertNotIn("\n", message)
         self.assertRegex(message, pattern)
         self.assertEqual([_snapshot(folder) for folder in watched], before)
+
+
+class BenchmarkCatalogueTest(tf.test.TestCase, parameterized.TestCase):
+    @parameterized.named_parameters(
+        ("target_above_one", 2.0, r"--target_robust=2\.0 .*\[0, 1\]"),
+        ("target_negative", -0.1, r"--target_robust=-0\.1 .*\[0, 1\]"),
+    )
+    def test_refused(self, target, pattern):
+        # tools/benchmark.py as benchmark_test loads it (its flags once).
+        from tests import benchmark_test
+
+        root = self.create_tempdir().full_path
+        out = os.path.join(root, "bench")
+        before = _snapshot(root)
+        with (
+            flagsaver.flagsaver(target_robust=target, out=out),
+            self.assertRaises(app.UsageError) as cm,
+        ):
+            benchmark_test.benchmark.main(["benchmark.py"])
+        message = str(cm.exception)
+        self.assertNotIn("\n", message)
+        self.assertRegex(message, pattern)
+        self.assertEqual(_snapshot(root), before)
+        self.assertFalse(os.path.exists(out))
 
 
 class LibraryCatalogueTest(tf.test.TestCase, parameterized.TestCase):
@@ -667,6 +739,11 @@ class LibraryCatalogueTest(tf.test.TestCase, parameterized.TestCase):
                 classifier, dataset, [attack], jit_compile=jit_compile
             )
         self._assert_one_paragraph(cm, r"values in \[200, 200\].*\[0, 1\]")
+
+    def test_backward_smoothing_refuses_an_infinite_gamma(self):
+        with self.assertRaises(ValueError) as cm:
+            attacks.BackwardSmoothingAttack(epsilon=0.1, gamma=float("inf"))
+        self._assert_one_paragraph(cm, r"gamma .*got inf.*finite")
 
     def test_epsilon_messages_agree(self):
         # 0 and a negative budget name the same interval for a run.

@@ -88,6 +88,7 @@ def check_config(
     steps_per_execution=1,
     learning_rate=0.01,
     norm="linf",
+    jit_compile=False,
 ) -> tuple[float, evaluation.Suite]:
     """Checks the run's scalars and resolves the final suite.
 
@@ -122,6 +123,11 @@ def check_config(
         )
     validation.choice(
         "mixed_precision", mixed_precision, MIXED_PRECISION_POLICIES
+    )
+    validation.boolean(
+        "run.jit_compile",
+        jit_compile,
+        hint="Write run.jit_compile = True or False, without quotes.",
     )
     norm = validation.choice(
         "run.norm", norm, tuple(threat_models.THREAT_MODELS)
@@ -174,6 +180,25 @@ def check_method_epsilon(method, epsilon: float) -> None:
     )
 
 
+def check_method_norm(method, norm: str) -> None:
+    """Refuses a method whose training threat model is not the run's.
+
+    Raises:
+        ValueError: naming both norms.
+    """
+    threat_model = getattr(method, "threat_model", None)
+    if threat_model is None or threat_model.norm == norm:
+        return
+    name = type(method).__name__
+    raise ValueError(
+        f"{name} trains in the {threat_model.norm} norm (its train_attack) "
+        f"but run.norm is {norm!r}; results.json would report the wrong "
+        f"threat model. Give the training attack the run's norm (e.g. "
+        f"train/ProjectedGradient.norm = {norm!r}), or set run.norm = "
+        f"{threat_model.norm!r}."
+    )
+
+
 def _learning_rate(learning_rate, steps_per_epoch, epochs):
     if callable(learning_rate):
         return learning_rate(steps_per_epoch=steps_per_epoch, epochs=epochs)
@@ -197,6 +222,7 @@ def build(
     steps_per_execution,
     mixed_precision,
     seed,
+    norm="linf",
 ) -> Built:
     """Builds the data, and under `strategy.scope()` the variables."""
     datasets = dataset_fn(data_dir=data_dir)
@@ -215,6 +241,7 @@ def build(
             )
             classifier = models.prepend_layers(classifier, input_layers)
             method = method_cls(classifier, eval_attack=eval_attack)
+            check_method_norm(method, norm)
             check_method_epsilon(method, epsilon)
             optimizer = optimizer_cls(
                 learning_rate=_learning_rate(
@@ -527,6 +554,7 @@ def run(
         steps_per_execution=steps_per_execution,
         learning_rate=learning_rate,
         norm=norm,
+        jit_compile=jit_compile,
     )
     strategy = strategy or tf.distribute.get_strategy()
     with contextlib.ExitStack() as stack:
@@ -573,6 +601,7 @@ def run(
                 steps_per_execution=steps_per_execution,
                 mixed_precision=mixed_precision,
                 seed=seed,
+                norm=norm,
             )
             if dry_run:
                 return {}

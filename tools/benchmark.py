@@ -705,8 +705,25 @@ def train_main(out):
     print(f"Written to {out}/: {written}")
 
 
+def check_flags():
+    """Refuses flag values that would only fail (or mislead) after training.
+
+    Raises:
+        app.UsageError: one paragraph naming the flag and what is accepted.
+    """
+    target = _TARGET.value
+    if target is not None and not 0 <= target <= 1:
+        raise app.UsageError(
+            f"--target_robust={target} is not an accuracy: give a fraction "
+            "in [0, 1] (e.g. 0.45 for 45 %), or leave it out for the default "
+            "target (PGD-AT's final validation robust accuracy less 1.5 "
+            "points). Nothing was trained."
+        )
+
+
 def main(argv):
     del argv
+    check_flags()
     out = _OUT.value or os.path.join(
         "runs", f"benchmark-{_MODE.value}-" + time.strftime("%Y%m%d-%H%M%S")
     )
