@@ -583,16 +583,26 @@ class BenchmarkCatalogueTest(tf.test.TestCase, parameterized.TestCase):
     @parameterized.named_parameters(
         ("target_above_one", 2.0, r"--target_robust=2\.0 .*\[0, 1\]"),
         ("target_negative", -0.1, r"--target_robust=-0\.1 .*\[0, 1\]"),
+        ("zero_rounds", dict(rounds=0), r"--rounds=0: .*>= 1"),
+        ("negative_warmup", dict(warmup=-1), r"--warmup=-1: .*>= 0"),
+        ("out_is_a_file", "file", r"--out=.*bench is a file.*new folder"),
     )
-    def test_refused(self, target, pattern):
+    def test_refused(self, flag_values, pattern):
         # tools/benchmark.py as benchmark_test loads it (its flags once).
         from tests import benchmark_test
 
         root = self.create_tempdir().full_path
         out = os.path.join(root, "bench")
+        if flag_values == "file":
+            with open(out, "w") as f:
+                f.write("notes\n")
+            flag_values = {}
+        elif not isinstance(flag_values, dict):
+            flag_values = {"target_robust": flag_values}
+        existed = os.path.exists(out)
         before = _snapshot(root)
         with (
-            flagsaver.flagsaver(target_robust=target, out=out),
+            flagsaver.flagsaver(out=out, **flag_values),
             self.assertRaises(app.UsageError) as cm,
         ):
             benchmark_test.benchmark.main(["benchmark.py"])
@@ -600,7 +610,7 @@ class BenchmarkCatalogueTest(tf.test.TestCase, parameterized.TestCase):
         self.assertNotIn("\n", message)
         self.assertRegex(message, pattern)
         self.assertEqual(_snapshot(root), before)
-        self.assertFalse(os.path.exists(out))
+        self.assertEqual(os.path.exists(out), existed)
 
 
 class LibraryCatalogueTest(tf.test.TestCase, parameterized.TestCase):

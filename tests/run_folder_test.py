@@ -363,6 +363,15 @@ class ResumeChecksTest(tf.test.TestCase):
             logdir, r"latest\.weights\.h5 cannot be read .*truncated"
         )
 
+    def test_a_truncated_history_in_the_weights_file(self):
+        logdir = self._interrupted()
+        with h5py.File(self._checkpoint(logdir), "a") as f:
+            key = run_folder.ResumableCheckpoint.HISTORY_ATTRIBUTE
+            f.attrs[key] = f.attrs[key][:10]
+        self._assert_refused(
+            logdir, r"latest\.weights\.h5 holds a truncated or edited record"
+        )
+
     def test_an_epoch_beyond_the_runs_epochs(self):
         logdir = self._interrupted()
         for name in (run_folder.CHECKPOINT_WEIGHTS,):

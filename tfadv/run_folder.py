@@ -362,17 +362,24 @@ def check_checkpoint(
             "epochs (run.epochs): it is not this run's checkpoint, or the "
             f"run was longer. {start_over}"
         )
-    history = attrs.get(ResumableCheckpoint.HISTORY_ATTRIBUTE)
-    if history is not None and len(json.loads(history)) != epoch:
+    try:
+        history = attrs.get(ResumableCheckpoint.HISTORY_ATTRIBUTE)
+        history = None if history is None else json.loads(history)
+        identity = attrs.get(ResumableCheckpoint.RUN_ATTRIBUTE)
+        identity = None if identity is None else json.loads(identity)
+    except json.JSONDecodeError as e:
+        raise RunFolderError(
+            f"{weights} holds a truncated or edited record of its run "
+            f"({e.msg}); tfadv writes it whole. {start_over}"
+        ) from None
+    if history is not None and len(history) != epoch:
         raise RunFolderError(
             f"{weights} holds epoch {epoch} but the logs of "
-            f"{len(json.loads(history))} epochs; it was edited or mixed "
-            f"with another run's. {start_over}"
+            f"{len(history)} epochs; it was edited or mixed with another "
+            f"run's. {start_over}"
         )
-    identity = attrs.get(ResumableCheckpoint.RUN_ATTRIBUTE)
     if identity is None:
         return epoch  # written before checkpoints named their run
-    identity = json.loads(identity)
     run_id = read_json(path(logdir, RUN_FILE)).get("run_id")
     if identity.get("run_id") != run_id:
         raise RunFolderError(

@@ -127,6 +127,11 @@ def main(argv):
             allow_config_change=_ALLOW_CONFIG_CHANGE.value,
             progress=_PROGRESS.value,
         )
+    except experiment.TrainingDivergedError as e:
+        # Its message says where, what was kept and what to do; a traceback
+        # would add nothing but noise.
+        message = str(e).split("\n  In call to configurable")[0]
+        sys.exit(f"tfadv.train: training diverged: {message}")
     except (ValueError, TypeError, OSError) as e:
         if experiment.raised_in_training(e):
             raise  # a failure, not refused input: its traceback helps

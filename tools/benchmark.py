@@ -719,6 +719,25 @@ def check_flags():
             "target (PGD-AT's final validation robust accuracy less 1.5 "
             "points). Nothing was trained."
         )
+    for flag, value, minimum in (
+        ("--rounds", _ROUNDS.value, 1),
+        ("--warmup", _WARMUP.value, 0),
+        ("--steps_per_round", _STEPS.value, 1),
+        ("--overhead_batch_size", _BATCH.value, 1),
+        ("--steps_per_execution", _SPE.value, 1),
+    ):
+        if value < minimum:
+            raise app.UsageError(
+                f"{flag}={value}: give an integer >= {minimum}. Nothing was "
+                "run."
+            )
+    out = _OUT.value
+    if out and os.path.exists(out) and not os.path.isdir(out):
+        raise app.UsageError(
+            f"--out={out} is a file; the benchmark writes a folder of runs "
+            "and tables there. Pass a new folder (or an unfinished "
+            "benchmark's). Nothing was run."
+        )
 
 
 def main(argv):
