@@ -119,6 +119,16 @@ TRAIN_CASES = (
         r"Malformed gin in gin file .*bad\.gin, line 2",
     ),
     (
+        "self_including_gin_file",
+        dict(gin_file_text="include '{self}'\n"),
+        r"A gin file includes itself.*bad\.gin.*Remove the include",
+    ),
+    (
+        "gin_file_not_utf8",
+        dict(gin_file_text=b"run.epochs = 3 # \xff\xfe\n"),
+        r"A gin file is not UTF-8 text \(.*bad\.gin, byte \d+.*UTF-8",
+    ),
+    (
         "unclosed_bracket",
         dict(gin_file_text="run.epochs = [1,\n"),
         "Malformed gin.*never closed",
@@ -407,7 +417,9 @@ class TrainCatalogueTest(tf.test.TestCase, parameterized.TestCase):
         text = options.pop("gin_file_text", None)
         if text is not None:
             gin_files.append(os.path.join(root, "bad.gin"))
-            with open(gin_files[-1], "w") as f:
+            if isinstance(text, str):
+                text = text.replace("{self}", gin_files[-1]).encode()
+            with open(gin_files[-1], "wb") as f:
                 f.write(text)
         logdir = self._case_folder(root, options.pop("logdir", "new"))
         if "data" in options:
