@@ -767,6 +767,31 @@ class LibraryCatalogueTest(tf.test.TestCase, parameterized.TestCase):
             attacks.BackwardSmoothingAttack(epsilon=0.1, gamma=float("inf"))
         self._assert_one_paragraph(cm, r"gamma .*got inf.*finite")
 
+    @parameterized.named_parameters(
+        (
+            "labels_beyond_the_logits",
+            [0, 1, 2, 7],
+            False,
+            r"labels \[7\].*3 logits",
+        ),
+        ("nan_outputs", [0, 1, 2, 0], True, r"NaN or infinite logits.*finite"),
+    )
+    def test_evaluate_robustness_refuses(self, labels, nan, pattern):
+        # Counted as misses (or scored 0.0) without a word before.
+        classifier = self._trainer().classifier
+        if nan:
+            weight = classifier.weights[-1]
+            weight.assign(np.full(weight.shape, np.nan, "float32"))
+        dataset = tf.data.Dataset.from_tensor_slices(
+            (np.full((4, 8, 8, 1), 0.5, "float32"), np.array(labels, "int32"))
+        ).batch(4)
+        attack = attacks.ProjectedGradient(
+            epsilon=0.1, step_size=0.05, num_steps=2
+        )
+        with self.assertRaises(ValueError) as cm:
+            evaluation.evaluate_robustness(classifier, dataset, [attack])
+        self._assert_one_paragraph(cm, pattern)
+
     def test_epsilon_messages_agree(self):
         # 0 and a negative budget name the same interval for a run.
         for value in (0.0, -0.1):
