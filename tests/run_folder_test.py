@@ -372,6 +372,19 @@ class ResumeChecksTest(tf.test.TestCase):
             logdir, r"latest\.weights\.h5 holds a truncated or edited record"
         )
 
+    def test_a_truncated_json_file_of_the_run(self):
+        for name in (run_folder.TIMING_FILE, run_folder.DATA_FILE, "run.json"):
+            with self.subTest(name=name):
+                logdir = self._interrupted()
+                file_path = run_folder.path(logdir, name)
+                with open(file_path, "r+") as f:
+                    f.truncate(os.path.getsize(file_path) // 2)
+                self._assert_refused(
+                    logdir,
+                    rf"{name} is not valid JSON .*truncated.*restore it from "
+                    "a copy of the run",
+                )
+
     def test_an_epoch_beyond_the_runs_epochs(self):
         logdir = self._interrupted()
         for name in (run_folder.CHECKPOINT_WEIGHTS,):

@@ -6,7 +6,6 @@ from `trainer.callbacks()`; the run folder's bookkeeping (checkpoint, gin
 config) is in `tfadv.run_folder`.
 """
 
-import json
 import math
 import os
 import time
@@ -40,9 +39,9 @@ class WallClockLogger(keras.callbacks.Callback):
         self.examples_per_epoch = examples_per_epoch
         self.timing_path = timing_path
         self.epoch_seconds = []
-        if timing_path and os.path.exists(timing_path):
-            with open(timing_path) as f:
-                self.epoch_seconds = list(json.load(f)["epoch_seconds"])
+        if timing_path:
+            timing = run_folder.read_json(timing_path)
+            self.epoch_seconds = list(timing.get("epoch_seconds", []))
         self._start = None
         self._train_seconds = None
 

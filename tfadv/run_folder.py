@@ -336,6 +336,13 @@ def check_checkpoint(
         f"Restore it from a copy of the run, or delete {folder} to "
         "train the run from its first epoch (or pass another --logdir)."
     )
+    # Files a resume reads: broken, they are refused here, named.
+    for name in (TIMING_FILE, RUN_FILE, DATA_FILE):
+        read_json(
+            path(logdir, name),
+            remedy="restore it from a copy of the run, or pass another "
+            "--logdir to train the run anew.",
+        )
     if not os.path.isfile(weights):
         if os.path.isfile(metadata):
             raise RunFolderError(
@@ -589,8 +596,12 @@ def write_json_atomic(file_path: str, payload) -> None:
     os.replace(tmp, file_path)
 
 
-def read_json(file_path: str) -> dict:
+def read_json(file_path: str, *, remedy: str | None = None) -> dict:
     """The JSON object in `file_path`, or {} if there is none.
+
+    Args:
+        file_path: the file.
+        remedy: what to do about a broken file, for the error message.
 
     Raises:
         RunFolderError: the file is not a JSON object (e.g. truncated).
@@ -602,12 +613,14 @@ def read_json(file_path: str) -> dict:
     try:
         payload = json.loads(text)
     except json.JSONDecodeError as e:
+        remedy = remedy or (
+            "restore it from the run (or a copy) or pass the values it "
+            "would give explicitly (e.g. --epsilon)."
+        )
         raise RunFolderError(
             f"{file_path} is not valid JSON ({e.msg}, line {e.lineno} "
             f"column {e.colno}; {len(text)} bytes): it is truncated or was "
-            "edited. tfadv writes it whole or not at all, so restore it "
-            "from the run (or a copy) or pass the values it would give "
-            "explicitly (e.g. --epsilon)."
+            f"edited. tfadv writes it whole or not at all, so {remedy}"
         ) from None
     if not isinstance(payload, dict):
         raise RunFolderError(
