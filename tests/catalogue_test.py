@@ -283,6 +283,21 @@ TRAIN_CASES = (
         ),
         r"task \"index\" 3 is not in \[0, 1\)",
     ),
+    (
+        "multi_worker_address_without_port",
+        dict(
+            strategy="multi_worker",
+            env={
+                "TF_CONFIG": json.dumps(
+                    {
+                        "cluster": {"worker": ["localhost"]},
+                        "task": {"type": "worker", "index": 0},
+                    }
+                )
+            },
+        ),
+        r"worker address 'localhost' has no port .*host:port",
+    ),
     ("logdir_is_a_file", dict(logdir="file"), "is a file, not a folder"),
     (
         "logdir_finished_run",
