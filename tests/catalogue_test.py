@@ -371,6 +371,14 @@ TRAIN_CASES = (
         r"train/ProjectedGradient\.norm = 'l2'.*run\.norm = 'linf'",
     ),
     (
+        "co_guard_threshold_above_one",
+        dict(
+            gin_files=("fgsm_rs.gin", "testing/tiny.gin"),
+            bindings=["co_guard.threshold = 2.0"],
+        ),
+        r"threshold must be in \(0, 1\]; got 2\.0\. It is a drop",
+    ),
+    (
         "jit_compile_string",
         dict(bindings=["run.jit_compile = 'yes'"]),
         r"run\.jit_compile must be True or False; got 'yes'",

@@ -279,7 +279,7 @@ def fit(
     logdir: str,
     epochs: int,
     eval_attack,
-    callback_fns,
+    extra_callbacks: Sequence[keras.callbacks.Callback],
     validation_freq: int,
     progress: str = "auto",
     norm: str = "linf",
@@ -337,7 +337,7 @@ def fit(
                 class_names=data.CLASS_NAMES.get(info.name),
             )
         )
-    callbacks += [fn(datasets=datasets, logdir=logdir) for fn in callback_fns]
+    callbacks += list(extra_callbacks)
     built.method.fit(
         datasets.train,
         validation_data=datasets.validation,
@@ -603,6 +603,12 @@ def run(
                 seed=seed,
                 norm=norm,
             )
+            # Built before training, so that a bad setting of one (e.g. the
+            # catastrophic-overfitting guard's threshold) is refused here.
+            extra_callbacks = [
+                fn(datasets=built.datasets, logdir=logdir)
+                for fn in callback_fns
+            ]
             if dry_run:
                 return {}
             info = built.datasets.info
@@ -640,7 +646,7 @@ def run(
                 identity=identity,
                 epochs=epochs,
                 eval_attack=eval_attack,
-                callback_fns=callback_fns,
+                extra_callbacks=extra_callbacks,
                 validation_freq=validation_freq,
                 progress=progress,
                 norm=norm,
