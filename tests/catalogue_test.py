@@ -621,6 +621,11 @@ class BenchmarkCatalogueTest(tf.test.TestCase, parameterized.TestCase):
         ("zero_rounds", dict(rounds=0), r"--rounds=0: .*>= 1"),
         ("negative_warmup", dict(warmup=-1), r"--warmup=-1: .*>= 0"),
         ("out_is_a_file", "file", r"--out=.*bench is a file.*new folder"),
+        (
+            "unknown_suite_attack",
+            dict(suite="pgd20,pgd2x"),
+            r"--suite=pgd20,pgd2x: .*pgd2x.*Nothing was trained",
+        ),
     )
     def test_refused(self, flag_values, pattern):
         # tools/benchmark.py as benchmark_test loads it (its flags once).

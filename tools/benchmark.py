@@ -731,6 +731,15 @@ def check_flags():
                 f"{flag}={value}: give an integer >= {minimum}. Nothing was "
                 "run."
             )
+    if _SUITE.value:
+        from tfadv import evaluation
+
+        try:  # the names only: the budget comes from each run later
+            evaluation.make_suite(_SUITE.value, epsilon=0.1)
+        except ValueError as e:
+            raise app.UsageError(
+                f"--suite={_SUITE.value}: {e} Nothing was trained."
+            ) from None
     out = _OUT.value
     if out and os.path.exists(out) and not os.path.isdir(out):
         raise app.UsageError(
