@@ -307,6 +307,31 @@ class DivergedRunTest(tf.test.TestCase):
             message, r"NaN or infinite in epoch 1 .*no checkpoint.*delete"
         )
 
+    def test_a_nan_validation_loss_stops_the_run(self):
+        # Exploded weights with a finite training loss: the validation loss
+        # is NaN; the run stops instead of writing NaN results (exit 0).
+        logdir = os.path.join(self.create_tempdir().full_path, "run")
+        real_test_step = methods.Standard.test_step
+
+        def nan_test_step(self, data):
+            logs = dict(real_test_step(self, data))
+            logs["loss"] = logs["loss"] * np.nan
+            return logs
+
+        with (
+            mock.patch.object(methods.Standard, "test_step", nan_test_step),
+            self.assertRaises(SystemExit) as cm,
+        ):
+            run_cli(logdir, "standard.gin", "testing/tiny.gin")
+        message = str(cm.exception.code)
+        self.assertNotIn("\n", message)
+        self.assertRegex(
+            message,
+            r"training diverged: The validation loss became NaN or infinite "
+            r"after epoch 1 .*not saved.*no checkpoint",
+        )
+        self.assertFalse(os.path.exists(os.path.join(logdir, "results.json")))
+
 
 class FailureInsideTrainingTest(tf.test.TestCase):
     def test_a_value_error_in_fit_keeps_its_traceback(self):

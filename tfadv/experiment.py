@@ -347,13 +347,13 @@ def fit(
         shuffle=False,  # The pipeline shuffles, seeded.
         verbose=_verbosity(progress),
     )
-    if guard.diverged_at is not None:
+    if guard.diverged_epoch is not None:
         folder = run_folder.path(logdir, run_folder.CHECKPOINT_DIR)
         epoch = guard.diverged_epoch + 1
         if guard.diverged_epoch == 0:
             kept = (
-                "No epoch finished, so there is no checkpoint to resume "
-                f"from; delete {logdir} before trying again."
+                "No good epoch was saved, so there is no checkpoint to "
+                f"resume from; delete {logdir} before trying again."
             )
         else:
             kept = (
@@ -361,11 +361,21 @@ def fit(
                 f"{folder}; a rerun with the same --logdir resumes from "
                 "it (with --allow_config_change if you change the config)."
             )
+        if guard.diverged_in_validation:
+            where = (
+                f"The validation loss became NaN or infinite after epoch "
+                f"{epoch} (the weights exploded although the training loss "
+                "stayed finite); training stopped and that epoch was not "
+                "saved."
+            )
+        else:
+            where = (
+                f"The training loss became NaN or infinite in epoch {epoch} "
+                f"(batch {guard.diverged_at + 1} of "
+                f"{built.datasets.steps_per_epoch}); training stopped."
+            )
         raise TrainingDivergedError(
-            f"The training loss became NaN or infinite in epoch {epoch} "
-            f"(batch {guard.diverged_at + 1} of "
-            f"{built.datasets.steps_per_epoch}); training stopped. {kept} "
-            "Lower the learning rate or check the data."
+            f"{where} {kept} Lower the learning rate or check the data."
         )
     # The checkpoint's history covers the epochs before a resume too.
     return checkpoint.history_dict(), callbacks, wall_clock

@@ -706,9 +706,10 @@ class ResumableCheckpoint(keras.callbacks.BackupAndRestore):
         self.identity = identity
 
     def on_epoch_end(self, epoch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            return
+        for name in ("loss", "val_loss"):  # diverged weights are not kept
+            value = (logs or {}).get(name)
+            if value is not None and not math.isfinite(float(value)):
+                return
         del self.history[epoch:]  # a redone epoch replaces its entry
         self.history.append(
             {name: float(value) for name, value in (logs or {}).items()}
