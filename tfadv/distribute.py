@@ -59,7 +59,19 @@ def make_strategy(
     if name == "default":
         strategy = tf.distribute.get_strategy()
     elif name == "multi_worker":
-        check_tf_config(os.environ.get("TF_CONFIG"))
+        config = check_tf_config(os.environ.get("TF_CONFIG"))
+        task = config["task"]
+        peers = config["cluster"][task["type"]]
+        # The strategy (and the first step) wait, silently, for every peer.
+        logging.info(
+            "Joining the cluster of TF_CONFIG as %s %d of %d: this waits "
+            "until every worker (%s) has started and can reach the others; "
+            "start the same command with each worker's own TF_CONFIG task.",
+            task["type"],
+            task["index"],
+            len(peers),
+            ", ".join(map(str, peers)),
+        )
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
     else:
         strategy = _mirrored(num_devices)
