@@ -134,6 +134,17 @@ TRAIN_CASES = (
         "Malformed gin.*never closed",
     ),
     (
+        "gin_file_without_a_method",
+        dict(gin_files=("testing/tiny.gin",)),
+        r"gin files given \(testing/tiny\.gin\) bind no run\.method_cls, "
+        r"run\.epsilon.*--gin_file=pgd_at\.gin",
+    ),
+    (
+        "empty_gin_file",
+        dict(gin_files=(), gin_file_text=""),
+        r"gin files given \(.*bad\.gin\) bind no run\.method_cls",
+    ),
+    (
         "missing_gin_file",
         dict(gin_files=("pgd_at.gin", "nope.gin")),
         "nope.gin",
