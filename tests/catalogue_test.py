@@ -567,6 +567,12 @@ class EvaluateCatalogueTest(tf.test.TestCase, parameterized.TestCase):
             "does not exist.*nothing was attacked",
         ),
         (
+            "output_is_a_folder",
+            "run",
+            {"output": tempfile.gettempdir()},
+            r"--output=.* is a folder; .*eval\.json \(nothing was attacked",
+        ),
+        (
             "zero_num_examples",
             "run",
             {"num_examples": 0},

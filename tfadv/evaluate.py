@@ -214,6 +214,12 @@ def _output_path(folder, suite_name, with_plot=False):
     With `with_plot`, the PNG of the same name must not exist either.
     """
     if _OUTPUT.value:
+        if os.path.isdir(_OUTPUT.value):
+            raise ValueError(
+                f"--output={_OUTPUT.value} is a folder; give the path of the "
+                f"JSON file to write, e.g. {os.path.join(_OUTPUT.value, '')}"
+                "eval.json (nothing was attacked)."
+            )
         candidates = [_OUTPUT.value]
         if with_plot and plot_path(_OUTPUT.value) == _OUTPUT.value:
             raise ValueError(
