@@ -329,3 +329,33 @@ class HParamsLoggerTest(tf.test.TestCase):
         logger.set_model(methods.Standard(harness.tiny_classifier()))
         with self.assertRaisesRegex(TypeError, "'sizes' must be a bool"):
             logger.collect()
+
+
+class DivergenceGuardTest(tf.test.TestCase):
+    def test_a_nan_validation_loss_is_a_divergence(self):
+        # Weights that exploded with a finite training loss (1e27) give a
+        # NaN validation loss: the run stops there, and that epoch's
+        # weights are not saved as the last good state.
+        guard = callbacks.DivergenceGuard()
+        guard.set_model(types.SimpleNamespace(stop_training=False))
+        guard.on_epoch_end(0, {"loss": 2.0, "val_loss": 1.5})
+        self.assertIsNone(guard.diverged_epoch)
+        self.assertFalse(guard.model.stop_training)
+        guard.on_epoch_end(1, {"loss": 5.6e27, "val_loss": float("nan")})
+        self.assertEqual(guard.diverged_epoch, 1)
+        self.assertTrue(guard.diverged_in_validation)
+        self.assertIsNone(guard.diverged_at)
+        self.assertTrue(guard.model.stop_training)
+
+    def test_the_checkpoint_skips_an_epoch_with_a_nan_validation_loss(self):
+        from tfadv import run_folder
+
+        logdir = self.create_tempdir().full_path
+        model = harness.tiny_classifier()
+        model.compile(optimizer="sgd", loss="mse")
+        checkpoint = run_folder.ResumableCheckpoint(logdir)
+        checkpoint.set_model(model)
+        checkpoint.on_epoch_end(0, {"loss": 1.0, "val_loss": float("nan")})
+        self.assertIsNone(checkpoint.saved_epoch())
+        checkpoint.on_epoch_end(0, {"loss": 1.0, "val_loss": 0.5})
+        self.assertEqual(checkpoint.saved_epoch(), 1)

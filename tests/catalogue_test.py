@@ -24,6 +24,7 @@ import tempfile
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import app
 from absl import flags
 from absl.testing import flagsaver
 from absl.testing import parameterized
@@ -118,9 +119,30 @@ TRAIN_CASES = (
         r"Malformed gin in gin file .*bad\.gin, line 2",
     ),
     (
+        "self_including_gin_file",
+        dict(gin_file_text="include '{self}'\n"),
+        r"A gin file includes itself.*bad\.gin.*Remove the include",
+    ),
+    (
+        "gin_file_not_utf8",
+        dict(gin_file_text=b"run.epochs = 3 # \xff\xfe\n"),
+        r"A gin file is not UTF-8 text \(.*bad\.gin, byte \d+.*UTF-8",
+    ),
+    (
         "unclosed_bracket",
         dict(gin_file_text="run.epochs = [1,\n"),
         "Malformed gin.*never closed",
+    ),
+    (
+        "gin_file_without_a_method",
+        dict(gin_files=("testing/tiny.gin",)),
+        r"gin files given \(testing/tiny\.gin\) bind no run\.method_cls, "
+        r"run\.epsilon.*--gin_file=pgd_at\.gin",
+    ),
+    (
+        "empty_gin_file",
+        dict(gin_files=(), gin_file_text=""),
+        r"gin files given \(.*bad\.gin\) bind no run\.method_cls",
     ),
     (
         "missing_gin_file",
@@ -272,6 +294,21 @@ TRAIN_CASES = (
         ),
         r"task \"index\" 3 is not in \[0, 1\)",
     ),
+    (
+        "multi_worker_address_without_port",
+        dict(
+            strategy="multi_worker",
+            env={
+                "TF_CONFIG": json.dumps(
+                    {
+                        "cluster": {"worker": ["localhost"]},
+                        "task": {"type": "worker", "index": 0},
+                    }
+                )
+            },
+        ),
+        r"worker address 'localhost' has no port .*host:port",
+    ),
     ("logdir_is_a_file", dict(logdir="file"), "is a file, not a folder"),
     (
         "logdir_finished_run",
@@ -338,6 +375,33 @@ TRAIN_CASES = (
         dict(data="env_missing"),
         r"TFADV_DATA_DIR=.*does not exist.*does not fall back",
     ),
+    (
+        "norm_of_the_training_attack",
+        dict(bindings=["run.norm = 'l2'"]),
+        r"PGDAT trains in the linf norm .*run\.norm is 'l2'.*"
+        r"train/ProjectedGradient\.norm = 'l2'.*run\.norm = 'linf'",
+    ),
+    (
+        "co_guard_threshold_above_one",
+        dict(
+            gin_files=("fgsm_rs.gin", "testing/tiny.gin"),
+            bindings=["co_guard.threshold = 2.0"],
+        ),
+        r"threshold must be in \(0, 1\]; got 2\.0\. It is a drop",
+    ),
+    (
+        "jit_compile_string",
+        dict(bindings=["run.jit_compile = 'yes'"]),
+        r"run\.jit_compile must be True or False; got 'yes'",
+    ),
+    (
+        "backward_smoothing_infinite_gamma",
+        dict(
+            gin_files=("backward_smoothing.gin", "testing/tiny.gin"),
+            bindings=["train/BackwardSmoothingAttack.gamma = 1e999"],
+        ),
+        r"gamma must be in \[0, inf\); got inf\..*finite number >= 0",
+    ),
 )
 
 
@@ -387,7 +451,9 @@ class TrainCatalogueTest(tf.test.TestCase, parameterized.TestCase):
         text = options.pop("gin_file_text", None)
         if text is not None:
             gin_files.append(os.path.join(root, "bad.gin"))
-            with open(gin_files[-1], "w") as f:
+            if isinstance(text, str):
+                text = text.replace("{self}", gin_files[-1]).encode()
+            with open(gin_files[-1], "wb") as f:
                 f.write(text)
         logdir = self._case_folder(root, options.pop("logdir", "new"))
         if "data" in options:
@@ -439,6 +505,21 @@ class EvaluateCatalogueTest(tf.test.TestCase, parameterized.TestCase):
             model = model[: len(model) // 3]
         with open(os.path.join(folder, "model.keras"), "wb") as f:
             f.write(model)
+        if kind in ("nan_weights", "five_outputs"):
+            path = os.path.join(folder, "model.keras")
+            if kind == "nan_weights":  # a diverged run's export
+                classifier = keras.saving.load_model(path)
+                weight = classifier.weights[-1]
+                weight.assign(np.full(weight.shape, np.nan, weight.dtype))
+            else:
+                classifier = keras.Sequential(
+                    [
+                        keras.Input((28, 28, 1)),
+                        keras.layers.Flatten(),
+                        keras.layers.Dense(5),
+                    ]
+                )
+            classifier.save(path)
         if kind == "truncated_results":
             with open(os.path.join(self.run_dir, "results.json")) as f:
                 text = f.read()
@@ -486,6 +567,12 @@ class EvaluateCatalogueTest(tf.test.TestCase, parameterized.TestCase):
             "does not exist.*nothing was attacked",
         ),
         (
+            "output_is_a_folder",
+            "run",
+            {"output": tempfile.gettempdir()},
+            r"--output=.* is a folder; .*eval\.json \(nothing was attacked",
+        ),
+        (
             "zero_num_examples",
             "run",
             {"num_examples": 0},
@@ -509,6 +596,19 @@ class EvaluateCatalogueTest(tf.test.TestCase, parameterized.TestCase):
             {"data_dir": "/nonexistent/data"},
             "does not fall back",
         ),
+        (
+            "nan_weights",
+            "nan_weights",
+            {"epsilon": 0.1},
+            r"model\.keras holds NaN or infinite weights .*finite weights",
+        ),
+        (
+            "output_width_not_the_classes",
+            "five_outputs",
+            {"epsilon": 0.1},
+            r"model\.keras outputs 5 logits, but 'fashion_mnist' has 10 "
+            r"classes.*--dataset",
+        ),
     )
     def test_refused(self, model_kind, options, pattern):
         root = self.create_tempdir().full_path
@@ -529,6 +629,45 @@ class EvaluateCatalogueTest(tf.test.TestCase, parameterized.TestCase):
         self.assertNotIn("\n", message)
         self.assertRegex(message, pattern)
         self.assertEqual([_snapshot(folder) for folder in watched], before)
+
+
+class BenchmarkCatalogueTest(tf.test.TestCase, parameterized.TestCase):
+    @parameterized.named_parameters(
+        ("target_above_one", 2.0, r"--target_robust=2\.0 .*\[0, 1\]"),
+        ("target_negative", -0.1, r"--target_robust=-0\.1 .*\[0, 1\]"),
+        ("zero_rounds", dict(rounds=0), r"--rounds=0: .*>= 1"),
+        ("negative_warmup", dict(warmup=-1), r"--warmup=-1: .*>= 0"),
+        ("out_is_a_file", "file", r"--out=.*bench is a file.*new folder"),
+        (
+            "unknown_suite_attack",
+            dict(suite="pgd20,pgd2x"),
+            r"--suite=pgd20,pgd2x: .*pgd2x.*Nothing was trained",
+        ),
+    )
+    def test_refused(self, flag_values, pattern):
+        # tools/benchmark.py as benchmark_test loads it (its flags once).
+        from tests import benchmark_test
+
+        root = self.create_tempdir().full_path
+        out = os.path.join(root, "bench")
+        if flag_values == "file":
+            with open(out, "w") as f:
+                f.write("notes\n")
+            flag_values = {}
+        elif not isinstance(flag_values, dict):
+            flag_values = {"target_robust": flag_values}
+        existed = os.path.exists(out)
+        before = _snapshot(root)
+        with (
+            flagsaver.flagsaver(out=out, **flag_values),
+            self.assertRaises(app.UsageError) as cm,
+        ):
+            benchmark_test.benchmark.main(["benchmark.py"])
+        message = str(cm.exception)
+        self.assertNotIn("\n", message)
+        self.assertRegex(message, pattern)
+        self.assertEqual(_snapshot(root), before)
+        self.assertEqual(os.path.exists(out), existed)
 
 
 class LibraryCatalogueTest(tf.test.TestCase, parameterized.TestCase):
@@ -667,6 +806,36 @@ class LibraryCatalogueTest(tf.test.TestCase, parameterized.TestCase):
                 classifier, dataset, [attack], jit_compile=jit_compile
             )
         self._assert_one_paragraph(cm, r"values in \[200, 200\].*\[0, 1\]")
+
+    def test_backward_smoothing_refuses_an_infinite_gamma(self):
+        with self.assertRaises(ValueError) as cm:
+            attacks.BackwardSmoothingAttack(epsilon=0.1, gamma=float("inf"))
+        self._assert_one_paragraph(cm, r"gamma .*got inf.*finite")
+
+    @parameterized.named_parameters(
+        (
+            "labels_beyond_the_logits",
+            [0, 1, 2, 7],
+            False,
+            r"labels \[7\].*3 logits",
+        ),
+        ("nan_outputs", [0, 1, 2, 0], True, r"NaN or infinite logits.*finite"),
+    )
+    def test_evaluate_robustness_refuses(self, labels, nan, pattern):
+        # Counted as misses (or scored 0.0) without a word before.
+        classifier = self._trainer().classifier
+        if nan:
+            weight = classifier.weights[-1]
+            weight.assign(np.full(weight.shape, np.nan, "float32"))
+        dataset = tf.data.Dataset.from_tensor_slices(
+            (np.full((4, 8, 8, 1), 0.5, "float32"), np.array(labels, "int32"))
+        ).batch(4)
+        attack = attacks.ProjectedGradient(
+            epsilon=0.1, step_size=0.05, num_steps=2
+        )
+        with self.assertRaises(ValueError) as cm:
+            evaluation.evaluate_robustness(classifier, dataset, [attack])
+        self._assert_one_paragraph(cm, pattern)
 
     def test_epsilon_messages_agree(self):
         # 0 and a negative budget name the same interval for a run.

@@ -43,6 +43,29 @@ class DistributeTest(tf.test.TestCase):
             distribute.make_strategy("multi_worker")
 
 
+class MultiWorkerWaitTest(tf.test.TestCase):
+    def test_says_what_it_waits_for(self):
+        # MultiWorkerMirroredStrategy waits silently for its peers.
+        config = (
+            '{"cluster": {"worker": ["host1:2222", "host2:2222"]}, '
+            '"task": {"type": "worker", "index": 1}}'
+        )
+        fake = mock.Mock(num_replicas_in_sync=2)
+        with (
+            mock.patch.dict(os.environ, {"TF_CONFIG": config}),
+            mock.patch.object(
+                tf.distribute, "MultiWorkerMirroredStrategy", return_value=fake
+            ),
+            self.assertLogs("absl", level="INFO") as logs,
+        ):
+            self.assertIs(distribute.make_strategy("multi_worker"), fake)
+        self.assertRegex(
+            "\n".join(logs.output),
+            r"worker 1 of 2: this waits until every worker "
+            r"\(host1:2222, host2:2222\) has started",
+        )
+
+
 class ReplicaSeedTest(tf.test.TestCase):
     def _method(self):
         return methods.PGDAT(

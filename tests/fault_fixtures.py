@@ -8,11 +8,16 @@ as a power cut or the OOM killer would) at `where`:
 - `"batch:E:B"`: after batch B (from 0) of epoch E (from 0) trained;
 - `"checkpoint:E"`: halfway through writing the checkpoint of epoch E;
 - `"final_evaluation"`: when the final evaluation starts;
-- `"export"`: halfway through writing `model.keras`.
+- `"export"`: halfway through writing `model.keras`;
+- `"results"`: halfway through writing `results.json` (its temporary
+  file, which the kill leaves behind).
 
 `start_train("pause:E:B", ...)` starts a child that instead waits after
 batch B of epoch E: it creates `<logdir>.paused`, and goes on once
 `<logdir>.resume` exists (a live run holding its folder).
+`start_train("wait_before_lock", ...)` starts a child that, having checked
+the folder, waits just before it locks it (a preemption in that window):
+it creates `<logdir>.waiting` and goes on once `<logdir>.go` exists.
 """
 
 import os
@@ -70,6 +75,20 @@ elif where.startswith("pause:"):
                 time.sleep(0.05)
 
     callbacks.DivergenceGuard.on_train_batch_end = on_train_batch_end
+elif where == "wait_before_lock":
+    import time
+
+    from tfadv import run_folder
+
+    lock = run_folder.lock
+
+    def waits_then_locks(logdir, *args, **kwargs):
+        open(logdir + ".waiting", "w").close()
+        while not os.path.exists(logdir + ".go"):
+            time.sleep(0.05)
+        return lock(logdir, *args, **kwargs)
+
+    run_folder.lock = waits_then_locks
 elif where.startswith("checkpoint:"):
     epoch = int(where.split(":")[1])
     save_weights = keras.Model.save_weights
@@ -92,6 +111,23 @@ elif where == "export":
         half_written(filepath)
 
     keras.Model.save = save_then_die
+elif where == "results":
+    import json
+
+    from tfadv import run_folder
+
+    write_json_atomic = run_folder.write_json_atomic
+
+    def dies_inside_the_results_write(file_path, payload):
+        if os.path.basename(file_path) != run_folder.RESULTS_FILE:
+            return write_json_atomic(file_path, payload)
+        with open(file_path + ".tmp", "w") as f:
+            text = json.dumps(payload, indent=2)
+            f.write(text[: len(text) // 2])
+            f.flush()
+        die()
+
+    run_folder.write_json_atomic = dies_inside_the_results_write
 elif where != "none":
     raise SystemExit(f"unknown kill point {where!r}")
 

@@ -21,6 +21,7 @@ from absl.testing import parameterized
 
 import tfadv  # noqa: F401  (registers tfadv's Keras layers)
 from tests import fault_fixtures
+from tfadv import run_folder
 
 _FLAGS = (
     "--gin_file=pgd_at.gin",
@@ -73,6 +74,7 @@ class KilledRunTest(tf.test.TestCase, parameterized.TestCase):
         ("inside_the_checkpoint_write", "checkpoint:1"),
         ("during_the_final_evaluation", "final_evaluation"),
         ("during_the_export", "export"),
+        ("inside_the_results_write", "results"),
     )
     def test_resumed_run_equals_the_uninterrupted_one(self, where):
         logdir = os.path.join(self.root, where.replace(":", "_"))
@@ -81,6 +83,8 @@ class KilledRunTest(tf.test.TestCase, parameterized.TestCase):
             killed.returncode, -signal.SIGKILL, killed.stderr[-3000:]
         )
         self.assertFalse(os.path.exists(os.path.join(logdir, "results.json")))
+        if where == "results":
+            self.assertIn("results.json.tmp", os.listdir(logdir))
         resumed = _run("none", logdir)
         self.assertEqual(resumed.returncode, 0, resumed.stderr[-3000:])
         weights, results = _finished(logdir)
@@ -90,7 +94,11 @@ class KilledRunTest(tf.test.TestCase, parameterized.TestCase):
         self.assertLen(results["history"]["loss"], 3)
         self.assertEqual(results, self.results)
         self.assertEmpty(
-            [n for n in os.listdir(logdir) if n.startswith("incoming.")]
+            [
+                n
+                for n in os.listdir(logdir)
+                if n.startswith("incoming.") or n.endswith(".tmp")
+            ]
         )
 
 
@@ -135,3 +143,36 @@ class TwoRunsOnOneFolderTest(tf.test.TestCase):
         self.assertIn("already holds a finished run", late.stderr)
         with open(os.path.join(logdir, "results.json")) as f:
             self.assertEqual(f.read(), finished)
+
+    def test_a_start_refused_after_a_delay_never_deletes_the_live_run(self):
+        # The second start checks the folder (none yet), is delayed before
+        # its lock, and meanwhile the first run creates the folder and
+        # trains. The lock refuses the second; the first run goes on and
+        # finishes in its folder.
+        logdir = os.path.join(tempfile.mkdtemp(), "raced")
+        second = fault_fixtures.start_train("wait_before_lock", logdir, *_FLAGS)
+        first = None
+        try:
+            deadline = time.monotonic() + 300
+            while not os.path.exists(logdir + ".waiting"):
+                self.assertIsNone(second.poll(), "the second start ended")
+                self.assertLess(time.monotonic(), deadline)
+                time.sleep(0.1)
+            first = fault_fixtures.start_train("pause:0:0", logdir, *_FLAGS)
+            while not os.path.exists(logdir + ".paused"):
+                self.assertIsNone(first.poll(), "the first run ended early")
+                self.assertLess(time.monotonic(), deadline)
+                time.sleep(0.1)
+            open(logdir + ".go", "w").close()
+            _, stderr = second.communicate(timeout=300)
+            self.assertNotEqual(second.returncode, 0)
+            self.assertIn("in use by another tfadv run", stderr)
+            self.assertIn(run_folder.OPERATIVE_CONFIG_FILE, os.listdir(logdir))
+        finally:
+            open(logdir + ".go", "w").close()
+            open(logdir + ".resume", "w").close()
+            second.communicate(timeout=300)
+            if first is not None:
+                _, stderr = first.communicate(timeout=600)
+        self.assertEqual(first.returncode, 0, stderr[-3000:])
+        self.assertTrue(os.path.exists(os.path.join(logdir, "results.json")))

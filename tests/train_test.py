@@ -284,6 +284,55 @@ class UsageTest(tf.test.TestCase):
             train.parse_gin(["pgd_at.gin"], ["run.epochz = 3"])
 
 
+class DivergedRunTest(tf.test.TestCase):
+    def test_a_diverged_run_exits_with_one_paragraph(self):
+        logdir = os.path.join(self.create_tempdir().full_path, "run")
+        real_loss = methods.Standard.compute_adversarial_loss
+
+        def nan_loss(self, x, y, x_adv):
+            loss, clean, adv = real_loss(self, x, y, x_adv)
+            return loss * np.nan, clean, adv
+
+        with (
+            mock.patch.object(
+                methods.Standard, "compute_adversarial_loss", nan_loss
+            ),
+            self.assertRaises(SystemExit) as cm,
+        ):
+            run_cli(logdir, "standard.gin", "testing/tiny.gin")
+        message = str(cm.exception.code)
+        self.assertStartsWith(message, "tfadv.train: training diverged: ")
+        self.assertNotIn("\n", message)
+        self.assertRegex(
+            message, r"NaN or infinite in epoch 1 .*no checkpoint.*delete"
+        )
+
+    def test_a_nan_validation_loss_stops_the_run(self):
+        # Exploded weights with a finite training loss: the validation loss
+        # is NaN; the run stops instead of writing NaN results (exit 0).
+        logdir = os.path.join(self.create_tempdir().full_path, "run")
+        real_test_step = methods.Standard.test_step
+
+        def nan_test_step(self, data):
+            logs = dict(real_test_step(self, data))
+            logs["loss"] = logs["loss"] * np.nan
+            return logs
+
+        with (
+            mock.patch.object(methods.Standard, "test_step", nan_test_step),
+            self.assertRaises(SystemExit) as cm,
+        ):
+            run_cli(logdir, "standard.gin", "testing/tiny.gin")
+        message = str(cm.exception.code)
+        self.assertNotIn("\n", message)
+        self.assertRegex(
+            message,
+            r"training diverged: The validation loss became NaN or infinite "
+            r"after epoch 1 .*not saved.*no checkpoint",
+        )
+        self.assertFalse(os.path.exists(os.path.join(logdir, "results.json")))
+
+
 class FailureInsideTrainingTest(tf.test.TestCase):
     def test_a_value_error_in_fit_keeps_its_traceback(self):
         # Not refused input but a failure once training ran (here a method

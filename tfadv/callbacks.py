@@ -6,7 +6,6 @@ from `trainer.callbacks()`; the run folder's bookkeeping (checkpoint, gin
 config) is in `tfadv.run_folder`.
 """
 
-import json
 import math
 import os
 import time
@@ -40,9 +39,9 @@ class WallClockLogger(keras.callbacks.Callback):
         self.examples_per_epoch = examples_per_epoch
         self.timing_path = timing_path
         self.epoch_seconds = []
-        if timing_path and os.path.exists(timing_path):
-            with open(timing_path) as f:
-                self.epoch_seconds = list(json.load(f)["epoch_seconds"])
+        if timing_path:
+            timing = run_folder.read_json(timing_path)
+            self.epoch_seconds = list(timing.get("epoch_seconds", []))
         self._start = None
         self._train_seconds = None
 
@@ -77,13 +76,23 @@ class DivergenceGuard(keras.callbacks.Callback):
 
     Unlike `keras.callbacks.TerminateOnNaN`, it records where it happened so
     the caller can raise a clear error, and `ResumableCheckpoint` does not
-    save the diverged weights over the last good checkpoint.
+    save the diverged weights over the last good checkpoint. It watches the
+    training loss after every batch and the validation loss (`val_loss`)
+    after every epoch: weights that exploded (a finite training loss of
+    1e27) give a NaN validation loss.
+
+    Attributes:
+        diverged_at: the batch (from 0) whose training loss was not
+            finite, or None (also when the validation loss was).
+        diverged_epoch: the epoch (from 0) it happened in, or None.
+        diverged_in_validation: whether the validation loss was the one.
     """
 
     def __init__(self):
         super().__init__()
         self.diverged_at = None
         self.diverged_epoch = None
+        self.diverged_in_validation = False
         self._epoch = 0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -95,6 +104,21 @@ class DivergenceGuard(keras.callbacks.Callback):
             self.diverged_at = batch
             self.diverged_epoch = self._epoch
             self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.diverged_epoch is None and not finite_losses(logs):
+            self.diverged_epoch = epoch
+            self.diverged_in_validation = True
+            self.model.stop_training = True
+
+
+def finite_losses(logs) -> bool:
+    """Whether an epoch's training and validation losses are finite."""
+    for name in ("loss", "val_loss"):
+        value = (logs or {}).get(name)
+        if value is not None and not math.isfinite(float(value)):
+            return False
+    return True
 
 
 class AdversarialImageGrid(keras.callbacks.Callback):

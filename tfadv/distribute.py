@@ -59,7 +59,19 @@ def make_strategy(
     if name == "default":
         strategy = tf.distribute.get_strategy()
     elif name == "multi_worker":
-        check_tf_config(os.environ.get("TF_CONFIG"))
+        config = check_tf_config(os.environ.get("TF_CONFIG"))
+        task = config["task"]
+        peers = config["cluster"][task["type"]]
+        # The strategy (and the first step) wait, silently, for every peer.
+        logging.info(
+            "Joining the cluster of TF_CONFIG as %s %d of %d: this waits "
+            "until every worker (%s) has started and can reach the others; "
+            "start the same command with each worker's own TF_CONFIG task.",
+            task["type"],
+            task["index"],
+            len(peers),
+            ", ".join(map(str, peers)),
+        )
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
     else:
         strategy = _mirrored(num_devices)
@@ -117,11 +129,31 @@ def check_tf_config(text: str | None) -> dict:
             f'its task "index" {task.get("index")!r} is not in '
             f"[0, {len(cluster[task['type']])})"
         )
+    if not problem:
+        problem = _address_without_port(cluster)
     if problem:
         raise ValueError(
             f"TF_CONFIG {text[:200]!r} is unusable: {problem}. {accepted}"
         )
     return config
+
+
+def _address_without_port(cluster: dict) -> str | None:
+    """A problem with the cluster's first address lacking a port, or None."""
+    for job, addresses in cluster.items():
+        if not isinstance(addresses, list):
+            addresses = [addresses]
+        for address in addresses:
+            host, colon, port = str(address).rpartition(":")
+            if not (
+                colon and host and port.isdigit() and 0 < int(port) < 65536
+            ):
+                return (
+                    f"its {job} address {address!r} has no port (each is "
+                    "host:port, e.g. 'localhost:12345'; a worker without "
+                    "one waits for peers it can never reach)"
+                )
+    return None
 
 
 def split_cpu(num_devices: int) -> list:

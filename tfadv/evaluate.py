@@ -158,6 +158,35 @@ def _check_input_shape(classifier, info, model_file):
         )
 
 
+def _check_classifier(classifier, info, model_file):
+    """Refuses a classifier whose scores would mean nothing on the data."""
+    import numpy as np
+
+    shape = getattr(classifier, "output_shape", None)
+    width = shape[-1] if isinstance(shape, tuple) and shape else None
+    if width is not None and width != info.num_classes:
+        raise ValueError(
+            f"--model: {model_file} outputs {width} logits, but "
+            f"{info.name!r} has {info.num_classes} classes; its accuracy "
+            "would count every label it has no logit for as a miss. Pass "
+            "the dataset the model was trained on (--dataset), or a model "
+            "with one logit per class."
+        )
+    bad = [
+        weight.path
+        for weight in classifier.weights
+        if not np.isfinite(np.asarray(weight.numpy())).all()
+    ]
+    if bad:
+        raise ValueError(
+            f"--model: {model_file} holds NaN or infinite weights (in "
+            f"{', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); every "
+            "score would be 0 and mean nothing. Evaluate a model with "
+            "finite weights (e.g. the run's last good checkpoint, after a "
+            "diverged training)."
+        )
+
+
 def _check_writable(file_path):
     """Refuses, before any attack runs, an output that cannot be written."""
     parent = os.path.dirname(os.path.abspath(file_path))
@@ -185,6 +214,12 @@ def _output_path(folder, suite_name, with_plot=False):
     With `with_plot`, the PNG of the same name must not exist either.
     """
     if _OUTPUT.value:
+        if os.path.isdir(_OUTPUT.value):
+            raise ValueError(
+                f"--output={_OUTPUT.value} is a folder; give the path of the "
+                f"JSON file to write, e.g. {os.path.join(_OUTPUT.value, '')}"
+                "eval.json (nothing was attacked)."
+            )
         candidates = [_OUTPUT.value]
         if with_plot and plot_path(_OUTPUT.value) == _OUTPUT.value:
             raise ValueError(
@@ -290,6 +325,7 @@ def main(argv):
             validation_examples=0,
         )
         _check_input_shape(classifier, datasets.info, model_file)
+        _check_classifier(classifier, datasets.info, model_file)
         evaluate = gin.get_configurable(evaluation.evaluate_suite)
         curve, same = None, []
         if epsilons:

@@ -88,6 +88,7 @@ def check_config(
     steps_per_execution=1,
     learning_rate=0.01,
     norm="linf",
+    jit_compile=False,
 ) -> tuple[float, evaluation.Suite]:
     """Checks the run's scalars and resolves the final suite.
 
@@ -122,6 +123,11 @@ def check_config(
         )
     validation.choice(
         "mixed_precision", mixed_precision, MIXED_PRECISION_POLICIES
+    )
+    validation.boolean(
+        "run.jit_compile",
+        jit_compile,
+        hint="Write run.jit_compile = True or False, without quotes.",
     )
     norm = validation.choice(
         "run.norm", norm, tuple(threat_models.THREAT_MODELS)
@@ -174,6 +180,25 @@ def check_method_epsilon(method, epsilon: float) -> None:
     )
 
 
+def check_method_norm(method, norm: str) -> None:
+    """Refuses a method whose training threat model is not the run's.
+
+    Raises:
+        ValueError: naming both norms.
+    """
+    threat_model = getattr(method, "threat_model", None)
+    if threat_model is None or threat_model.norm == norm:
+        return
+    name = type(method).__name__
+    raise ValueError(
+        f"{name} trains in the {threat_model.norm} norm (its train_attack) "
+        f"but run.norm is {norm!r}; results.json would report the wrong "
+        f"threat model. Give the training attack the run's norm (e.g. "
+        f"train/ProjectedGradient.norm = {norm!r}), or set run.norm = "
+        f"{threat_model.norm!r}."
+    )
+
+
 def _learning_rate(learning_rate, steps_per_epoch, epochs):
     if callable(learning_rate):
         return learning_rate(steps_per_epoch=steps_per_epoch, epochs=epochs)
@@ -197,6 +222,7 @@ def build(
     steps_per_execution,
     mixed_precision,
     seed,
+    norm="linf",
 ) -> Built:
     """Builds the data, and under `strategy.scope()` the variables."""
     datasets = dataset_fn(data_dir=data_dir)
@@ -215,6 +241,7 @@ def build(
             )
             classifier = models.prepend_layers(classifier, input_layers)
             method = method_cls(classifier, eval_attack=eval_attack)
+            check_method_norm(method, norm)
             check_method_epsilon(method, epsilon)
             optimizer = optimizer_cls(
                 learning_rate=_learning_rate(
@@ -252,11 +279,12 @@ def fit(
     logdir: str,
     epochs: int,
     eval_attack,
-    callback_fns,
+    extra_callbacks: Sequence[keras.callbacks.Callback],
     validation_freq: int,
     progress: str = "auto",
     norm: str = "linf",
     seed: int = 0,
+    identity: dict | None = None,
 ) -> tuple[dict, list, callbacks_lib.WallClockLogger]:
     """Trains with the run's callbacks and the method's own.
 
@@ -273,7 +301,7 @@ def fit(
         run_folder.path(logdir, run_folder.TIMING_FILE),
     )
     guard = callbacks_lib.DivergenceGuard()
-    checkpoint = run_folder.ResumableCheckpoint(logdir)
+    checkpoint = run_folder.ResumableCheckpoint(logdir, identity)
     info = datasets.info
     hparams = callbacks_lib.HParamsLogger(
         logdir,
@@ -309,7 +337,7 @@ def fit(
                 class_names=data.CLASS_NAMES.get(info.name),
             )
         )
-    callbacks += [fn(datasets=datasets, logdir=logdir) for fn in callback_fns]
+    callbacks += list(extra_callbacks)
     built.method.fit(
         datasets.train,
         validation_data=datasets.validation,
@@ -319,13 +347,13 @@ def fit(
         shuffle=False,  # The pipeline shuffles, seeded.
         verbose=_verbosity(progress),
     )
-    if guard.diverged_at is not None:
+    if guard.diverged_epoch is not None:
         folder = run_folder.path(logdir, run_folder.CHECKPOINT_DIR)
         epoch = guard.diverged_epoch + 1
         if guard.diverged_epoch == 0:
             kept = (
-                "No epoch finished, so there is no checkpoint to resume "
-                f"from; delete {logdir} before trying again."
+                "No good epoch was saved, so there is no checkpoint to "
+                f"resume from; delete {logdir} before trying again."
             )
         else:
             kept = (
@@ -333,11 +361,21 @@ def fit(
                 f"{folder}; a rerun with the same --logdir resumes from "
                 "it (with --allow_config_change if you change the config)."
             )
+        if guard.diverged_in_validation:
+            where = (
+                f"The validation loss became NaN or infinite after epoch "
+                f"{epoch} (the weights exploded although the training loss "
+                "stayed finite); training stopped and that epoch was not "
+                "saved."
+            )
+        else:
+            where = (
+                f"The training loss became NaN or infinite in epoch {epoch} "
+                f"(batch {guard.diverged_at + 1} of "
+                f"{built.datasets.steps_per_epoch}); training stopped."
+            )
         raise TrainingDivergedError(
-            f"The training loss became NaN or infinite in epoch {epoch} "
-            f"(batch {guard.diverged_at + 1} of "
-            f"{built.datasets.steps_per_epoch}); training stopped. {kept} "
-            "Lower the learning rate or check the data."
+            f"{where} {kept} Lower the learning rate or check the data."
         )
     # The checkpoint's history covers the epochs before a resume too.
     return checkpoint.history_dict(), callbacks, wall_clock
@@ -526,23 +564,28 @@ def run(
         steps_per_execution=steps_per_execution,
         learning_rate=learning_rate,
         norm=norm,
+        jit_compile=jit_compile,
     )
     strategy = strategy or tf.distribute.get_strategy()
     with contextlib.ExitStack() as stack:
         # A start refused before training leaves no folder behind.
-        with run_folder.removed_on_error(logdir):
-            resuming = False
+        with run_folder.removed_on_error(logdir) as start:
+            resuming, config_changed, epoch = False, False, None
+            config = gin.config_str()
             if not dry_run:
                 # Refuse a finished or foreign folder before touching it, then
                 # check again under the lock (another run may have finished).
-                run_folder.prepare(logdir)
-                stack.enter_context(run_folder.lock(logdir))
-                resuming = run_folder.prepare(logdir)
-                run_folder.record_config(
-                    logdir,
-                    gin.config_str(),
-                    resuming=resuming,
-                    allow_change=allow_config_change,
+                # What this start created is decided under the lock.
+                run_folder.check(logdir)
+                stack.enter_context(run_folder.lock(logdir, start))
+                resuming = run_folder.check(logdir)
+            if resuming:
+                # Read only: a refused resume leaves the folder as it was.
+                epoch = run_folder.check_checkpoint(
+                    logdir, epochs=epochs, allow_change=allow_config_change
+                )
+                config_changed = run_folder.config_changed(
+                    logdir, config, allow_change=allow_config_change
                 )
             logging.info(
                 "jit_compile=%s, steps_per_execution=%d, mixed_precision=%s, "
@@ -568,30 +611,52 @@ def run(
                 steps_per_execution=steps_per_execution,
                 mixed_precision=mixed_precision,
                 seed=seed,
+                norm=norm,
             )
-        if dry_run:
-            return {}
-        if resuming:
-            logging.info("Resuming the interrupted run in %s.", logdir)
-        info = built.datasets.info
-        run_folder.write_json_atomic(
-            run_folder.path(logdir, run_folder.DATA_FILE),
-            {
+            # Built before training, so that a bad setting of one (e.g. the
+            # catastrophic-overfitting guard's threshold) is refused here.
+            extra_callbacks = [
+                fn(datasets=built.datasets, logdir=logdir)
+                for fn in callback_fns
+            ]
+            if dry_run:
+                return {}
+            info = built.datasets.info
+            data_used = {
                 "dataset": info.name,
                 "source": info.source,
                 "num_train": info.num_train,
                 "num_test": info.num_test,
                 "num_classes": info.num_classes,
                 "image_shape": list(info.image_shape),
-            },
-        )
+            }
+            data_changed = resuming and run_folder.data_changed(
+                logdir, data_used, allow_change=allow_config_change
+            )
+            # Every check passed: record this start (and, for an allowed
+            # change, what the earlier epochs used).
+            identity = run_folder.record_start(
+                logdir,
+                config=config,
+                data=data_used,
+                resuming=resuming,
+                epoch=epoch,
+                changed=config_changed or data_changed,
+            )
+        if resuming:
+            logging.info(
+                "Resuming the interrupted run in %s after epoch %s.",
+                logdir,
+                epoch or 0,
+            )
         try:
             history, callbacks, wall_clock = fit(
                 built,
                 logdir=logdir,
+                identity=identity,
                 epochs=epochs,
                 eval_attack=eval_attack,
-                callback_fns=callback_fns,
+                extra_callbacks=extra_callbacks,
                 validation_freq=validation_freq,
                 progress=progress,
                 norm=norm,

@@ -151,6 +151,22 @@ def check_scopes() -> None:
             )
 
 
+def _not_utf8(gin_files) -> str:
+    """'<path>, ' for the first given file that is not UTF-8, else ''."""
+    for name in gin_files:
+        for folder in ("", *gin_config._LOCATION_PREFIXES):
+            candidate = os.path.join(folder, name)
+            if not os.path.isfile(candidate):
+                continue
+            with open(candidate, "rb") as f:
+                try:
+                    f.read().decode("utf-8")
+                except UnicodeDecodeError:
+                    return f"{candidate}, "
+            break
+    return ""
+
+
 def parse(gin_files, gin_bindings) -> None:
     """Parses gin files (searched in gin_configs/) and bindings, strictly.
 
@@ -171,6 +187,19 @@ def parse(gin_files, gin_bindings) -> None:
         gin.parse_config_files_and_bindings(
             gin_files, gin_bindings, skip_unknown=False
         )
+    except RecursionError:
+        raise ValueError(
+            "A gin file includes itself, directly or through the files it "
+            "includes, so gin followed `include` lines without end (files "
+            f"given: {', '.join(map(str, gin_files))}). Remove the include "
+            "that closes the loop."
+        ) from None
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"A gin file is not UTF-8 text ({_not_utf8(gin_files)}byte "
+            f"{e.start}: {e.reason}); gin files are text. Save it as UTF-8, "
+            "or check that --gin_file names a gin file."
+        ) from None
     except SyntaxError as e:
         raise ValueError(_syntax_message(e)) from None
     except tokenize.TokenError as e:

@@ -9,6 +9,10 @@ A run folder (`--logdir`) holds, when the run has finished:
 - `checkpoint/`: weights, optimizer state, random-number state, epoch and
   the history of the finished epochs, for resuming;
 - `data.json`: which data the run used (the source that provided it);
+- `run.json`: the run's id, which every checkpoint stores with the
+  fingerprints of the configuration and data it was trained with, and the
+  configurations and data of earlier epochs when a resume was allowed to
+  change them;
 - `timing.json`: the seconds of every finished epoch (kept across resumes);
 - `model.keras`: the bare classifier, loadable with plain Keras (written
   atomically);
@@ -18,19 +22,24 @@ The resume rule: a folder with `results.json` is a finished run and is
 never written to; a folder holding only what an interrupted run leaves
 behind resumes from its checkpoint (a run killed during its final
 evaluation or export resumes too, trains no more and finishes); anything
-else is refused. A resumed run ends with the weights, history and results
-of the uninterrupted run. One run at a
+else is refused. A resume first checks that the checkpoint is this run's
+(`check_checkpoint`). A resumed run ends with the weights, history and
+results of the uninterrupted run. One run at a
 time: a run holds the folder's lock (`lock`) while it trains, and a second
-run on the folder is refused while the first lives.
+run on the folder is refused while the first lives. A start refused before
+training removes what it created (`removed_on_error`), decided under its
+lock: never a folder that another run holds.
 """
 
 import contextlib
 import difflib
 import fcntl
+import hashlib
 import json
 import math
 import os
 import shutil
+import uuid
 
 import gin
 import h5py
@@ -48,12 +57,17 @@ TRAIN_EVENTS = "train"
 VALIDATION_EVENTS = "validation"
 IMAGE_EVENTS = "images"
 LOCK_FILE = ".lock"
+RUN_FILE = "run.json"
+# Keras's names inside checkpoint/ (keras.callbacks.BackupAndRestore).
+CHECKPOINT_WEIGHTS = "latest.weights.h5"
+CHECKPOINT_METADATA = "training_metadata.json"
 # The run's hyperparameters and final accuracies, in the folder itself so
 # that TensorBoard's HPARAMS tab finds train/ and validation/ under it.
 HPARAMS_EVENTS_PREFIX = "events.out.tfevents."
 # What an interrupted run may leave behind.
 _INTERRUPTED_RUN = {
     LOCK_FILE,
+    RUN_FILE,
     REQUESTED_CONFIG_FILE,
     OPERATIVE_CONFIG_FILE,
     CHECKPOINT_DIR,
@@ -64,6 +78,15 @@ _INTERRUPTED_RUN = {
     TRAIN_EVENTS,
     VALIDATION_EVENTS,
     IMAGE_EVENTS,
+}
+# Files tfadv writes through a temporary "<name>.tmp" and a rename: a kill
+# inside the write leaves that temporary file, which is tfadv's own.
+_WRITTEN_ATOMICALLY = {
+    RESULTS_FILE,
+    TIMING_FILE,
+    DATA_FILE,
+    REQUESTED_CONFIG_FILE,
+    RUN_FILE,
 }
 
 
@@ -86,6 +109,17 @@ def prepare(logdir: str) -> bool:
         RunFolderError: the folder holds a finished run, or files that no
             tfadv run made.
     """
+    resuming = check(logdir)
+    os.makedirs(logdir, exist_ok=True)
+    return resuming
+
+
+def check(logdir: str) -> bool:
+    """`prepare` without creating anything: refuses, or says if it resumes.
+
+    Raises:
+        RunFolderError: as `prepare`.
+    """
     if os.path.exists(logdir) and not os.path.isdir(logdir):
         raise RunFolderError(
             f"--logdir={logdir} is a file, not a folder; a run writes a "
@@ -102,8 +136,10 @@ def prepare(logdir: str) -> bool:
         foreign = sorted(
             name
             for name in os.listdir(logdir)
-            # A kill during an atomic write leaves its ".tmp" file.
-            if name.removesuffix(".tmp") not in _INTERRUPTED_RUN
+            if name not in _INTERRUPTED_RUN
+            # A kill during an atomic write leaves its ".tmp" file (the
+            # results' too: that run resumes, trains no more and finishes).
+            and not _temporary_of_an_atomic_write(name)
             # The hparams summary (tfadv.callbacks.HParamsLogger).
             and not name.startswith(HPARAMS_EVENTS_PREFIX)
         )
@@ -116,24 +152,83 @@ def prepare(logdir: str) -> bool:
                 f"{logdir} is not empty and is not an interrupted tfadv run "
                 f"(it holds {foreign[:5]}); pass another --logdir."
             )
-    os.makedirs(logdir, exist_ok=True)
     return os.path.isdir(path(logdir, CHECKPOINT_DIR))
+
+
+def _temporary_of_an_atomic_write(name: str) -> bool:
+    stem = name.removesuffix(".tmp")
+    return stem != name and stem in _WRITTEN_ATOMICALLY | _INTERRUPTED_RUN
+
+
+class Start:
+    """What one start of a run made, and whether it holds the folder.
+
+    `lock` fills it in: the folders it created (the run folder and any
+    missing parents, each made with one `os.mkdir`, so a folder another
+    process made first is never counted) and whether the lock is held.
+    """
+
+    def __init__(self):
+        self.folder = None  # the run folder's absolute path, once locked
+        self.created: list[str] = []  # outermost first
+        self.locked = False
+
+    def remove_created(self) -> None:
+        """Removes what this start created, only while it holds the lock.
+
+        A start refused by the lock created nothing the live run does not
+        now own (it may have made the folder an instant before the other
+        run locked it), so it removes nothing.
+        """
+        if not self.locked:
+            return
+        for folder in reversed(self.created):
+            if folder == self.folder:
+                shutil.rmtree(folder, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.rmdir(folder)  # a parent, only if still empty
+        self.created = []
 
 
 @contextlib.contextmanager
 def removed_on_error(logdir: str):
-    """Removes `logdir` if it did not exist before and the block fails.
+    """On a failure in the block, removes what this start created.
 
     For the checks and the build before training: a refused start leaves
     nothing behind, and a folder that existed is left as it was found.
+    The block passes the yielded `Start` to `lock`; what was created is
+    decided there, under the lock, not from whether `logdir` existed
+    when the block began (another run may create and lock the folder in
+    between, and a refused start must never delete a live run). Nothing
+    is removed unless this start holds the lock.
     """
-    existed = os.path.exists(logdir)
+    del logdir  # decided by `lock`, under the lock
+    start = Start()
     try:
-        yield
+        yield start
     except BaseException:
-        if not existed:
-            shutil.rmtree(logdir, ignore_errors=True)
+        start.remove_created()
         raise
+
+
+def _make_folders(logdir: str, start: Start | None) -> None:
+    """`os.makedirs(logdir)`, noting in `start` each folder it made."""
+    missing = []
+    folder = os.path.abspath(logdir)
+    while not os.path.isdir(folder):
+        missing.append(folder)
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder)
+        except FileExistsError:
+            continue  # another process made it: not this start's
+        if start is not None:
+            start.created.append(folder)
 
 
 def record_config(
@@ -151,13 +246,27 @@ def record_config(
     Raises:
         RunFolderError: resuming with a changed configuration.
     """
+    if resuming and not config_changed(
+        logdir, config, allow_change=allow_change
+    ):
+        return
+    _write_text(path(logdir, REQUESTED_CONFIG_FILE), config)
+
+
+def config_changed(logdir: str, config: str, *, allow_change: bool) -> bool:
+    """Whether `config` differs from the interrupted run's, if allowed.
+
+    Raises:
+        RunFolderError: it differs and `allow_change` is False (naming the
+            changed lines).
+    """
     file_path = path(logdir, REQUESTED_CONFIG_FILE)
-    if resuming and os.path.isfile(file_path):
+    if os.path.isfile(file_path):
         with open(file_path) as f:
             before = _bindings(f.read())
         now = _bindings(config)
         if before == now:
-            return
+            return False
         if not allow_change:
             changed = [
                 line
@@ -174,10 +283,230 @@ def record_config(
                 "resume it, pass another --logdir, or pass "
                 "--allow_config_change to continue with the new one."
             )
+    return True
+
+
+def _write_text(file_path: str, text: str) -> None:
     tmp = file_path + ".tmp"
     with open(tmp, "w") as f:
-        f.write(config)
+        f.write(text)
     os.replace(tmp, file_path)
+
+
+def _fingerprint(payload) -> str:
+    text = payload if isinstance(payload, str) else json.dumps(payload)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def config_fingerprint(config: str) -> str:
+    """A short hash of a gin config's bindings (comments, order ignored)."""
+    return _fingerprint("\n".join(_bindings(config)))
+
+
+def data_fingerprint(data: dict) -> str:
+    """A short hash of `data.json`'s description of the data."""
+    return _fingerprint(json.dumps(data, sort_keys=True))
+
+
+def check_checkpoint(
+    logdir: str, *, epochs: int, allow_change: bool = False
+) -> int | None:
+    """Checks that the folder's checkpoint belongs to this run, unchanged.
+
+    Read only. A checkpoint is tied to its run by what its weights file
+    stores (`ResumableCheckpoint`): the run's id (`run.json`), the
+    fingerprints of its configuration and data, its epoch and the history
+    of the epochs it finished.
+
+    Returns:
+        The checkpoint's epoch, or None when no epoch was saved.
+
+    Raises:
+        RunFolderError: one paragraph naming the file and what to do: the
+            weights file is missing while the metadata claims an epoch, it
+            cannot be read, its epoch is beyond `epochs` or disagrees with
+            its history, it was written by another run, or with another
+            configuration or data than the folder records (the last two
+            unless `allow_change`).
+    """
+    folder = path(logdir, CHECKPOINT_DIR)
+    weights = os.path.join(folder, CHECKPOINT_WEIGHTS)
+    metadata = os.path.join(folder, CHECKPOINT_METADATA)
+    start_over = (
+        f"Restore it from a copy of the run, or delete {folder} to "
+        "train the run from its first epoch (or pass another --logdir)."
+    )
+    # Files a resume reads: broken, they are refused here, named.
+    for name in (TIMING_FILE, RUN_FILE, DATA_FILE):
+        read_json(
+            path(logdir, name),
+            remedy="restore it from a copy of the run, or pass another "
+            "--logdir to train the run anew.",
+        )
+    if not os.path.isfile(weights):
+        if os.path.isfile(metadata):
+            raise RunFolderError(
+                f"{weights} is missing, but {metadata} says the run "
+                "finished epochs; resuming would train on from fresh "
+                f"weights and mislabel the results. {start_over}"
+            )
+        return None
+    try:
+        with h5py.File(weights, "r") as f:
+            attrs = dict(f.attrs)
+    except OSError as e:
+        raise RunFolderError(
+            f"{weights} cannot be read as a checkpoint ({e}); it is "
+            f"truncated or not a tfadv checkpoint. {start_over}"
+        ) from None
+    epoch = attrs.get(ResumableCheckpoint.EPOCH_ATTRIBUTE)
+    if epoch is None:
+        return None  # written by Keras itself: nothing more to check
+    epoch = int(epoch)
+    if epoch > epochs:
+        raise RunFolderError(
+            f"{weights} holds epoch {epoch}, but this run has {epochs} "
+            "epochs (run.epochs): it is not this run's checkpoint, or the "
+            f"run was longer. {start_over}"
+        )
+    try:
+        history = attrs.get(ResumableCheckpoint.HISTORY_ATTRIBUTE)
+        history = None if history is None else json.loads(history)
+        identity = attrs.get(ResumableCheckpoint.RUN_ATTRIBUTE)
+        identity = None if identity is None else json.loads(identity)
+    except json.JSONDecodeError as e:
+        raise RunFolderError(
+            f"{weights} holds a truncated or edited record of its run "
+            f"({e.msg}); tfadv writes it whole. {start_over}"
+        ) from None
+    if history is not None and len(history) != epoch:
+        raise RunFolderError(
+            f"{weights} holds epoch {epoch} but the logs of "
+            f"{len(history)} epochs; it was edited or mixed with another "
+            f"run's. {start_over}"
+        )
+    if identity is None:
+        return epoch  # written before checkpoints named their run
+    run_id = read_json(path(logdir, RUN_FILE)).get("run_id")
+    if identity.get("run_id") != run_id:
+        raise RunFolderError(
+            f"{weights} was written by another run (run id "
+            f"{identity.get('run_id')}, this folder's {RUN_FILE} says "
+            f"{run_id}); resuming would mix two runs. Put back this run's "
+            f"checkpoint, or delete {folder} to train the run from its "
+            "first epoch (or pass another --logdir)."
+        )
+    recorded = read_json(path(logdir, RUN_FILE)).get("history", [])
+    for key, what, name in (
+        ("config", "configuration", REQUESTED_CONFIG_FILE),
+        ("data", "data", DATA_FILE),
+    ):
+        fingerprint = _file_fingerprint(path(logdir, name), key)
+        saved = identity.get(key)
+        if fingerprint is None or saved is None or saved == fingerprint:
+            continue
+        # A change that a start allowed and recorded, killed before its
+        # first checkpoint, or one allowed now (and recorded then).
+        earlier = {_file_fingerprint(e, key) for e in recorded}
+        if allow_change or saved in earlier:
+            continue
+        raise RunFolderError(
+            f"{weights} was trained with another {what} than {name} "
+            f"records (fingerprint {saved}, the file's {fingerprint}); the "
+            f"folder would misstate what the run used. Put back the {name} "
+            "the run started with, or pass --allow_config_change to "
+            "continue and record the change."
+        )
+    return epoch
+
+
+def _file_fingerprint(source, key: str) -> str | None:
+    """The fingerprint of a file's config or data, or of a history entry."""
+    name = REQUESTED_CONFIG_FILE if key == "config" else DATA_FILE
+    if isinstance(source, dict):  # an entry of run.json's history
+        content = source.get(name)
+    elif os.path.isfile(source):
+        if key == "data":
+            content = read_json(source)
+        else:
+            with open(source) as f:
+                content = f.read()
+    else:
+        return None
+    if content is None:
+        return None
+    if key == "data":
+        return data_fingerprint(content)
+    return config_fingerprint(content)
+
+
+def data_changed(logdir: str, data: dict, *, allow_change: bool) -> bool:
+    """Whether `data` differs from the data the interrupted run used.
+
+    Raises:
+        RunFolderError: it differs and `allow_change` is False.
+    """
+    file_path = path(logdir, DATA_FILE)
+    before = read_json(file_path)
+    if not before or before == data:
+        return False
+    if not allow_change:
+        changed = sorted(
+            f"{key}: {before.get(key)!r} -> {data.get(key)!r}"
+            for key in before.keys() | data.keys()
+            if before.get(key) != data.get(key)
+        )
+        raise RunFolderError(
+            f"{logdir} holds an interrupted run trained on other data "
+            f"({'; '.join(changed)}, from {file_path}); resuming would mix "
+            "two data sets in one run. Rerun with the data it started with "
+            "(the same --data_dir or TFADV_DATA_DIR), pass another "
+            "--logdir, or pass --allow_config_change to continue and record "
+            "the change."
+        )
+    return True
+
+
+def record_start(
+    logdir: str,
+    *,
+    config: str,
+    data: dict,
+    resuming: bool,
+    epoch: int | None,
+    changed: bool,
+) -> dict:
+    """Writes the run's configuration, data and record for this start.
+
+    A new run gets a new id in `run.json`. A resumed run keeps its id; when
+    its configuration or data changed (allowed by --allow_config_change),
+    the previous `config.requested.gin`, `config.operative.gin` and
+    `data.json` are kept in `run.json`'s `history` with the epochs they
+    trained, before the new ones replace them.
+
+    Returns:
+        The identity its checkpoints store: the run's id and the
+        fingerprints of its configuration and data.
+    """
+    record = read_json(path(logdir, RUN_FILE)) if resuming else {}
+    record.setdefault("run_id", uuid.uuid4().hex)
+    record.setdefault("history", [])
+    if changed:
+        earlier = {"epochs": epoch or 0}
+        for name in (REQUESTED_CONFIG_FILE, OPERATIVE_CONFIG_FILE):
+            if os.path.isfile(path(logdir, name)):
+                with open(path(logdir, name)) as f:
+                    earlier[name] = f.read()
+        earlier[DATA_FILE] = read_json(path(logdir, DATA_FILE))
+        record["history"].append(earlier)
+    write_json_atomic(path(logdir, RUN_FILE), record)
+    _write_text(path(logdir, REQUESTED_CONFIG_FILE), config)
+    write_json_atomic(path(logdir, DATA_FILE), data)
+    return {
+        "run_id": record["run_id"],
+        "config": config_fingerprint(config),
+        "data": data_fingerprint(data),
+    }
 
 
 def _bindings(config: str) -> list[str]:
@@ -187,30 +516,52 @@ def _bindings(config: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def lock(logdir: str):
+def lock(logdir: str, start: Start | None = None):
     """Holds the run folder's lock: one run at a time per folder.
 
     An exclusive `flock` on `<logdir>/.lock`, which holds the owner's
     process id. The operating system releases it when the process ends,
     however it ends, so a killed run never leaves the folder locked.
+    Creates the folder if needed; with `start` (from `removed_on_error`)
+    it notes the folders it made and that the lock is held.
 
     Raises:
         RunFolderError: another live process holds the lock.
     """
-    os.makedirs(logdir, exist_ok=True)
     lock_path = path(logdir, LOCK_FILE)
-    handle = open(lock_path, "a+")  # noqa: SIM115 (held while the run lives)
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.seek(0)
-        owner = handle.read().strip() or "unknown"
+    for _ in range(_LOCK_TRIES):
+        _make_folders(logdir, start)
+        try:
+            # Held while the run lives, hence no `with`.
+            handle = open(lock_path, "a+")  # noqa: SIM115
+        except FileNotFoundError:
+            continue  # a refused start removed its folder just now
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown"
+            handle.close()
+            raise RunFolderError(
+                f"{logdir} is in use by another tfadv run (process {owner}); "
+                "two runs on one folder would overwrite each other. Wait for "
+                "it to finish, or pass another --logdir."
+            ) from None
+        if _same_file(handle, lock_path):
+            break
+        # The file was removed (with its folder) between the open and the
+        # lock: this lock guards nothing; lock the folder's new file.
+        fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
+    else:
         raise RunFolderError(
-            f"{logdir} is in use by another tfadv run (process {owner}); "
-            "two runs on one folder would overwrite each other. Wait for it "
-            "to finish, or pass another --logdir."
-        ) from None
+            f"{logdir} was removed {_LOCK_TRIES} times while this run tried "
+            "to lock it; another process is deleting it. Pass another "
+            "--logdir."
+        )
+    if start is not None:
+        start.folder = os.path.abspath(logdir)
+        start.locked = True
     try:
         handle.seek(0)
         handle.truncate()
@@ -218,8 +569,23 @@ def lock(logdir: str):
         handle.flush()
         yield
     finally:
+        if start is not None:
+            start.locked = False
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
+
+
+_LOCK_TRIES = 5
+
+
+def _same_file(handle, file_path: str) -> bool:
+    """Whether the open `handle` is still the file at `file_path`."""
+    try:
+        on_disk = os.stat(file_path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(handle.fileno())
+    return (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)
 
 
 def write_json_atomic(file_path: str, payload) -> None:
@@ -230,8 +596,12 @@ def write_json_atomic(file_path: str, payload) -> None:
     os.replace(tmp, file_path)
 
 
-def read_json(file_path: str) -> dict:
+def read_json(file_path: str, *, remedy: str | None = None) -> dict:
     """The JSON object in `file_path`, or {} if there is none.
+
+    Args:
+        file_path: the file.
+        remedy: what to do about a broken file, for the error message.
 
     Raises:
         RunFolderError: the file is not a JSON object (e.g. truncated).
@@ -243,12 +613,14 @@ def read_json(file_path: str) -> dict:
     try:
         payload = json.loads(text)
     except json.JSONDecodeError as e:
+        remedy = remedy or (
+            "restore it from the run (or a copy) or pass the values it "
+            "would give explicitly (e.g. --epsilon)."
+        )
         raise RunFolderError(
             f"{file_path} is not valid JSON ({e.msg}, line {e.lineno} "
             f"column {e.colno}; {len(text)} bytes): it is truncated or was "
-            "edited. tfadv writes it whole or not at all, so restore it "
-            "from the run (or a copy) or pass the values it would give "
-            "explicitly (e.g. --epsilon)."
+            f"edited. tfadv writes it whole or not at all, so {remedy}"
         ) from None
     if not isinstance(payload, dict):
         raise RunFolderError(
@@ -308,29 +680,36 @@ class ResumableCheckpoint(keras.callbacks.BackupAndRestore):
     to continue exactly: the model's random-number state (every
     `keras.random.SeedGenerator`, e.g. a method's attack seeds) and the
     logs of every finished epoch (`history`, which therefore covers the
-    epochs before a resume too).
+    epochs before a resume too), and the run it belongs to.
 
     Args:
         logdir: the run folder (the checkpoint goes to its `checkpoint/`).
+        identity: the run's id and the fingerprints of its configuration
+            and data (`record_start`), which `check_checkpoint` compares.
     """
 
     EPOCH_ATTRIBUTE = "tfadv_epoch"
     HISTORY_ATTRIBUTE = "tfadv_history"
+    RUN_ATTRIBUTE = "tfadv_run"
     STATE_GROUP = "tfadv_state"
     INCOMING = "incoming.weights.h5"
 
-    def __init__(self, logdir: str):
+    def __init__(self, logdir: str, identity: dict | None = None):
         super().__init__(
             path(logdir, CHECKPOINT_DIR),
             save_freq="epoch",
             delete_checkpoint=False,
         )
         self.history = []  # one dict of floats per finished epoch
+        # The run the checkpoint belongs to (`record_start`), stored with
+        # the weights so that `check_checkpoint` can tie them to it.
+        self.identity = identity
 
     def on_epoch_end(self, epoch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            return
+        for name in ("loss", "val_loss"):  # diverged weights are not kept
+            value = (logs or {}).get(name)
+            if value is not None and not math.isfinite(float(value)):
+                return
         del self.history[epoch:]  # a redone epoch replaces its entry
         self.history.append(
             {name: float(value) for name, value in (logs or {}).items()}
@@ -388,6 +767,8 @@ class ResumableCheckpoint(keras.callbacks.BackupAndRestore):
         with h5py.File(incoming, "a") as f:
             f.attrs[self.EPOCH_ATTRIBUTE] = self._current_epoch
             f.attrs[self.HISTORY_ATTRIBUTE] = json.dumps(self.history)
+            if self.identity is not None:
+                f.attrs[self.RUN_ATTRIBUTE] = json.dumps(self.identity)
             group = f.create_group(self.STATE_GROUP)
             for name, variable in self._extra_state().items():
                 group[name.replace("/", "|")] = keras.ops.convert_to_numpy(

@@ -127,6 +127,29 @@ def main(argv):
             allow_config_change=_ALLOW_CONFIG_CHANGE.value,
             progress=_PROGRESS.value,
         )
+    except experiment.TrainingDivergedError as e:
+        # Its message says where, what was kept and what to do; a traceback
+        # would add nothing but noise.
+        message = str(e).split("\n  In call to configurable")[0]
+        sys.exit(f"tfadv.train: training diverged: {message}")
+    except RuntimeError as e:
+        match = re.search(
+            r"Required bindings for `run` not provided in config: \[(.*)\]",
+            str(e),
+        )
+        if not match:
+            raise
+        missing = ", ".join(
+            f"run.{name.strip()}"
+            for name in match[1].replace("'", "").split(",")
+        )
+        sys.exit(
+            "tfadv.train: error: the gin files given "
+            f"({', '.join(_GIN_FILE.value)}) bind no {missing}, which every "
+            "run needs (an empty or partial file?). Start from a method "
+            "file, e.g. --gin_file=pgd_at.gin (bare names come from "
+            "gin_configs/), and stack others after it."
+        )
     except (ValueError, TypeError, OSError) as e:
         if experiment.raised_in_training(e):
             raise  # a failure, not refused input: its traceback helps

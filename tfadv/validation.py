@@ -96,6 +96,16 @@ def epsilon(value, *, allow_zero: bool = True, norm: str = "linf") -> float:
     )
 
 
+def boolean(name: str, value, *, hint: str = "") -> bool:
+    """True or False, not a string or number that would read as one."""
+    if not isinstance(value, bool):
+        raise ValueError(
+            f"{name} must be True or False; got {value!r}."
+            + (f" {hint}" if hint else "")
+        )
+    return value
+
+
 def choice(name: str, value, choices: Sequence, *, hint: str = ""):
     """One of `choices`."""
     if value not in choices:

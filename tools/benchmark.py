@@ -711,8 +711,53 @@ def train_main(out):
     print(f"Written to {out}/: {written}")
 
 
+def check_flags():
+    """Refuses flag values that would only fail (or mislead) after training.
+
+    Raises:
+        app.UsageError: one paragraph naming the flag and what is accepted.
+    """
+    target = _TARGET.value
+    if target is not None and not 0 <= target <= 1:
+        raise app.UsageError(
+            f"--target_robust={target} is not an accuracy: give a fraction "
+            "in [0, 1] (e.g. 0.45 for 45 %), or leave it out for the default "
+            "target (PGD-AT's final validation robust accuracy less 1.5 "
+            "points). Nothing was trained."
+        )
+    for flag, value, minimum in (
+        ("--rounds", _ROUNDS.value, 1),
+        ("--warmup", _WARMUP.value, 0),
+        ("--steps_per_round", _STEPS.value, 1),
+        ("--overhead_batch_size", _BATCH.value, 1),
+        ("--steps_per_execution", _SPE.value, 1),
+    ):
+        if value < minimum:
+            raise app.UsageError(
+                f"{flag}={value}: give an integer >= {minimum}. Nothing was "
+                "run."
+            )
+    if _SUITE.value:
+        from tfadv import evaluation
+
+        try:  # the names only: the budget comes from each run later
+            evaluation.make_suite(_SUITE.value, epsilon=0.1)
+        except ValueError as e:
+            raise app.UsageError(
+                f"--suite={_SUITE.value}: {e} Nothing was trained."
+            ) from None
+    out = _OUT.value
+    if out and os.path.exists(out) and not os.path.isdir(out):
+        raise app.UsageError(
+            f"--out={out} is a file; the benchmark writes a folder of runs "
+            "and tables there. Pass a new folder (or an unfinished "
+            "benchmark's). Nothing was run."
+        )
+
+
 def main(argv):
     del argv
+    check_flags()
     out = _OUT.value or os.path.join(
         "runs", f"benchmark-{_MODE.value}-" + time.strftime("%Y%m%d-%H%M%S")
     )

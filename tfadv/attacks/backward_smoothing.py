@@ -1,5 +1,7 @@
 """The attack of Backward Smoothing (Chen et al., AAAI 2022)."""
 
+import math
+
 import gin
 import tensorflow as tf
 
@@ -47,7 +49,8 @@ class BackwardSmoothingAttack(base.Attack):
             None means `epsilon` (the reference's 0.031 at 0.031).
         num_steps: K, the TRADES steps after the initialisation (1; 0
             keeps the initialisation step alone).
-        gamma: γ, the scale of the logit noise (>= 0; 1 in the reference).
+        gamma: γ, the scale of the logit noise (finite, >= 0; 1 in the
+            reference).
         norm: "linf" or "l2".
         name: the report name; defaults to "backward_smoothing".
     """
@@ -83,7 +86,16 @@ class BackwardSmoothingAttack(base.Attack):
         self.threat_model = self.trades_steps.threat_model
         self.step_size = self.trades_steps.step_size
         self.num_steps = num_steps
-        self.gamma = validation.non_negative("gamma", gamma)
+        self.gamma = validation.in_interval(
+            "BackwardSmoothingAttack gamma",
+            gamma,
+            0.0,
+            math.inf,
+            high_open=True,
+            hint="gamma scales the noise on the clean logits (1 in the "
+            "reference); an infinite one drowns them and the attack "
+            "silently does nothing. Give a finite number >= 0.",
+        )
         self._given_name = name
         self.name = name or "backward_smoothing"
 

@@ -50,6 +50,28 @@ def _safe_divide(num, den):
     return num / tf.where(tf.equal(den, 0), tf.ones_like(den), den)
 
 
+def _in_float64(project):
+    """Runs a projection in float64 and returns the input's dtype.
+
+    Near the boundary the step is a small difference of sums over every
+    pixel (`b - w . u`, and the mass of the coordinates still free): in
+    float32 it loses most of its digits, the step stops short of the plane
+    and FAB's iterate can stay stuck far from the minimal distance. In
+    float64 the projection of float32 rows is exact to float32's own
+    precision; it is a small part of a FAB step (one sort per row).
+    """
+
+    def projected(points, w, b):
+        dtype = points.dtype
+        wide = (tf.cast(t, tf.float64) for t in (points, w, b))
+        return tf.cast(project(*wide), dtype)
+
+    projected.__name__ = project.__name__
+    projected.__doc__ = project.__doc__
+    return projected
+
+
+@_in_float64
 def project_linf(points: tf.Tensor, w: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
     """The smallest L-inf step onto a hyperplane inside the box [0, 1].
 
@@ -58,7 +80,8 @@ def project_linf(points: tf.Tensor, w: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
     row that cannot reach the plane gets the box corner that moves `w . z`
     furthest toward it. The exact sort-and-bisect algorithm of FAB
     (fra31/auto-attack: fab_projections.py, `projection_linf`), with
-    every case computed for every row and chosen by `tf.where`.
+    every case computed for every row and chosen by `tf.where`. Computed
+    in float64 whatever the input's dtype (see `_in_float64`).
     """
     rows, dims = tf.shape(points)[0], points.shape[1]
     u = points
@@ -76,8 +99,15 @@ def project_linf(points: tf.Tensor, w: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
     w_sorted = tf.gather(w, order, batch_dims=1)
     room_sorted = tf.gather(room, order, batch_dims=1)
     slope = tf.cumsum(tf.abs(w_sorted), 1)
-    value = tf.cumsum(-w_sorted * tf.gather(corner, order, batch_dims=1), 1)
-    value += reach[:, None]
+    # What the coordinates after k add at their faces, summed from the end:
+    # the reference's `reach` minus the cumulative sum up to k subtracts
+    # two sums of the size of `reach` to find a small remainder.
+    value = tf.cumsum(
+        w_sorted * tf.gather(corner, order, batch_dims=1),
+        1,
+        exclusive=True,
+        reverse=True,
+    )
     # No face is hit before the plane: one step of lambda on every
     # coordinate. Otherwise, if the box reaches the plane, bisect for the
     # segment where the plane is crossed.
@@ -105,13 +135,15 @@ def project_linf(points: tf.Tensor, w: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
     return delta * active
 
 
+@_in_float64
 def project_l2(points: tf.Tensor, w: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
     """The smallest L2 step onto a hyperplane inside the box [0, 1].
 
     As `project_linf`, in the L2 norm: the step is `clip(-a w, -u, 1 - u)`
     for the smallest a >= 0 that reaches the plane, found by sorting the
     coordinates' saturation points and bisecting
-    (fra31/auto-attack: fab_projections.py, `projection_l2`).
+    (fra31/auto-attack: fab_projections.py, `projection_l2`). Computed in
+    float64 whatever the input's dtype.
     """
     rows, dims = tf.shape(points)[0], points.shape[1]
     u, dtype = points, points.dtype
@@ -132,7 +164,9 @@ def project_l2(points: tf.Tensor, w: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
     b_next = tf.where(tf.equal(b_next, far), tf.zeros_like(far), b_next)
     w2_sorted = tf.gather(tf.square(w), order, batch_dims=1)
     total = tf.reduce_sum(w2_sorted, 1, keepdims=True)
-    free = total - tf.cumsum(w2_sorted, 1)  # mass still unsaturated
+    # The mass still unsaturated, summed from the end (the reference's
+    # `total - cumsum` loses a small remainder in float32).
+    free = tf.cumsum(w2_sorted, 1, exclusive=True, reverse=True)
     saturated = -(breaks * w) * tf.cast(~tiny, dtype)
     first = -total * b_sorted[:, :1]
     change = tf.concat(

@@ -70,6 +70,27 @@ def _attack_seed(seed: int, name: str, index: int) -> tf.Tensor:
     return tf.constant([first, index], tf.int32)
 
 
+def _check_batch(logits: np.ndarray, labels: np.ndarray, index: int):
+    """Refuses labels the classifier has no logit for, and NaN outputs."""
+    width = logits.shape[-1]
+    bad = (labels < 0) | (labels >= width)
+    if bad.any():
+        shown = sorted(set(labels[bad].tolist()))[:5]
+        raise ValueError(
+            f"evaluate_robustness: batch {index} holds labels {shown}, but "
+            f"the classifier outputs {width} logits (classes 0 to "
+            f"{width - 1}); every such point would count as a miss. Pass "
+            f"labels in [0, {width}) with the classifier trained on them."
+        )
+    if not np.isfinite(logits).all():
+        raise ValueError(
+            f"evaluate_robustness: the classifier outputs NaN or infinite "
+            f"logits on batch {index} (NaN or infinite weights, e.g. after "
+            "a diverged training); every accuracy would be 0 and mean "
+            "nothing. Evaluate a classifier with finite weights and outputs."
+        )
+
+
 def evaluate_robustness(
     classifier: keras.Model,
     dataset: tf.data.Dataset,
@@ -214,6 +235,7 @@ def evaluate_robustness(
         x = attack_base.check_images(x, "evaluate_robustness")
         y = tf.cast(tf.reshape(y, [-1]), tf.int32)
         logits = outputs(x).numpy()
+        _check_batch(logits, y.numpy(), index)
         if masking_checks and index == 0:
             # Before any attack: a second pass on the same batch.
             output_report = masking.output_checks(logits, outputs(x).numpy())
