@@ -122,10 +122,3 @@ def positive_epochs(name: str, values: Sequence[float]) -> tuple:
     if any(not v > 0 for v in values):
         raise ValueError(f"{name} must be positive epochs; got {list(values)}.")
     return values
-
-
-def boolean(name: str, value) -> bool:
-    """A Python bool (not a string or number that reads as one)."""
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False; got {value!r}.")
-    return value
