@@ -16,6 +16,7 @@ import tensorflow as tf
 from absl.testing import parameterized
 
 from tests import harness
+from tests import methods_keras_test
 from tfadv import attacks
 from tfadv import methods
 from tfadv.attacks import base as attack_base
@@ -187,24 +188,13 @@ class GradAlignTest(tf.test.TestCase, parameterized.TestCase):
         weights = np.array([2.0] * 4 + [0.0] * 4, "float32")
 
         def fit(x, y, sample_weight=None):
-            classifier = keras.Sequential(
-                [keras.Input((w.shape[0],)), keras.layers.Dense(w.shape[1])]
-            )
-            classifier.layers[0].set_weights([w, b])
-            method = FixedNoiseGradAlign(
-                classifier, epsilon=0.1, align_weight=0.5
-            )
-            method.compile(optimizer=keras.optimizers.SGD(0.5))
-            method.fit(
+            return methods_keras_test.fit_batch(
+                lambda c: FixedNoiseGradAlign(c, epsilon=0.1, align_weight=0.5),
+                methods_keras_test.linear_classifier(w, b),
                 x,
                 y,
-                sample_weight=sample_weight,
-                batch_size=len(x),
-                epochs=1,
-                verbose=0,
-                shuffle=False,
+                sample_weight,
             )
-            return [v.numpy() for v in classifier.weights]
 
         got = fit(x, y, weights)
         want = fit(x[:4], y[:4])
