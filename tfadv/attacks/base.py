@@ -221,8 +221,13 @@ def check_images(x, who: str = "An attack") -> tf.Tensor:
         return tf.identity(x)
 
 
-def _checked_call(call):
-    """Wraps an attack's `__call__` with the image check, once per call."""
+def checked_call(call):
+    """Wraps an attack's entry point with the image check, once per call.
+
+    Every subclass's `__call__` is wrapped when the class is defined; other
+    entry points (`ProjectedGradient.ascend_with_gradient`) use it as a
+    decorator. Skipped inside `inputs_checked()` and in nested calls.
+    """
 
     @functools.wraps(call)
     def checked(self, model, x, *args, **kwargs):
@@ -268,7 +273,7 @@ class Attack:
         register_serializable(cls)
         call = cls.__dict__.get("__call__")
         if call is not None and not getattr(call, "checks_images", False):
-            cls.__call__ = _checked_call(call)
+            cls.__call__ = checked_call(call)
 
     @property
     def epsilon(self) -> float:

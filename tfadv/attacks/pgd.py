@@ -220,8 +220,8 @@ class ProjectedGradient(base.Attack):
             x_adv = self.threat_model.project(x, x_adv)
             return (x_adv, tf.zeros_like(x_adv)) if with_gradient else x_adv
 
-        def step(state):
-            x_adv, _ = state
+        def gradient(x_adv):
+            """The summed objective's input gradient (power-of-two scaled)."""
             target = y
             if self.recompute_target:
                 clean = model(x, training=training)
@@ -241,16 +241,29 @@ class ProjectedGradient(base.Attack):
             grad = tape.gradient(
                 loss, x_adv, unconnected_gradients=tf.UnconnectedGradients.ZERO
             )
+            return grad, objective
+
+        def move(x_adv, grad):
             moved = self.threat_model.step(x_adv, grad, self.step_size)
+            return self.threat_model.project(x, moved)
+
+        if not with_gradient:
+            return base.repeat(
+                lambda x_adv: move(x_adv, gradient(x_adv)[0]),
+                x_adv,
+                self.num_steps,
+            )
+
+        def step_keeping_gradient(state):
+            x_adv, _ = state
+            grad, objective = gradient(x_adv)
             # The batch-mean objective's gradient, the scale removed.
             rows = tf.cast(tf.shape(x_adv)[0], tf.float32)
             scale = base.gradient_scale(objective) * rows
-            mean_grad = tf.cast(grad, tf.float32) / scale
-            return self.threat_model.project(x, moved), mean_grad
+            return move(x_adv, grad), tf.cast(grad, tf.float32) / scale
 
         state = (x_adv, tf.zeros(tf.shape(x_adv), tf.float32))
-        x_adv, grad = base.repeat(step, state, self.num_steps)
-        return (x_adv, grad) if with_gradient else x_adv
+        return base.repeat(step_keeping_gradient, state, self.num_steps)
 
     def ascend_with_gradient(self, model, x, y, *, seed=None, training=False):
         """`(x_adv, g)`: one run, and its last step's input gradient.
@@ -268,12 +281,16 @@ class ProjectedGradient(base.Attack):
                 "ascend_with_gradient runs one restart; this attack has "
                 f"restarts={self.restarts}."
             )
-        x = base.check_images(x, type(self).__name__)
+        x = tf.convert_to_tensor(x)
         y = tf.stop_gradient(tf.convert_to_tensor(y))
         x_adv, grad = self._ascend(
             model, x, y, base.as_seed(seed), training, with_gradient=True
         )
         return tf.stop_gradient(x_adv), tf.stop_gradient(grad)
+
+    # The image check of every attack call (skipped inside a trainer's
+    # checked step), for this entry point too.
+    ascend_with_gradient = base.checked_call(ascend_with_gradient)
 
     def _score(self, model, x_adv, y, labels_are_classes):
         logits = model(x_adv, training=False)

@@ -5,7 +5,7 @@ Keras has no public API for these; each is used here and nowhere else in
 Tested on Keras 3.15.1 with TensorFlow 2.21.0, what `tools/setup.sh`
 installs for `keras>=3.8` and `tensorflow-cpu<2.22` at the time of
 writing (`tests/methods_keras_test.py`, `tests/multi_worker_test.py` and
-the method harness exercise each); `KERAS_VERSIONS_TESTED` records it.
+the method harness exercise each).
 `tests/methods_keras_internals_test.py` checks that each name exists on the
 installed Keras and that no other file of `tfadv/methods/` uses one.
 
@@ -25,8 +25,6 @@ optimizer built inside the compiled step traces it twice).
 """
 
 import tensorflow as tf
-
-KERAS_VERSIONS_TESTED = ("3.15.1",)
 
 
 def multi_worker(strategy) -> bool:
