@@ -17,6 +17,7 @@ expected pattern); `library cases` are methods of `LibraryTest`.
 """
 
 import gzip
+import itertools
 import json
 import os
 import tempfile
@@ -763,26 +764,88 @@ class LibraryCatalogueTest(tf.test.TestCase, parameterized.TestCase):
         return cls(classifier, epsilon=0.1)
 
     @parameterized.named_parameters(
-        ("images_in_0_255", 200.0, [0, 1] * 4, r"\[0, 1\]"),
-        ("fractional_labels", 0.5, [0.5, 1.0] * 4, "whole-number"),
-        ("labels_out_of_range", 0.5, [0, 7] * 4, "outputs 3 logits"),
+        ("images_in_0_255", 200.0, [0, 1] * 4, None, r"\[200, 200\].*\[0, 1\]"),
+        ("fractional_labels", 0.5, [0.5, 1.0] * 4, None, r"\(0\.5\).*whole"),
+        ("labels_out_of_range", 0.5, [0, 7] * 4, None, r"\[7\].*3 logits"),
+        (
+            "negative_sample_weights",
+            0.5,
+            [0, 1] * 4,
+            [1.0, -1.0] * 4,
+            r"sample weights down to -1\.0.*>= 0.*ascend",
+        ),
     )
-    def test_a_trainer_refuses_bad_batches(self, pixel, labels, pattern):
-        # The checks run inside the compiled step: the first bad batch
-        # stops fit with the message, before any weight moves.
+    def test_a_trainer_refuses_bad_batches(
+        self, pixel, labels, weights, pattern
+    ):
+        # fit reads the first batch eagerly, with jit_compile or not (XLA
+        # drops the in-step assertions), and refuses it in one paragraph
+        # before any weight moves; arrays, datasets, validation data.
         x = np.full((8, 8, 8, 1), pixel, "float32")
         y = np.array(labels, "float32")
-        for cls in (methods.PGDAT, methods.Standard):
+        good = (np.full_like(x, 0.5), np.zeros(8, "int32"))
+        data = (x, y) if weights is None else (x, y, np.array(weights))
+        dataset = tf.data.Dataset.from_tensor_slices(data).batch(4)
+        for cls, jit, kind in itertools.product(
+            (methods.PGDAT, methods.Standard),
+            (False, True),
+            ("arrays", "dataset", "validation"),
+        ):
+            if kind == "validation" and weights is not None:
+                continue
             trainer = self._trainer(cls)
-            trainer.compile(optimizer=keras.optimizers.SGD(0.1))
+            trainer.compile(
+                optimizer=keras.optimizers.SGD(0.1), jit_compile=jit
+            )
             before = [w.numpy() for w in trainer.classifier.weights]
+            fit = dict(epochs=1, verbose=0)
+            if kind == "arrays":
+                args = data[:2]
+                fit.update(batch_size=4, sample_weight=(data + (None,))[2])
+            elif kind == "dataset":
+                args = (dataset,)
+            else:
+                args = good
+                fit.update(batch_size=4, validation_data=dataset)
             with (
-                self.subTest(cls.__name__),
-                self.assertRaisesRegex(tf.errors.InvalidArgumentError, pattern),
+                self.subTest(cls=cls.__name__, jit=jit, kind=kind),
+                self.assertRaises(ValueError) as cm,
             ):
-                trainer.fit(x, y, batch_size=8, epochs=1, verbose=0)
+                trainer.fit(*args, **fit)
+            self._assert_one_paragraph(cm, pattern)
+            where = "validation" if kind == "validation" else "training"
+            self.assertIn(f"{cls.__name__}'s ", str(cm.exception))
+            self.assertIn(where, str(cm.exception))
             for a, b in zip(before, trainer.classifier.weights, strict=True):
                 self.assertAllEqual(a, b.numpy())
+
+    def test_a_trainer_refuses_negative_class_weights(self):
+        trainer = self._trainer()
+        trainer.compile(optimizer=keras.optimizers.SGD(0.1))
+        x = np.full((8, 8, 8, 1), 0.5, "float32")
+        with self.assertRaises(ValueError) as cm:
+            trainer.fit(
+                x,
+                np.zeros(8, "int32"),
+                class_weight={0: 1.0, 1: -2.0, 2: 1.0},
+                verbose=0,
+            )
+        self._assert_one_paragraph(cm, r"class_weight \{1: -2\.0\}.*>= 0")
+
+    def test_a_later_bad_batch_fails_the_step(self):
+        # Only the first batch is read eagerly: without jit_compile the
+        # step's own assertions catch a later one.
+        x = np.full((8, 8, 8, 1), 0.5, "float32")
+        x[4:] = 200.0
+        trainer = self._trainer()
+        trainer.compile(optimizer=keras.optimizers.SGD(0.1))
+        dataset = tf.data.Dataset.from_tensor_slices(
+            (x, np.zeros(8, "int32"))
+        ).batch(4)
+        with self.assertRaisesRegex(
+            tf.errors.InvalidArgumentError, r"\[0, 1\]"
+        ):
+            trainer.fit(dataset, epochs=1, verbose=0)
 
     def test_a_trainer_refuses_a_softmax_classifier(self):
         with self.assertRaises(ValueError) as cm:

@@ -565,8 +565,21 @@ class LabelTest(tf.test.TestCase, parameterized.TestCase):
     def test_bad_label_values_fail_the_step(self, make, message):
         _, _, _, y = harness.linear_problem(seed=7)
         labels = make(y.astype("float32"))
-        with self.assertRaisesRegex(tf.errors.InvalidArgumentError, message):
+        # fit checks the labels eagerly first (one ValueError paragraph);
+        # the same values in a later batch fail the step's assertion.
+        with self.assertRaisesRegex(ValueError, message):
             self._fit(labels)
+        w, b, x, _ = harness.linear_problem(seed=7)
+        trainer = methods.PGDAT(
+            linear_classifier(w, b), train_attack=none_start()
+        )
+        trainer.compile(optimizer=keras.optimizers.SGD(0.1))
+        good = np.eye(3, dtype="float32")[y] if labels.ndim == 2 else y
+        dataset = tf.data.Dataset.from_tensor_slices(
+            (np.stack([x, x]), np.stack([good.astype("float32"), labels]))
+        )
+        with self.assertRaisesRegex(tf.errors.InvalidArgumentError, message):
+            trainer.fit(dataset, epochs=1, verbose=0, shuffle=False)
 
     def test_labels_of_the_wrong_shape_are_refused(self):
         _, _, _, y = harness.linear_problem(seed=7)

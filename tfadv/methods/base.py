@@ -80,6 +80,7 @@ def num_replicas() -> int:
 
 
 class AdversarialTrainer(
+    batches.FirstBatchCheck,
     keras_internals.ReplicaBatchBuild,
     keras_internals.SeedStateSaving,
     user_metrics.SavedCompileMetrics,
@@ -117,11 +118,11 @@ class AdversarialTrainer(
             (PyTorch `SGD(weight_decay=w)`), applied to all trainable
             variables. Keep the optimizer's own decoupled `weight_decay`
             unset when using this.
-        check_inputs: assert inside the step that images are finite and in
-            [0, 1] and labels whole-number classes in [0, num_classes) (or
-            one-hot rows), not under `jit_compile`, where XLA drops
-            assertions; `tfadv.train` checks its data before training
-            either way.
+        check_inputs: check that images are finite and in [0, 1], labels
+            whole-number classes in [0, num_classes) (or one-hot rows) and
+            sample weights >= 0: eagerly on `fit`'s first batch, and in
+            every step but under `jit_compile` (XLA drops assertions);
+            see `tfadv.methods.batches`.
         seed: seed of the method's `SeedGenerator`.
         step_controller: a `tfadv.methods.controllers.StepController` that
             changes the method's step count between epochs (M+PGD,

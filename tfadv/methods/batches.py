@@ -7,12 +7,21 @@ width num_classes (converted by argmax). The batch's sample weights
 (`fit`'s `sample_weight` or `class_weight`) are kept in a thread-local
 `BatchState` for the step's losses (`WeightedCrossEntropy`,
 `AdversarialTrainer.replica_mean`).
+
+Values are checked twice: eagerly, once per `fit`, on the first batch
+(`FirstBatchCheck`, a `ValueError` paragraph before any weight moves,
+with `jit_compile` too), and inside every step without `jit_compile`
+(`assert_valid`, graph assertions, which XLA would drop).
 """
 
+import inspect
 import threading
 
 import keras
+import numpy as np
 import tensorflow as tf
+
+from tfadv.attacks import base as attack_base
 
 
 class BatchState(threading.local):
@@ -191,3 +200,157 @@ def sample_weights(sample_weight, *, method: str):
             f"shape {tuple(shape)}."
         )
     return tf.reshape(weights, [-1])
+
+
+class FirstBatchCheck:
+    """`fit` checks the first batch's values eagerly, then trains.
+
+    The in-step checks (`assert_valid`) are graph assertions: under
+    `jit_compile` XLA drops them, and without it a bad batch stops `fit`
+    with the message inside a long `InvalidArgumentError: Graph execution
+    error`. So, once per `fit` call and with `jit_compile` or not, the
+    first batch of the training data (and of `validation_data`) is read
+    and checked eagerly (`check_batch`), raising one `ValueError`
+    paragraph before any weight moves. Arrays and tensors are checked
+    whole; a `tf.data.Dataset` or `keras.utils.PyDataset` by its first
+    batch; a Python generator, which reading would consume, is left to the
+    in-step checks. Skipped when the trainer's `check_inputs` is False.
+    """
+
+    def fit(self, *args, **kwargs):
+        if getattr(self, "check_inputs", False):
+            given = (
+                inspect.signature(keras.Model.fit)
+                .bind(self, *args, **kwargs)
+                .arguments
+            )
+            for (data, what), where in (
+                (
+                    _first_batch(
+                        given.get("x"),
+                        given.get("y"),
+                        given.get("sample_weight"),
+                    ),
+                    "training",
+                ),
+                (_first_batch(given.get("validation_data")), "validation"),
+            ):
+                if data is not None:
+                    check_batch(self, data, where=what.format(where))
+            _check_class_weight(given.get("class_weight"), self)
+        return super().fit(*args, **kwargs)
+
+
+def _first_batch(x, y=None, sample_weight=None):
+    """`(data, what)`: what `fit` reads first from `x`, or `(None, "")`.
+
+    Arrays are checked whole, a dataset by its first batch; a generator
+    not at all (reading it would consume it). `what` names the part
+    checked, with a slot for "training" or "validation".
+    """
+    if isinstance(x, tf.data.Dataset):
+        for batch in x.take(1):
+            return batch, "first {} batch"
+        return None, ""
+    if isinstance(x, keras.utils.PyDataset):
+        return x[0], "first {} batch"
+    if isinstance(x, (tuple, list)) and y is None:
+        return tuple(x), "{} data"  # validation_data=(images, labels[, w])
+    if y is not None and isinstance(x, (np.ndarray, tf.Tensor)):
+        data = (x, y) if sample_weight is None else (x, y, sample_weight)
+        return data, "{} data"
+    return None, ""
+
+
+def check_batch(trainer, data, *, where: str = "training batch") -> None:
+    """Refuses a batch with bad values, eagerly, in one paragraph.
+
+    Checks finite images in [0, 1], whole-number labels in
+    [0, num_classes) (or one-hot rows) and finite, non-negative sample
+    weights; builds and checks an unbuilt classifier first.
+
+    Raises:
+        TypeError: images not floating point, labels not numbers.
+        ValueError: naming the bad values and what is accepted.
+    """
+    method = type(trainer).__name__
+    who = f"{method}'s {where}"
+    x, y, weights = unpack(data, method=method)
+    # An unbuilt classifier is built here, under the trainer's strategy,
+    # as the step would have built it.
+    with trainer.distribute_strategy.scope():
+        trainer._ensure_classifier_checked(x)
+    attack_base.check_images(x, who=who)
+    classes = trainer.num_classes
+    y = tf.convert_to_tensor(y)
+    labels(y, num_classes=classes, check=False, method=method)
+    _check_labels(y.numpy(), classes, who)
+    if weights is not None:
+        _check_weights(weights.numpy(), who)
+
+
+def _check_labels(y: np.ndarray, classes: int, who: str) -> None:
+    accepted = (
+        f"integer class indices in [0, {classes}) (the classifier outputs "
+        f"{classes} logits, one per class) or one-hot rows"
+    )
+    if y.ndim == 2 and y.shape[-1] == classes and classes != 1:
+        one_hot = np.isin(y, (0, 1)).all() and (y.sum(-1) == 1).all()
+        if not one_hot:
+            raise ValueError(
+                f"{who} has label rows of width {classes} that are not "
+                "one-hot (a single 1 per row, 0 elsewhere; soft labels "
+                "such as label smoothing are not accepted: the method's "
+                f"losses take class indices). Give {accepted}."
+            )
+        return
+    y = y.reshape(-1)
+    if y.dtype.kind == "f":
+        fractional = y[y != np.round(y)]
+        if fractional.size:
+            raise ValueError(
+                f"{who} has labels with a fractional part "
+                f"({fractional[0]:g}), which would be truncated to another "
+                "class; labels must be whole-number class indices. Give "
+                f"{accepted}."
+            )
+    bad = y[(y < 0) | (y >= classes)]
+    if bad.size:
+        shown = [int(v) for v in np.unique(bad)[:5]]  # whole numbers here
+        raise ValueError(
+            f"{who} has labels {shown} outside "
+            f"[0, num_classes) = [0, {classes}): the classifier outputs "
+            f"{classes} logits, "
+            "one per class. Give the classifier one output per class of "
+            f"the data, or labels in [0, {classes})."
+        )
+
+
+def _check_weights(weights: np.ndarray, who: str) -> None:
+    low = float(weights.min()) if weights.size else 0.0
+    if not np.isfinite(weights).all() or low < 0:
+        shown = low if np.isfinite(low) else "a non-finite value"
+        raise ValueError(
+            f"{who} has sample weights down to {shown}; weights must be "
+            "finite and >= 0 (a negative weight turns the example's loss "
+            "negative, so training would ascend it, making the model "
+            "worse on that example; 0 leaves an example out). Give "
+            "non-negative sample_weight values."
+        )
+
+
+def _check_class_weight(class_weight, trainer) -> None:
+    if not class_weight:
+        return
+    bad = {
+        k: v
+        for k, v in dict(class_weight).items()
+        if not (np.isfinite(float(v)) and float(v) >= 0)
+    }
+    if bad:
+        raise ValueError(
+            f"{type(trainer).__name__} got class_weight {bad}: class "
+            "weights must be finite and >= 0 (a negative weight turns the "
+            "class's loss negative, so training would ascend it). Give "
+            "non-negative class_weight values."
+        )
