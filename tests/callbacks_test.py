@@ -359,3 +359,79 @@ class DivergenceGuardTest(tf.test.TestCase):
         self.assertIsNone(checkpoint.saved_epoch())
         checkpoint.on_epoch_end(0, {"loss": 1.0, "val_loss": 0.5})
         self.assertEqual(checkpoint.saved_epoch(), 1)
+
+    def _guard(self, weights=()):
+        guard = callbacks.DivergenceGuard()
+        guard.set_model(
+            types.SimpleNamespace(stop_training=False, weights=list(weights))
+        )
+        guard.on_train_begin()
+        guard.on_epoch_begin(0)
+        return guard
+
+    def test_a_finite_explosion_of_the_training_loss_is_a_divergence(self):
+        # lr 1e8 gives a finite loss of 5.6e27: as dead as NaN. The limit
+        # is 1000 times the first batch's loss (2.0 here).
+        guard = self._guard()
+        guard.on_train_batch_end(0, {"loss": 2.0})
+        guard.on_train_batch_end(1, {"loss": 1999.0})
+        self.assertIsNone(guard.diverged_epoch)
+        self.assertFalse(guard.model.stop_training)
+        guard.on_train_batch_end(2, {"loss": 2001.0})
+        self.assertEqual((guard.diverged_epoch, guard.diverged_at), (0, 2))
+        self.assertEqual(guard.diverged_loss, 2001.0)
+        self.assertTrue(guard.model.stop_training)
+        self.assertRegex(
+            guard.describe(4),
+            r"exploded to 2e\+03 in epoch 1 \(batch 3 of 4\), over 1000 "
+            r"times its first value \(2",
+        )
+
+    def test_a_small_first_loss_allows_a_loss_up_to_the_factor(self):
+        # A resumed run starts low (0.01): its limit is 1000 x 1, not 10.
+        guard = self._guard()
+        guard.on_train_batch_end(0, {"loss": 0.01})
+        guard.on_train_batch_end(1, {"loss": 999.0})
+        self.assertIsNone(guard.diverged_epoch)
+        guard.on_train_batch_end(2, {"loss": 1001.0})
+        self.assertEqual(guard.diverged_at, 2)
+
+    def test_a_nan_loss_is_still_a_divergence(self):
+        guard = self._guard()
+        guard.on_train_batch_end(0, {"loss": float("nan")})
+        self.assertEqual(guard.diverged_at, 0)
+        self.assertRegex(guard.describe(4), "NaN or infinite in epoch 1")
+
+    def test_a_non_finite_weight_is_a_divergence(self):
+        weights = [keras.Variable(np.ones(3, "float32"))]
+        guard = self._guard(weights)
+        guard.on_epoch_end(0, {"loss": 2.0, "val_loss": 1.5})
+        self.assertIsNone(guard.diverged_epoch)
+        weights[0].assign([1.0, np.inf, 1.0])
+        guard.on_epoch_end(1, {"loss": 2.0, "val_loss": 1.5})
+        self.assertEqual(guard.diverged_epoch, 1)
+        self.assertTrue(guard.diverged_weights)
+        self.assertRegex(guard.describe(4), "A weight became NaN or infinite")
+
+    def test_a_bad_explosion_factor_is_refused(self):
+        for factor in (1.0, 0.5, float("nan")):
+            with self.assertRaisesRegex(
+                ValueError, r"explosion_factor must be in \(1, inf\]"
+            ):
+                callbacks.DivergenceGuard(explosion_factor=factor)
+
+    def test_the_checkpoint_skips_an_epoch_its_guard_found_diverged(self):
+        from tfadv import run_folder
+
+        logdir = self.create_tempdir().full_path
+        model = harness.tiny_classifier()
+        model.compile(optimizer="sgd", loss="mse")
+        guard = self._guard()
+        checkpoint = run_folder.ResumableCheckpoint(logdir, guard=guard)
+        checkpoint.set_model(model)
+        checkpoint.on_epoch_end(0, {"loss": 2.0, "val_loss": 1.0})
+        self.assertEqual(checkpoint.saved_epoch(), 1)
+        guard.on_train_batch_end(0, {"loss": 2.0})
+        guard.on_train_batch_end(1, {"loss": 5.6e27})
+        checkpoint.on_epoch_end(1, {"loss": 5.6e27, "val_loss": 1.0})
+        self.assertEqual(checkpoint.saved_epoch(), 1)

@@ -332,6 +332,28 @@ class DivergedRunTest(tf.test.TestCase):
         )
         self.assertFalse(os.path.exists(os.path.join(logdir, "results.json")))
 
+    def test_a_finite_explosion_stops_the_run(self):
+        # A learning rate of 1e8: the loss reaches ~1e28 but stays finite,
+        # which the guard counted as training before (exit 0, NaN results).
+        logdir = os.path.join(self.create_tempdir().full_path, "run")
+        with self.assertRaises(SystemExit) as cm:
+            run_cli(
+                logdir,
+                "standard.gin",
+                "testing/tiny.gin",
+                bindings=["run.learning_rate = 1e8"],
+            )
+        message = str(cm.exception.code)
+        self.assertNotIn("\n", message)
+        self.assertRegex(
+            message,
+            r"training diverged: The training loss exploded to \S+e\+\d+ in "
+            r"epoch 1 \(batch \d of 4\), over 1000 times its first value.*"
+            r"no checkpoint",
+        )
+        self.assertFalse(os.path.exists(os.path.join(logdir, "results.json")))
+        self.assertFalse(os.path.exists(os.path.join(logdir, "checkpoint")))
+
 
 class FailureInsideTrainingTest(tf.test.TestCase):
     def test_a_value_error_in_fit_keeps_its_traceback(self):

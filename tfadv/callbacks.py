@@ -72,44 +72,126 @@ class WallClockLogger(keras.callbacks.Callback):
 
 
 class DivergenceGuard(keras.callbacks.Callback):
-    """Stops training at the first non-finite loss and remembers it.
+    """Stops training when it diverges, and remembers where.
 
     Unlike `keras.callbacks.TerminateOnNaN`, it records where it happened so
-    the caller can raise a clear error, and `ResumableCheckpoint` does not
-    save the diverged weights over the last good checkpoint. It watches the
-    training loss after every batch and the validation loss (`val_loss`)
-    after every epoch: weights that exploded (a finite training loss of
-    1e27) give a NaN validation loss.
+    the caller can raise a clear error, and `ResumableCheckpoint` (given the
+    guard) does not save the diverged weights over the last good
+    checkpoint. Training has diverged when
+    - the training loss (Keras's running mean, after every batch) is not
+      finite, or exceeds `explosion_factor` times the larger of 1 and the
+      first batch's loss of this `fit`: a finite explosion (a learning
+      rate of 1e8 gives 5.6e27) is as dead as NaN, while no sane loss of a
+      classifier grows a thousandfold from its start;
+    - after an epoch, the validation loss (`val_loss`) or a weight is not
+      finite (weights can explode under a finite training loss).
+
+    Args:
+        explosion_factor: how many times its first value (at least 1) the
+            training loss may reach, > 1 (inf: only non-finite losses).
 
     Attributes:
-        diverged_at: the batch (from 0) whose training loss was not
-            finite, or None (also when the validation loss was).
+        diverged_at: the batch (from 0) whose training loss diverged, or
+            None (also when the epoch's end found it).
         diverged_epoch: the epoch (from 0) it happened in, or None.
-        diverged_in_validation: whether the validation loss was the one.
+        diverged_in_validation: whether the epoch's end found it (the
+            validation loss or the weights).
+        diverged_weights: whether a weight was the sign.
+        diverged_loss: the training loss that diverged, or None.
+        first_loss: the first batch's training loss of this `fit`.
     """
 
-    def __init__(self):
+    def __init__(self, explosion_factor: float = 1e3):
         super().__init__()
+        self.explosion_factor = validation.in_interval(
+            "explosion_factor",
+            explosion_factor,
+            1.0,
+            math.inf,
+            low_open=True,
+            hint="It is how many times its first value the training loss "
+            "may grow before the run counts as diverged, e.g. 1000.",
+        )
         self.diverged_at = None
         self.diverged_epoch = None
         self.diverged_in_validation = False
+        self.diverged_weights = False
+        self.diverged_loss = None
+        self.first_loss = None
         self._epoch = 0
+
+    @property
+    def loss_limit(self) -> float:
+        """The training loss above which the run has diverged."""
+        return self.explosion_factor * max(self.first_loss or 0.0, 1.0)
+
+    def on_train_begin(self, logs=None):
+        self.first_loss = None
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
+        if loss is None or self.diverged_epoch is not None:
+            return
+        loss = float(loss)
+        if self.first_loss is None and math.isfinite(loss):
+            self.first_loss = loss
+        if not (math.isfinite(loss) and loss <= self.loss_limit):
             self.diverged_at = batch
             self.diverged_epoch = self._epoch
+            self.diverged_loss = loss
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.diverged_epoch is None and not finite_losses(logs):
+        if self.diverged_epoch is not None:
+            return
+        losses = finite_losses(logs)
+        if not (losses and _finite_weights(self.model)):
             self.diverged_epoch = epoch
             self.diverged_in_validation = True
+            self.diverged_weights = losses
             self.model.stop_training = True
+
+    def describe(self, steps_per_epoch: int) -> str:
+        """Where and how training diverged, in a sentence or two."""
+        epoch = self.diverged_epoch + 1
+        if self.diverged_weights:
+            return (
+                f"A weight became NaN or infinite in epoch {epoch} although "
+                "the losses stayed finite; training stopped and that epoch "
+                "was not saved."
+            )
+        if self.diverged_in_validation:
+            return (
+                "The validation loss became NaN or infinite after epoch "
+                f"{epoch} (the weights exploded although the training loss "
+                "stayed in bounds); training stopped and that epoch was not "
+                "saved."
+            )
+        where = f"in epoch {epoch} (batch {self.diverged_at + 1} of "
+        where += f"{steps_per_epoch})"
+        if not math.isfinite(self.diverged_loss):
+            return (
+                f"The training loss became NaN or infinite {where}; "
+                "training stopped."
+            )
+        return (
+            f"The training loss exploded to {self.diverged_loss:.3g} "
+            f"{where}, over {self.explosion_factor:g} times its first value "
+            f"({self.first_loss:.3g}, or 1 if lower); training stopped and "
+            "that epoch was not saved."
+        )
+
+
+def _finite_weights(model) -> bool:
+    """Whether every weight of `model` is finite (True without weights)."""
+    for weight in getattr(model, "weights", ()):
+        value = np.asarray(weight.numpy())
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            return False
+    return True
 
 
 def finite_losses(logs) -> bool:

@@ -46,7 +46,7 @@ MIXED_PRECISION_POLICIES = (None, "mixed_float16", "mixed_bfloat16")
 
 
 class TrainingDivergedError(RuntimeError):
-    """The training loss became NaN or infinite."""
+    """Training diverged (`tfadv.callbacks.DivergenceGuard`)."""
 
 
 # Set on a ValueError or TypeError that `run` let through from training.
@@ -301,7 +301,7 @@ def fit(
         run_folder.path(logdir, run_folder.TIMING_FILE),
     )
     guard = callbacks_lib.DivergenceGuard()
-    checkpoint = run_folder.ResumableCheckpoint(logdir, identity)
+    checkpoint = run_folder.ResumableCheckpoint(logdir, identity, guard=guard)
     info = datasets.info
     hparams = callbacks_lib.HParamsLogger(
         logdir,
@@ -361,19 +361,7 @@ def fit(
                 f"{folder}; a rerun with the same --logdir resumes from "
                 "it (with --allow_config_change if you change the config)."
             )
-        if guard.diverged_in_validation:
-            where = (
-                f"The validation loss became NaN or infinite after epoch "
-                f"{epoch} (the weights exploded although the training loss "
-                "stayed finite); training stopped and that epoch was not "
-                "saved."
-            )
-        else:
-            where = (
-                f"The training loss became NaN or infinite in epoch {epoch} "
-                f"(batch {guard.diverged_at + 1} of "
-                f"{built.datasets.steps_per_epoch}); training stopped."
-            )
+        where = guard.describe(built.datasets.steps_per_epoch)
         raise TrainingDivergedError(
             f"{where} {kept} Lower the learning rate or check the data."
         )

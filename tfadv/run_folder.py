@@ -686,6 +686,8 @@ class ResumableCheckpoint(keras.callbacks.BackupAndRestore):
         logdir: the run folder (the checkpoint goes to its `checkpoint/`).
         identity: the run's id and the fingerprints of its configuration
             and data (`record_start`), which `check_checkpoint` compares.
+        guard: a `tfadv.callbacks.DivergenceGuard` placed before this
+            callback; an epoch it found diverged is not saved.
     """
 
     EPOCH_ATTRIBUTE = "tfadv_epoch"
@@ -694,7 +696,9 @@ class ResumableCheckpoint(keras.callbacks.BackupAndRestore):
     STATE_GROUP = "tfadv_state"
     INCOMING = "incoming.weights.h5"
 
-    def __init__(self, logdir: str, identity: dict | None = None):
+    def __init__(
+        self, logdir: str, identity: dict | None = None, *, guard=None
+    ):
         super().__init__(
             path(logdir, CHECKPOINT_DIR),
             save_freq="epoch",
@@ -704,12 +708,17 @@ class ResumableCheckpoint(keras.callbacks.BackupAndRestore):
         # The run the checkpoint belongs to (`record_start`), stored with
         # the weights so that `check_checkpoint` can tie them to it.
         self.identity = identity
+        # A `DivergenceGuard` placed before this callback: an epoch it
+        # found diverged (e.g. a finite loss of 1e27) is not saved.
+        self.guard = guard
 
     def on_epoch_end(self, epoch, logs=None):
         for name in ("loss", "val_loss"):  # diverged weights are not kept
             value = (logs or {}).get(name)
             if value is not None and not math.isfinite(float(value)):
                 return
+        if getattr(self.guard, "diverged_epoch", None) is not None:
+            return
         del self.history[epoch:]  # a redone epoch replaces its entry
         self.history.append(
             {name: float(value) for name, value in (logs or {}).items()}
