@@ -16,12 +16,14 @@ and asserts that it is refused before any work:
 expected pattern); `library cases` are methods of `LibraryTest`.
 """
 
+import contextlib
 import gzip
 import itertools
 import json
 import os
 import tempfile
 
+import gin
 import keras
 import numpy as np
 import tensorflow as tf
@@ -36,6 +38,7 @@ from tfadv import data
 from tfadv import evaluate
 from tfadv import evaluation
 from tfadv import methods
+from tfadv import models
 from tfadv import validation
 
 _TINY = ("pgd_at.gin", "testing/tiny.gin")
@@ -396,6 +399,53 @@ TRAIN_CASES = (
         r"run\.jit_compile must be True or False; got 'yes'",
     ),
     (
+        "binding_of_a_method_the_run_never_calls",
+        dict(bindings=["TRADES.beta = 3.0"]),
+        r"binds values this run never uses: TRADES\.beta \(nothing calls "
+        r"TRADES\)\..*ignore them silently",
+    ),
+    (
+        "binding_of_a_suite_attack_built_in_python",
+        dict(
+            bindings=[
+                "FABTargeted.alpha_max = 2.0",
+                "Square.p_init = 0.0",
+                "run.final_suite = 'standard'",
+            ]
+        ),
+        r"never uses: FABTargeted\.alpha_max \(nothing calls FABTargeted\); "
+        r"Square\.p_init \(nothing calls Square\)\..*run\.final_suite",
+    ),
+    (
+        "binding_the_caller_overrides",
+        dict(bindings=["small_cnn.num_classes = 5"]),
+        r"never uses: small_cnn\.num_classes \(the caller passes it itself\)",
+    ),
+    (
+        "binding_under_a_scope_never_called",
+        dict(bindings=["eval/APGD.num_steps = 3"]),
+        r"never uses: eval/APGD\.num_steps \(nothing calls APGD under the "
+        r"scope 'eval'\)",
+    ),
+    (
+        "classifier_with_the_wrong_output_width",
+        dict(bindings=["run.model_fn = @five_logits_cnn"]),
+        r"outputs 5 logits, but 'fashion_mnist' has 10 classes.*one logit "
+        r"per class",
+    ),
+    (
+        "cwd_file_shadowing_a_shipped_method_file",
+        dict(shadow="pgd_at.gin"),
+        r"'pgd_at\.gin' .*names both .*pgd_at\.gin in the working directory "
+        r"and tfadv's shipped gin_configs/pgd_at\.gin.*\./pgd_at\.gin",
+    ),
+    (
+        "cwd_file_shadowing_a_shipped_include",
+        dict(shadow="data/fashion_mnist.gin"),
+        r"'data/fashion_mnist\.gin' \(a --gin_file or an include\) names "
+        r"both .*\./data/fashion_mnist\.gin",
+    ),
+    (
         "backward_smoothing_infinite_gamma",
         dict(
             gin_files=("backward_smoothing.gin", "testing/tiny.gin"),
@@ -404,6 +454,30 @@ TRAIN_CASES = (
         r"gamma must be in \[0, inf\); got inf\..*finite number >= 0",
     ),
 )
+
+
+@gin.register
+def five_logits_cnn(*, input_shape, num_classes, mean=None, std=None):
+    """A model function that ignores the data's number of classes."""
+    del num_classes
+    return models.small_cnn(
+        input_shape=input_shape,
+        num_classes=5,
+        mean=mean,
+        std=std,
+        filters=(4, 8),
+        dense_units=16,
+    )
+
+
+@contextlib.contextmanager
+def _working_directory(folder):
+    previous = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 class TrainCatalogueTest(tf.test.TestCase, parameterized.TestCase):
@@ -462,6 +536,14 @@ class TrainCatalogueTest(tf.test.TestCase, parameterized.TestCase):
             if data_dir is not None:
                 options["data_dir"] = data_dir
         bindings = options.pop("bindings", [])
+        shadow = options.pop("shadow", None)
+        if shadow:  # a user's file of a shipped name, in the cwd
+            os.makedirs(
+                os.path.join(root, os.path.dirname(shadow)), exist_ok=True
+            )
+            with open(os.path.join(root, shadow), "w") as f:
+                f.write("run.epochs = 1\n")
+            self.enter_context(_working_directory(root))
         existed = os.path.exists(logdir)
         before = _snapshot(root)
         saved = {k: os.environ.get(k) for k in env}

@@ -16,7 +16,7 @@ def setUpModule():
     flags.FLAGS.mark_as_parsed()
 
 
-class SearchTest(tf.test.TestCase):
+class SearchTest(tf.test.TestCase, parameterized.TestCase):
     def test_a_data_folder_in_the_working_directory_is_harmless(self):
         # gin's package reader used to import `data` from the working
         # directory for `include 'data/fashion_mnist.gin'` and crash.
@@ -54,6 +54,115 @@ class SearchTest(tf.test.TestCase):
             f.write("run.epochs = 7\n")
         gin_files.parse(["pgd_at.gin", path], [])
         self.assertEqual(gin.query_parameter("run.epochs"), 7)
+
+    def _in_folder(self, files):
+        """A temporary working directory holding `files` (name: text)."""
+        cwd = self.create_tempdir().full_path
+        for name, text in files.items():
+            os.makedirs(os.path.dirname(os.path.join(cwd, name)), exist_ok=True)
+            with open(os.path.join(cwd, name), "w") as f:
+                f.write(text)
+        previous = os.getcwd()
+        os.chdir(cwd)
+        self.addCleanup(os.chdir, previous)
+        return cwd
+
+    def test_a_path_names_the_users_file_of_a_shipped_name(self):
+        self._in_folder(
+            {"pgd_at.gin": "include 'standard.gin'\nrun.epochs = 7\n"}
+        )
+        gin_files.parse(["./pgd_at.gin"], [])
+        self.assertEqual(gin.query_parameter("run.epochs"), 7)
+
+    def test_a_users_own_name_is_found_in_the_working_directory(self):
+        self._in_folder({"mine/base.gin": "run.epochs = 5\n"})
+        gin_files.parse(["pgd_at.gin", "mine/base.gin"], [])
+        self.assertEqual(gin.query_parameter("run.epochs"), 5)
+
+    def test_the_shipped_folder_as_working_directory_is_not_ambiguous(self):
+        # The same file under both names (the repository's gin_configs/ is
+        # a link to the package's).
+        previous = os.getcwd()
+        os.chdir(gin_files.GIN_DIR)
+        self.addCleanup(os.chdir, previous)
+        gin_files.parse(["pgd_at.gin"], [])
+        self.assertEqual(
+            gin.query_parameter("PGDAT.train_attack").scopes, ["train"]
+        )
+
+    @parameterized.parameters("pgd_at.gin", "data/fashion_mnist.gin")
+    def test_a_shadowing_file_is_refused_and_never_read(self, name):
+        # gin would have read it instead of the shipped file, silently.
+        self._in_folder({name: "this is not gin (\n"})
+        with self.assertRaisesRegex(
+            ValueError, rf"'{name}' .*names both .*\./{name}"
+        ) as cm:
+            gin_files.parse(["pgd_at.gin"], [])
+        self.assertNotIn("\n", str(cm.exception))
+
+
+@gin.register(module="tests.gin_files_test")
+def build_attack(*, attack_cls):
+    """Calls the attack class as a run's build does, with its budget."""
+    return attack_cls(epsilon=0.1, step_size=0.05)
+
+
+class UnusedBindingsTest(tf.test.TestCase):
+    def setUp(self):
+        super().setUp()
+        gin.clear_config()
+        self.addCleanup(gin.clear_config)
+
+    def _build(self, files, bindings):
+        # What a run's build calls through gin, in miniature: a training
+        # attack under its scope, given its budget by the caller.
+        reference = ["build_attack.attack_cls = @train/ProjectedGradient"]
+        gin_files.parse(files, reference + bindings)
+        gin.get_configurable("build_attack")()
+
+    def test_every_binding_used_leaves_nothing(self):
+        self._build([], ["train/ProjectedGradient.num_steps = 3"])
+        self.assertEqual(gin_files.unused_bindings(), [])
+
+    def test_bindings_nothing_used_are_named_with_the_reason(self):
+        self._build(
+            [],
+            [
+                "train/ProjectedGradient.num_steps = 3",
+                "train/ProjectedGradient.epsilon = 0.2",
+                "TRADES.beta = 3.0",
+                "eval/ProjectedGradient.num_steps = 5",
+                "APGD.num_steps = 5",
+                "train/ProjectedGradient.name = @eval/ProjectedGradient",
+            ],
+        )
+        self.assertCountEqual(
+            gin_files.unused_bindings(),
+            [
+                "train/ProjectedGradient.epsilon (the caller passes it itself)",
+                "TRADES.beta (nothing calls TRADES)",
+                "eval/ProjectedGradient.num_steps (nothing calls "
+                "ProjectedGradient under the scope 'eval')",
+                "APGD.num_steps (nothing calls APGD)",
+            ],
+        )
+        with self.assertRaisesRegex(
+            ValueError, r"never uses: .*TRADES\.beta.*ignore them silently"
+        ) as cm:
+            gin_files.check_unused_bindings()
+        self.assertNotIn("\n", str(cm.exception))
+
+    def test_an_unscoped_binding_used_by_a_scoped_call_is_used(self):
+        self._build([], ["ProjectedGradient.num_steps = 3"])
+        self.assertEqual(gin_files.unused_bindings(), [])
+
+    def test_shipped_bindings_a_later_file_made_dead_are_allowed(self):
+        # fgsm_rs.gin replaces the learning-rate schedule of the file it
+        # includes; tiny.gin the model: their bindings stay unused.
+        gin_files.parse(["fgsm_rs.gin", "testing/tiny.gin"], [])
+        unused = gin_files.unused_bindings()
+        self.assertNotIn("piecewise_constant", " ".join(unused))
+        self.assertNotIn("small_cnn", " ".join(unused))
 
 
 class StrictTest(tf.test.TestCase, parameterized.TestCase):

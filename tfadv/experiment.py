@@ -25,6 +25,7 @@ from absl import logging
 from tfadv import callbacks as callbacks_lib
 from tfadv import data
 from tfadv import evaluation
+from tfadv import gin_files
 from tfadv import models
 from tfadv import run_folder
 from tfadv import validation
@@ -180,6 +181,27 @@ def check_method_epsilon(method, epsilon: float) -> None:
     )
 
 
+def check_method_classes(method, info) -> None:
+    """Refuses a classifier whose output width is not the data's classes.
+
+    Raises:
+        ValueError: naming both numbers.
+    """
+    try:
+        outputs = method.num_classes
+    except ValueError:
+        return  # unbuilt: the first batch checks it
+    if outputs == info.num_classes:
+        return
+    raise ValueError(
+        f"The classifier (run.model_fn) outputs {outputs} logits, but "
+        f"{info.name!r} has {info.num_classes} classes; it needs one logit "
+        "per class (with fewer, some labels have none; with more, "
+        "accuracy and attacks count classes the data never has). Build "
+        "the model with the num_classes it is given."
+    )
+
+
 def check_method_norm(method, norm: str) -> None:
     """Refuses a method whose training threat model is not the run's.
 
@@ -242,6 +264,7 @@ def build(
             classifier = models.prepend_layers(classifier, input_layers)
             method = method_cls(classifier, eval_attack=eval_attack)
             check_method_norm(method, norm)
+            check_method_classes(method, info)
             check_method_epsilon(method, epsilon)
             optimizer = optimizer_cls(
                 learning_rate=_learning_rate(
@@ -607,6 +630,8 @@ def run(
                 fn(datasets=built.datasets, logdir=logdir)
                 for fn in callback_fns
             ]
+            # Everything is built: a binding nothing used was a mistake.
+            gin_files.check_unused_bindings()
             if dry_run:
                 return {}
             info = built.datasets.info

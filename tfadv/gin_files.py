@@ -3,8 +3,10 @@
 `parse` is what `tfadv.train` and `tfadv.evaluate` call. On top of
 `gin.parse_config_files_and_bindings` it
 
-- searches files by bare name in `gin_configs/` (after the working
-  directory), and never as Python package resources: gin's package reader
+- searches files by bare name in `gin_configs/`, refusing a bare name
+  that a file in the working directory would shadow (a path such as
+  `./pgd_at.gin` names the user's own), and never as Python package
+  resources: gin's package reader
   imports the head of a relative path as a package, so a `data/` folder in
   the working directory broke `include 'data/fashion_mnist.gin'`, and it
   logged a false "Path not found" ERROR line for every file;
@@ -13,7 +15,9 @@
 - lists the accepted parameters when a binding names an unknown one, and
   the closest configurable names when it names an unknown configurable;
 - refuses a binding under a scope that nothing in the config uses
-  (`trian/ProjectedGradient.num_steps = 0` would be silently ignored).
+  (`trian/ProjectedGradient.num_steps = 0` would be silently ignored);
+- after the run has built everything, `check_unused_bindings` refuses
+  bindings that nothing used (`TRADES.beta` in a PGD-AT run).
 
 Gin files are code: their `import` lines run when they are parsed, with
 `--dry_run` too. Parse only files you trust.
@@ -27,21 +31,80 @@ import tokenize
 
 import gin
 from gin import config as gin_config
-from gin import resource_reader
+from gin import config_parser
 
 # Shipped inside the package, so a wheel install has them too (the
 # repository's top-level gin_configs/ is a link to this folder).
 GIN_DIR = os.path.join(os.path.dirname(__file__), "gin_configs")
 
 
-def _drop_package_reader() -> None:
-    """Stops gin from reading relative paths as Python package resources."""
+# The shipped files the last `parse` read, for `check_unused_bindings`.
+_shipped_files_read = set()
+
+
+def _is_shipped(path: str) -> bool:
+    root = os.path.realpath(GIN_DIR)
+    return os.path.realpath(path).startswith(root + os.sep)
+
+
+def _read(path: str):
+    """The file reader gin uses: `open`, noting the shipped files read."""
+    if _is_shipped(path):
+        _shipped_files_read.add(os.path.realpath(path))
+    return open(path)
+
+
+_AMBIGUOUS = "The gin file name"
+
+
+def _is_gin_file(path: str) -> bool:
+    """The existence check gin uses; refuses a bare name of two files.
+
+    gin tries a relative name in the working directory before
+    `gin_configs/`, so a `pgd_at.gin` or `data/fashion_mnist.gin` there
+    would silently replace the shipped file (for `--gin_file` and for
+    `include` alike). A path (absolute, or starting with ./ or ../) is
+    the user's own file and never ambiguous.
+
+    Raises:
+        ValueError: the bare name is both a file in the working directory
+            and a different shipped file.
+    """
+    if not os.path.isfile(path):
+        return False
+    explicit = os.path.isabs(path) or path.split(os.sep)[0] in (".", "..")
+    shipped = os.path.join(GIN_DIR, path)
+    if (
+        not explicit
+        and os.path.isfile(shipped)
+        and not os.path.samefile(shipped, path)
+    ):
+        raise ValueError(
+            f"{_AMBIGUOUS} {path!r} (a --gin_file or an include) "
+            f"names both {os.path.abspath(path)} in the working "
+            f"directory and tfadv's shipped gin_configs/{path}; bare "
+            "names mean the shipped files, so which one was read would "
+            f"depend on the directory you run in. Name yours by a path "
+            f"(./{path}), or rename or move it."
+        )
+    return True
+
+
+def _ambiguous_name(message: str) -> str | None:
+    """`_is_gin_file`'s paragraph, without the location gin appends."""
+    if message.startswith(_AMBIGUOUS):
+        return message.split("\n")[0]
+    return None
+
+
+def _install_file_reader() -> None:
+    """Reads gin files through `_read` and `_is_gin_file` only.
+
+    gin's package reader is dropped: it reads relative paths as Python
+    package resources (see the module docstring).
+    """
     # gin has no public call to remove a reader; the list is its registry.
-    gin_config._FILE_READERS[:] = [
-        (reader, exists)
-        for reader, exists in gin_config._FILE_READERS
-        if reader is not resource_reader.system_path_reader
-    ]
+    gin_config._FILE_READERS[:] = [(_read, _is_gin_file)]
 
 
 def _syntax_message(e: SyntaxError) -> str:
@@ -180,7 +243,8 @@ def parse(gin_files, gin_bindings) -> None:
     """
     from tfadv import configurables  # noqa: F401  (registers every name)
 
-    _drop_package_reader()
+    _install_file_reader()
+    _shipped_files_read.clear()
     if GIN_DIR not in gin_config._LOCATION_PREFIXES:
         gin.add_config_file_search_path(GIN_DIR)
     try:
@@ -211,7 +275,11 @@ def parse(gin_files, gin_bindings) -> None:
         ) from None
     except ValueError as e:
         message = str(e)
-        friendly = _unknown_parameter(message) or _unknown_configurable(message)
+        friendly = (
+            _unknown_parameter(message)
+            or _unknown_configurable(message)
+            or _ambiguous_name(message)
+        )
         if friendly is None:
             raise
         lines = message.split("\n")[1:]
@@ -220,3 +288,85 @@ def parse(gin_files, gin_bindings) -> None:
             friendly += f" ({where})"
         raise ValueError(friendly) from None
     check_scopes()
+
+
+def _shipped_bindings() -> set:
+    """`(scope, name, parameter)` of every binding in the shipped files read.
+
+    A later file may replace what a shipped file configures (testing/
+    tiny.gin replaces the model, fgsm_rs.gin the learning-rate schedule
+    of the file it includes), leaving those bindings unused on purpose.
+    """
+    found = set()
+    delegate = gin_config.ParserDelegate(skip_unknown=True)
+    for path in _shipped_files_read:
+        with open(path) as f:
+            for statement in config_parser.ConfigParser(f, delegate):
+                if isinstance(statement, config_parser.BindingStatement):
+                    name = statement.selector.split(".")[-1]
+                    found.add((statement.scope, name, statement.arg_name))
+    return found
+
+
+def _within(scope: str, used_scope: str) -> bool:
+    """Whether a binding under `scope` applies to a call in `used_scope`."""
+    parts = scope.split("/") if scope else []
+    return used_scope.split("/")[: len(parts)] == parts
+
+
+def unused_bindings() -> list[str]:
+    """The bindings no call of the run used, each with the reason.
+
+    Call it after the run has built everything: gin's operative config
+    then holds every configurable called and the parameters gin gave it
+    (not those the caller passed itself). Bindings from the shipped files
+    read are left out (`_shipped_bindings`), and so are macros.
+    """
+    shipped = _shipped_bindings()
+    operative = gin_config._OPERATIVE_CONFIG
+    unused = []
+    for (scope, selector), values in gin_config._CONFIG.items():
+        if selector in ("gin.macro", "gin.constant"):
+            continue
+        name = selector.split(".")[-1]
+        calls = [
+            parameters
+            for (used_scope, used), parameters in operative.items()
+            if used == selector and _within(scope, used_scope)
+        ]
+        for parameter in values:
+            if (scope, name, parameter) in shipped or any(
+                parameter in parameters for parameters in calls
+            ):
+                continue
+            why = (
+                "the caller passes it itself"
+                if calls
+                else f"nothing calls {name}"
+                + (f" under the scope {scope!r}" if scope else "")
+            )
+            binding = f"{scope}/{name}" if scope else name
+            unused.append(f"{binding}.{parameter} ({why})")
+    return unused
+
+
+def check_unused_bindings() -> None:
+    """Refuses gin bindings that the built run never used.
+
+    Raises:
+        ValueError: naming each unused binding and why it is unused.
+    """
+    unused = unused_bindings()
+    if unused:
+        raise ValueError(
+            f"The gin config binds values this run never uses: "
+            f"{'; '.join(unused)}. Gin would ignore them silently. A "
+            "binding takes effect only on a configurable the run calls "
+            "through gin: the method (run.method_cls), the attacks and "
+            "objects referenced with @ in the config, run itself. The "
+            "final suite's named attacks (e.g. 'standard': APGD, FAB-T, "
+            "Square) are built in Python with their papers' settings; "
+            "to change one, list your own instance in run.final_suite "
+            "(e.g. [@final/Square()] with final/Square.p_init = 0.3). "
+            "Remove the bindings or bind what the run uses."
+        )
