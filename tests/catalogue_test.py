@@ -21,6 +21,7 @@ import gzip
 import itertools
 import json
 import os
+import sys
 import tempfile
 
 import gin
@@ -751,6 +752,22 @@ class BenchmarkCatalogueTest(tf.test.TestCase, parameterized.TestCase):
         self.assertRegex(message, pattern)
         self.assertEqual(_snapshot(root), before)
         self.assertEqual(os.path.exists(out), existed)
+
+    def test_a_childs_refusal_ends_the_benchmark_with_its_paragraph(self):
+        # Was the child's paragraph, then a CalledProcessError traceback.
+        from tests import benchmark_test
+
+        cmd = [sys.executable, "-m", "tfadv.train", "--gin_file=nope.gin"]
+        with self.assertRaises(SystemExit) as cm:
+            benchmark_test.benchmark.run_child(cmd)
+        message = str(cm.exception.code)
+        self.assertNotIn("\n", message)
+        self.assertRegex(
+            message, r"^benchmark\.py: stopped, tfadv\.train: error: .*nope"
+        )
+        cmd = [sys.executable, "-c", "raise SystemExit(3)"]
+        with self.assertRaisesRegex(SystemExit, "exited with status 3"):
+            benchmark_test.benchmark.run_child(cmd)
 
 
 class LibraryCatalogueTest(tf.test.TestCase, parameterized.TestCase):

@@ -375,6 +375,30 @@ def command(method, logdir) -> list:
     ] + [f"--gin_bindings={b}" for b in bindings]
 
 
+def run_child(cmd) -> None:
+    """Runs a tfadv command line; its refusal ends the benchmark cleanly.
+
+    The child's output streams through. When it exits non-zero, the
+    benchmark exits too, with the child's own one-paragraph error (its
+    `tfadv.train: error: ...` line) or its exit status, not with a
+    `CalledProcessError` traceback.
+    """
+    tool = cmd[2]  # [python, -m, tfadv.train, ...]
+    paragraph = None
+    with subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True) as child:
+        for line in child.stderr:
+            sys.stderr.write(line)
+            if line.startswith(f"{tool}: "):
+                paragraph = line.strip()
+    if child.returncode:
+        raise SystemExit(
+            f"benchmark.py: stopped, {paragraph}"
+            if paragraph
+            else f"benchmark.py: stopped: {tool} exited with status "
+            f"{child.returncode} (its output is above)."
+        )
+
+
 def train_one(method, out):
     logdir = os.path.join(out, method)
     results_path = os.path.join(logdir, "results.json")
@@ -382,7 +406,7 @@ def train_one(method, out):
         cmd = command(method, logdir)
         print("$", shlex.join(cmd))
         start = time.perf_counter()
-        subprocess.run(cmd, check=True)
+        run_child(cmd)
         print(f"{method}: {time.perf_counter() - start:.0f} s wall clock")
     with open(results_path) as f:
         return json.load(f)
@@ -404,7 +428,7 @@ def evaluate_suite(method, out):
             f"--output={path}",
         ]
         print("$", shlex.join(cmd))
-        subprocess.run(cmd, check=True)
+        run_child(cmd)
     with open(path) as f:
         scores = json.load(f)
     return {
