@@ -568,6 +568,32 @@ class TrainCatalogueTest(tf.test.TestCase, parameterized.TestCase):
         self.assertEqual(_snapshot(root), before)
         self.assertEqual(os.path.exists(logdir), existed)
 
+    def test_resume_on_data_whose_pixels_changed(self):
+        # Same file names, sizes, counts and shapes (what data.json
+        # described before), other pixels: the content fingerprint differs.
+        root = self.create_tempdir().full_path
+        folder = os.path.join(root, "data_given")
+        _write_idx_dir(folder)
+        logdir = os.path.join(root, "run")
+        cli_fixtures.run_cli(logdir, *_TINY, data_dir=folder)
+        os.remove(os.path.join(logdir, "results.json"))  # "killed"
+        rng = np.random.default_rng(1)
+        cli_fixtures.write_idx(
+            folder,
+            "train",
+            rng.integers(0, 256, size=(256, 28, 28), dtype=np.uint8),
+            rng.integers(0, 10, size=256, dtype=np.uint8),
+        )
+        before = _snapshot(root)
+        with self.assertRaises(SystemExit) as cm:
+            cli_fixtures.run_cli(logdir, *_TINY, data_dir=folder)
+        message = str(cm.exception.code)
+        self.assertNotIn("\n", message)
+        self.assertRegex(
+            message, r"trained on other data \(content: '[0-9a-f]{16}' -> "
+        )
+        self.assertEqual(_snapshot(root), before)
+
 
 class EvaluateCatalogueTest(tf.test.TestCase, parameterized.TestCase):
     @classmethod

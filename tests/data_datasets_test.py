@@ -41,6 +41,42 @@ class MakeDatasetsIDXTest(fx.TinyDatasetTestCase):
             self.assertAllEqual(labels, ids % 10)
         self.assertEqual(ds.train.element_spec[0].shape[0], 8)
 
+    def test_the_content_fingerprint_follows_the_pixels(self):
+        def content(**kwargs):
+            return data.make_datasets(
+                name=self.tmp, batch_size=8, **kwargs
+            ).info.content
+
+        first = content()
+        self.assertRegex(first, "^[0-9a-f]{16}$")
+        self.assertEqual(content(), first)
+        # One pixel of one training image, same names, sizes and counts.
+        images, labels = fx.tiny_arrays(fx.NUM_TRAIN)
+        images = images.copy()
+        images[5, 1, 1] += 1
+        fx.write_idx(
+            os.path.join(self.tmp, "train-images-idx3-ubyte.gz"), images
+        )
+        self.assertNotEqual(content(), first)
+        # The examples used are part of it.
+        self.assertNotEqual(content(train_examples=16), content())
+
+    def test_a_large_array_is_fingerprinted_by_a_strided_sample(self):
+        images = np.zeros((64, 4, 4), np.uint8)
+        with mock.patch.object(datasets, "_FULL_HASH_BYTES", 256):
+            first = datasets.content_fingerprint(images)
+            # 1024 bytes: every 4th example, and the last one.
+            changed = images.copy()
+            changed[8, 0, 0] = 1
+            self.assertNotEqual(datasets.content_fingerprint(changed), first)
+            changed = images.copy()
+            changed[63, 0, 0] = 1
+            self.assertNotEqual(datasets.content_fingerprint(changed), first)
+            changed = images.copy()
+            changed[9, 0, 0] = 1  # skipped: the documented blind spot
+            self.assertEqual(datasets.content_fingerprint(changed), first)
+        self.assertNotEqual(datasets.content_fingerprint(changed), first)
+
     def test_the_order_callback_chooses_the_epochs_order(self):
         def first_pixels(ds):
             return [b[0].numpy()[:, 0, 0, 0] for b in ds.train]

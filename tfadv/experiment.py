@@ -642,6 +642,7 @@ def run(
                 "num_test": info.num_test,
                 "num_classes": info.num_classes,
                 "image_shape": list(info.image_shape),
+                "content": info.content,
             }
             data_changed = resuming and run_folder.data_changed(
                 logdir, data_used, allow_change=allow_config_change

@@ -448,6 +448,9 @@ def data_changed(logdir: str, data: dict, *, allow_change: bool) -> bool:
     """
     file_path = path(logdir, DATA_FILE)
     before = read_json(file_path)
+    # A field the folder's data.json lacks (written by an earlier tfadv,
+    # e.g. the content fingerprint) cannot have changed.
+    data = {key: value for key, value in data.items() if key in before}
     if not before or before == data:
         return False
     if not allow_change:
