@@ -677,6 +677,13 @@ class EvaluateCatalogueTest(tf.test.TestCase, parameterized.TestCase):
             "does not exist.*nothing was attacked",
         ),
         (
+            "output_folder_not_writable",
+            "run",
+            {"output": "/proc/eval.json"},
+            r"--output=/proc/eval\.json: the folder /proc is not writable "
+            r"\(.*\); .*nothing was attacked",
+        ),
+        (
             "output_is_a_folder",
             "run",
             {"output": tempfile.gettempdir()},

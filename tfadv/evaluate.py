@@ -23,6 +23,7 @@ import logging as std_logging  # noqa: E402
 import math  # noqa: E402
 import re  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 
 import gin  # noqa: E402
 from absl import app  # noqa: E402
@@ -196,11 +197,16 @@ def _check_writable(file_path):
             "create it or pass a path in an existing folder (nothing was "
             "attacked)."
         )
-    if not os.access(parent, os.W_OK):
+    # A real probe: os.access says yes to root on a read-only folder.
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
         raise ValueError(
-            f"--output={file_path}: the folder {parent} is not writable; "
-            "pass a path you can write (nothing was attacked)."
-        )
+            f"--output={file_path}: the folder {parent} is not writable "
+            f"({e.strerror}); pass a path you can write (nothing was "
+            "attacked)."
+        ) from None
 
 
 def plot_path(json_path):
