@@ -951,6 +951,55 @@ class LibraryCatalogueTest(tf.test.TestCase, parameterized.TestCase):
             for a, b in zip(before, trainer.classifier.weights, strict=True):
                 self.assertAllEqual(a, b.numpy())
 
+    @parameterized.parameters(False, True)
+    def test_a_trainer_refuses_a_metric_of_another_target(self, jit):
+        # 'mse' on (labels, logits) failed inside the first step, in a
+        # graph traceback; AUC wants probabilities of one class.
+        for metric, name in (("mse", "mean_squared_error"), ("auc", "auc")):
+            trainer = self._trainer()
+            trainer.compile(
+                optimizer=keras.optimizers.SGD(0.1),
+                metrics=[metric],
+                jit_compile=jit,
+            )
+            before = [w.numpy() for w in trainer.classifier.weights]
+            x = np.full((8, 8, 8, 1), 0.5, "float32")
+            with self.assertRaises(ValueError) as cm:
+                trainer.fit(x, np.zeros(8, "int32"), verbose=0)
+            self._assert_one_paragraph(
+                cm, rf"the metric '{name}(_\d+)?' fails on them \(.*SparseTopK"
+            )
+            self.assertNotIn("{{", str(cm.exception))
+            for a, b in zip(before, trainer.classifier.weights, strict=True):
+                self.assertAllEqual(a, b.numpy())
+
+    def test_a_trainer_accepts_metrics_of_labels_and_logits(self):
+        # The check tries each metric on zero logits (ties: all in the top
+        # 2), statelessly: the logged values equal those of an unchecked
+        # fit from the same start.
+        x = np.random.default_rng(0).uniform(size=(8, 8, 8, 1))
+        y = np.array([0, 1, 2, 0, 1, 2, 0, 1], "int32")
+        histories = []
+        for check in (True, False):
+            keras.utils.set_random_seed(0)
+            classifier = self._trainer().classifier
+            trainer = methods.PGDAT(
+                classifier, epsilon=0.1, seed=0, check_inputs=check
+            )
+            top2 = keras.metrics.SparseTopKCategoricalAccuracy(k=2, name="top2")
+            trainer.compile(
+                optimizer=keras.optimizers.SGD(0.1),
+                metrics=[top2, "crossentropy"],
+            )
+            histories.append(
+                trainer.fit(
+                    x.astype("float32"), y, batch_size=4, verbose=0
+                ).history
+            )
+        self.assertIn("adv_crossentropy", histories[0])
+        self.assertLess(histories[0]["clean_top2"][0], 1.0)
+        self.assertEqual(histories[0], histories[1])
+
     def test_a_trainer_refuses_negative_class_weights(self):
         trainer = self._trainer()
         trainer.compile(optimizer=keras.optimizers.SGD(0.1))

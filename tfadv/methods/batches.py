@@ -15,6 +15,7 @@ with `jit_compile` too), and inside every step without `jit_compile`
 """
 
 import inspect
+import re
 import threading
 
 import keras
@@ -210,8 +211,9 @@ class FirstBatchCheck:
     with the message inside a long `InvalidArgumentError: Graph execution
     error`. So, once per `fit` call and with `jit_compile` or not, the
     first batch of the training data (and of `validation_data`) is read
-    and checked eagerly (`check_batch`), raising one `ValueError`
-    paragraph before any weight moves. Arrays and tensors are checked
+    and checked eagerly (`check_batch`, which also tries `compile`'s
+    metrics on its labels), raising one `ValueError` paragraph before any
+    weight moves. Arrays and tensors are checked
     whole; a `tf.data.Dataset` or `keras.utils.PyDataset` by its first
     batch; a Python generator, which reading would consume, is left to the
     in-step checks. Skipped when the trainer's `check_inputs` is False.
@@ -283,10 +285,42 @@ def check_batch(trainer, data, *, where: str = "training batch") -> None:
     attack_base.check_images(x, who=who)
     classes = trainer.num_classes
     y = tf.convert_to_tensor(y)
-    labels(y, num_classes=classes, check=False, method=method)
+    indices = labels(y, num_classes=classes, check=False, method=method)
     _check_labels(y.numpy(), classes, who)
     if weights is not None:
         _check_weights(weights.numpy(), who)
+    _check_metrics(trainer, indices, classes)
+
+
+def _check_metrics(trainer, y, classes: int) -> None:
+    """Refuses a `compile` metric that fails on (labels, logits).
+
+    Each metric is tried on the batch's labels and zero logits without
+    touching its state (`stateless_update_state`), so a metric of another
+    kind of target (e.g. "mse" on one-hot rows) is refused here rather
+    than failing inside the first step.
+    """
+    logits = tf.zeros((y.shape[0], classes))
+    for group in trainer.user_metrics.values():
+        for metric in group:
+            try:
+                metric.stateless_update_state(
+                    [v.value for v in metric.variables], y, logits
+                )
+            except (ValueError, TypeError, tf.errors.OpError) as e:
+                reason = re.sub(r"\{\{.*?\}\}\s*", "", str(e))
+                reason = reason.strip().split("\n")[0]
+                name = metric.name.split("_", 1)[1]  # without "clean_"
+                raise ValueError(
+                    f"{type(trainer).__name__} computes compile's metrics "
+                    "on integer labels of shape (batch,) and logits of shape "
+                    f"(batch, {classes}); the metric {name!r} fails "
+                    f"on them ({reason}). Give metrics of class indices "
+                    "and logits, e.g. keras.metrics."
+                    "SparseTopKCategoricalAccuracy(k=5, name='top5'), not "
+                    "ones of one-hot targets or probabilities such as 'mse'."
+                ) from None
+            break  # the copies of one metric for each prefix are alike
 
 
 def _check_labels(y: np.ndarray, classes: int, who: str) -> None:
