@@ -8,6 +8,7 @@ whose second visits the examples in another order, so that the second
 epoch starts from the priors and momenta the first stored, found by id.
 """
 
+import functools
 import os
 
 import keras
@@ -16,11 +17,14 @@ import pytest
 import tensorflow as tf
 from absl.testing import parameterized
 
+from tests import data_fixtures
 from tests import harness
 from tests import methods_keras_test
 from tfadv import attacks
 from tfadv import data
+from tfadv import experiment
 from tfadv import methods
+from tfadv import models
 from tfadv.data import example_ids
 from tfadv.methods import fgsm_pgi
 
@@ -483,3 +487,76 @@ class ArgumentsTest(tf.test.TestCase, parameterized.TestCase):
                 make_pgi(classifier, epsilon=None, train_attack=attack)
         with self.assertRaisesRegex(ValueError, "fully defined input shape"):
             make_pgi(harness.subclassed_classifier())
+
+
+class TinyPGI(methods.FGSMPGI):
+    """FGSMPGI at ε = 0.1, as `run` builds it: (classifier, eval_attack)."""
+
+    def __init__(self, classifier, **kwargs):
+        super().__init__(classifier, epsilon=EPS, **kwargs)
+
+
+def build(dataset_fn):
+    return experiment.build(
+        strategy=tf.distribute.get_strategy(),
+        dataset_fn=dataset_fn,
+        data_dir=None,
+        model_fn=functools.partial(
+            models.small_cnn, filters=(4, 8), dense_units=16
+        ),
+        input_layers=(),
+        method_cls=TinyPGI,
+        eval_attack=None,
+        optimizer_cls=keras.optimizers.SGD,
+        learning_rate=0.05,
+        epochs=1,
+        epsilon=EPS,
+        jit_compile=False,
+        steps_per_execution=1,
+        mixed_precision=None,
+        seed=0,
+    )
+
+
+class ExperimentTest(data_fixtures.TinyDatasetTestCase):
+    """`tfadv.train`'s build on the tiny IDX data (pixels = example index)."""
+
+    def _datasets(self, *, data_dir=None, example_ids=False):
+        del data_dir
+        return data.make_datasets(
+            name=self.tmp,
+            batch_size=10,
+            validation_examples=0,
+            example_ids=example_ids,
+        )
+
+    def test_the_run_gives_ids_and_the_training_set_size(self):
+        built = build(self._datasets)
+        self.assertEqual(built.method.num_examples, data_fixtures.NUM_TRAIN)
+        seen = []
+        for inputs, labels in built.datasets.train:
+            ids = inputs[example_ids.EXAMPLE_ID].numpy()
+            pixels = inputs[example_ids.IMAGE].numpy()[:, 0, 0, 0]
+            # Each id is the example's row: its pixels and label.
+            self.assertAllEqual(np.round(pixels * 255), ids)
+            self.assertAllEqual(labels, ids % 10)
+            seen.extend(ids)
+        self.assertCountEqual(seen, range(data_fixtures.NUM_TRAIN))
+        self.assertNotEqual(seen, sorted(seen))  # shuffled, ids kept
+        self.assertFalse(
+            example_ids.carries_ids(built.datasets.test.element_spec[0])
+        )
+
+    def test_data_without_ids_is_refused_before_training(self):
+        def plain(*, data_dir=None, example_ids=False):
+            del example_ids  # a dataset_fn that ignores the request
+            return self._datasets(data_dir=data_dir)
+
+        with self.assertRaisesRegex(
+            ValueError, r"TinyPGI keeps state per training example"
+        ):
+            build(plain)
+
+    def test_a_bad_example_ids_flag_is_refused(self):
+        with self.assertRaisesRegex(ValueError, "example_ids='yes'"):
+            data.make_datasets(name=self.tmp, example_ids="yes")
