@@ -20,6 +20,8 @@ checks:
   same logs and weights;
 - the same checks pass with a subclassed `keras.Model` classifier, or, for
   methods that split the classifier (YOPO), it is refused clearly.
+A method whose batches carry example ids (`uses_example_ids`, FGSM-PGI)
+gets each row's index as its id (`training_inputs`).
 
 The rest of this module: the models and data of the attack tests, the
 linear and two-layer problems of the analytic tests, strategies by name,

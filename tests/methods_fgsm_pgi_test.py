@@ -9,7 +9,10 @@ epoch starts from the priors and momenta the first stored, found by id.
 """
 
 import functools
+import json
 import os
+import signal
+import tempfile
 
 import keras
 import numpy as np
@@ -18,9 +21,11 @@ import tensorflow as tf
 from absl.testing import parameterized
 
 from tests import data_fixtures
+from tests import fault_fixtures
 from tests import harness
 from tests import methods_keras_test
 from tfadv import attacks
+from tfadv import callbacks
 from tfadv import data
 from tfadv import experiment
 from tfadv import methods
@@ -557,6 +562,50 @@ class ExperimentTest(data_fixtures.TinyDatasetTestCase):
         ):
             build(plain)
 
+    def test_the_overfitting_guard_takes_the_images_of_a_batch(self):
+        built = build(self._datasets)
+        guard = callbacks.co_guard(
+            datasets=built.datasets, logdir=None, attack=harness.pgd()
+        )
+        self.assertEqual(guard.images.shape, (10, 6, 6, 1))
+        self.assertEqual(guard.labels.shape, (10,))
+
     def test_a_bad_example_ids_flag_is_refused(self):
         with self.assertRaisesRegex(ValueError, "example_ids='yes'"):
             data.make_datasets(name=self.tmp, example_ids="yes")
+
+
+def _final(logdir):
+    model = keras.saving.load_model(os.path.join(logdir, "model.keras"))
+    with open(os.path.join(logdir, "results.json")) as f:
+        history = json.load(f)["history"]
+    return model.get_weights(), history["loss"], history["adv_accuracy"]
+
+
+# About 70 s: three tfadv.train processes.
+@pytest.mark.slow
+class KilledRunTest(tf.test.TestCase):
+    def test_a_killed_run_resumes_to_the_uninterrupted_result(self):
+        # Killed in epoch 1; epoch 2 resets the buffers after the resume.
+        flags = (
+            "--gin_file=fgsm_pgi.gin",
+            "--gin_file=testing/tiny.gin",
+            "--gin_bindings=run.epochs = 3",
+            "--gin_bindings=RESET_PERIOD = 2",
+        )
+        root = tempfile.mkdtemp()
+        reference = os.path.join(root, "uninterrupted")
+        done = fault_fixtures.run_train("none", reference, *flags)
+        self.assertEqual(done.returncode, 0, done.stderr[-3000:])
+        logdir = os.path.join(root, "killed")
+        killed = fault_fixtures.run_train("batch:1:1", logdir, *flags)
+        self.assertEqual(
+            killed.returncode, -signal.SIGKILL, killed.stderr[-3000:]
+        )
+        resumed = fault_fixtures.run_train("none", logdir, *flags)
+        self.assertEqual(resumed.returncode, 0, resumed.stderr[-3000:])
+        want, got = _final(reference), _final(logdir)
+        for a, b in zip(want[0], got[0], strict=True):
+            np.testing.assert_array_equal(a, b)
+        self.assertEqual(want[1:], got[1:])
+        self.assertLen(got[1], 3)

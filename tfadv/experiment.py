@@ -528,7 +528,9 @@ def run(
         method_cls: the method class, called as
             `method_cls(classifier, eval_attack=eval_attack)`; its own
             hyperparameters, training attack included, come from gin. Its
-            training epsilon must equal `epsilon`.
+            training epsilon must equal `epsilon`. A method that declares
+            `uses_example_ids` (FGSM-PGI) also gets `num_examples`, and
+            `dataset_fn` is then called with `example_ids=True`.
         epsilon: the threat model's budget in pixel units, in (0, 1];
             recorded in results.json and used by the named final attacks.
         norm: the threat model of the named final attacks, "linf" or "l2"
