@@ -73,7 +73,8 @@ class Datasets:
     Attributes:
         train: shuffled (a new order each epoch, a function of the seed
             and the epoch number), batched with `drop_remainder=True`,
-            augmented if requested, prefetched.
+            augmented if requested, prefetched; with `example_ids`, its
+            inputs are `{"image": images, "example_id": ids}`.
         validation: the first `validation_examples` examples of the test
             split in stored order, batched without `drop_remainder`; None
             when `validation_examples == 0`. It overlaps `test`: it is a

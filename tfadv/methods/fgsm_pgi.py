@@ -359,7 +359,7 @@ class FGSMPGI(base.AdversarialTrainer):
             )
             return tf.cast(grad, tf.float32) / scale
 
-    def steps(self, x, start, grad, momentum):
+    def two_steps(self, x, start, grad, momentum):
         """`(x_adv, next_prior, next_momentum)` from one gradient."""
         threat = self.threat_model
         alpha = self.train_attack.step_size
@@ -387,7 +387,7 @@ class FGSMPGI(base.AdversarialTrainer):
             )
             grad = self.prior_gradient(tape, start, prior_logits, targets)
             with tape.stop_recording():
-                x_adv, next_prior, next_momentum = self.steps(
+                x_adv, next_prior, next_momentum = self.two_steps(
                     x, start, grad, momentum
                 )
             adv_logits = self.classifier(x_adv, training=True)
