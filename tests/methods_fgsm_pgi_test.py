@@ -18,8 +18,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import flags
 from absl.testing import parameterized
 
+from tests import cli_fixtures
 from tests import data_fixtures
 from tests import fault_fixtures
 from tests import harness
@@ -35,6 +37,13 @@ from tfadv.methods import fgsm_pgi
 
 EPS = 0.1
 N = 8
+
+
+def setUpModule():
+    # train.main reads absl flags; the command-line tests set them.
+    flags.FLAGS.mark_as_parsed()
+
+
 # The two epochs' orders of the analytic test: with 2 replicas and
 # batches of 4, examples 0 and 1 are on replica 0 in the first epoch and
 # on replica 1 in the second (and 2, 3 the other way round).
@@ -183,6 +192,31 @@ class AnalyticTest(tf.test.TestCase, parameterized.TestCase):
             ep=True,
         )
         self.assertGreater(np.abs(ep_prior - want_prior).max(), 1e-2)
+
+    def test_a_weighted_batch_trains_as_its_weighted_part(self):
+        w, b, x, y = harness.linear_problem(seed=5)
+        weights = np.array([2.0] * 4 + [0.0] * 4, "float32")
+
+        def fit(inputs, labels, sample_weight=None):
+            classifier = methods_keras_test.linear_classifier(w, b)
+            method = make_pgi(classifier, seed=3)
+            method.compile(optimizer=keras.optimizers.SGD(0.5))
+            method.fit(
+                inputs,
+                labels,
+                sample_weight=sample_weight,
+                batch_size=len(labels),
+                epochs=1,
+                verbose=0,
+                shuffle=False,
+            )
+            return [v.numpy() for v in classifier.weights]
+
+        got = fit(with_ids(x), y, weights)
+        want = fit(with_ids(x[:4]), y[:4])
+        for g, h in zip(got, want, strict=True):
+            self.assertAllClose(g, h, atol=1e-5)
+        self.assertNotAllClose(got[0], fit(with_ids(x), y)[0])
 
     @parameterized.parameters("default", "mirrored")
     def test_zero_gradient_keeps_the_decayed_momentum(self, strategy):
@@ -573,6 +607,51 @@ class ExperimentTest(data_fixtures.TinyDatasetTestCase):
     def test_a_bad_example_ids_flag_is_refused(self):
         with self.assertRaisesRegex(ValueError, "example_ids='yes'"):
             data.make_datasets(name=self.tmp, example_ids="yes")
+
+
+class RefusalTest(tf.test.TestCase, parameterized.TestCase):
+    """Each refusal is one paragraph, before any work (the catalogue)."""
+
+    @parameterized.named_parameters(
+        ("reset_period", "FGSMPGI.reset_period = 0", "reset_period"),
+        ("smoothing", "FGSMPGI.label_smoothing_factor = 0.0", "0.6"),
+        (
+            "two_step_attack",
+            "train/ProjectedGradient.num_steps = 2",
+            "num_steps=1, restarts=1",
+        ),
+    )
+    def test_the_command_line_refuses(self, binding, pattern):
+        root = tempfile.mkdtemp()
+        logdir = os.path.join(root, "run")
+        with self.assertRaises(SystemExit) as cm:
+            cli_fixtures.run_cli(
+                logdir,
+                "fgsm_pgi.gin",
+                "testing/tiny.gin",
+                bindings=[binding],
+            )
+        message = str(cm.exception.code)
+        self.assertStartsWith(message, "tfadv.train: error: FGSMPGI")
+        self.assertNotIn("\n", message)
+        self.assertRegex(message, pattern)
+        self.assertFalse(os.path.exists(logdir))
+
+    def test_library_refusals_are_one_paragraph(self):
+        x, y = harness.tiny_data()
+        method = make_pgi(harness.tiny_classifier())
+        method.compile(optimizer=keras.optimizers.SGD(0.1))
+        refusals = []
+        for call in (
+            lambda: methods.FGSMPGI(harness.tiny_classifier(), epsilon=EPS),
+            lambda: method.fit(x, y, batch_size=4, epochs=1, verbose=0),
+        ):
+            with self.assertRaises(ValueError) as cm:
+                call()
+            refusals.append(str(cm.exception))
+        for message in refusals:
+            self.assertNotIn("\n", message)
+            self.assertIn("FGSMPGI", message)
 
 
 def _final(logdir):
