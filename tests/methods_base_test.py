@@ -28,14 +28,19 @@ WITH_ATTACK = {
     methods.FGSMRS: 8 / 255,
     methods.NFGSM: 8 / 255,
     methods.GradAlign: 8 / 255,
+    methods.FGSMPGI: 8 / 255,
     methods.FreeAT: 8 / 255,
     methods.TRADES: 0.031,
     methods.MART: 0.031,
     methods.YOPO: 8 / 255,
     methods.TRADESYOPO: 0.031,
 }
-# What a method requires besides its budget (GradAlign's λ has no default).
-REQUIRED = {methods.GradAlign: {"align_weight": 0.2}}
+# What a method requires besides its budget (GradAlign's λ has no default,
+# FGSM-PGI's buffers need the training set's size).
+REQUIRED = {
+    methods.GradAlign: {"align_weight": 0.2},
+    methods.FGSMPGI: {"num_examples": 2 * harness.BATCH},
+}
 
 
 def pgd(eps=0.1, steps=3, **kwargs):
@@ -90,6 +95,8 @@ class TrainAttackTest(tf.test.TestCase, parameterized.TestCase):
     def test_epsilon_and_attack_must_agree(self, cls):
         objective = "kl" if cls is methods.TRADESYOPO else "cross_entropy"
         attack = pgd(eps=0.3, objective=objective)
+        if cls is methods.FGSMPGI:  # one step from the prior
+            attack = pgd(eps=0.3, steps=1, start="none")
         with self.assertRaisesRegex(ValueError, r"epsilon=0\.1.*0\.3"):
             cls(harness.tiny_classifier(), epsilon=0.1, train_attack=attack)
         # The same budget twice is fine.

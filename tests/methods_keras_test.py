@@ -42,6 +42,7 @@ WITH_ATTACK = {
     methods.FGSMRS: 8 / 255,
     methods.NFGSM: 8 / 255,
     methods.GradAlign: 8 / 255,
+    methods.FGSMPGI: 8 / 255,
     methods.FreeAT: 8 / 255,
     methods.DEAT: 8 / 255,
     methods.YOPO: 8 / 255,
@@ -51,8 +52,12 @@ WITH_ATTACK = {
     methods.TRADESYOPO: 0.031,
     methods.GAAT: None,
 }
-# What a method requires besides its budget (GradAlign's λ has no default).
-REQUIRED = {methods.GradAlign: {"align_weight": 0.2}}
+# What a method requires besides its budget (GradAlign's λ has no default,
+# FGSM-PGI's buffers need the training set's size).
+REQUIRED = {
+    methods.GradAlign: {"align_weight": 0.2},
+    methods.FGSMPGI: {"num_examples": 2 * harness.BATCH},
+}
 
 
 class SavingTest(tf.test.TestCase):
@@ -198,6 +203,9 @@ BACKUP_METHODS = {
     "grad_align": lambda c: methods.GradAlign(
         c, epsilon=EPS, align_weight=0.2, seed=1
     ),
+    "fgsm_pgi": lambda c: methods.FGSMPGI(
+        c, epsilon=EPS, num_examples=2 * harness.BATCH, reset_period=2, seed=1
+    ),
     "free_at": free_at,
     "yopo": lambda c: methods.YOPO(
         c,
@@ -231,7 +239,7 @@ class BackupAndRestoreTest(tf.test.TestCase, parameterized.TestCase):
         method.compile(optimizer=sgd())
         x, y = harness.tiny_data()
         method.fit(
-            x,
+            harness.training_inputs(method, x),
             y,
             batch_size=harness.BATCH,
             epochs=epochs,

@@ -18,6 +18,7 @@ from absl import logging
 
 from tfadv import run_folder
 from tfadv import validation
+from tfadv.data import example_ids
 
 
 class WallClockLogger(keras.callbacks.Callback):
@@ -592,7 +593,7 @@ def co_guard(
     del logdir
     batch = next(iter(datasets.train.take(1)))
     return CatastrophicOverfittingStop(
-        batch[0],
+        example_ids.images_of(batch[0]),
         batch[1],
         attack,
         threshold=threshold,

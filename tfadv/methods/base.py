@@ -160,6 +160,9 @@ class AdversarialTrainer(
     step_controller_count: str | None = None
     # The weight c of the clean cross-entropy in the default loss.
     clean_weight: float = 0.0
+    # Training batches carry example ids (`tfadv.data.example_ids`); the
+    # trainer takes `num_examples=`, which `tfadv.train` sets from the data.
+    uses_example_ids: bool = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
