@@ -80,6 +80,7 @@ def num_replicas() -> int:
 
 
 class AdversarialTrainer(
+    classifiers.ExportsClassifier,
     keras_internals.ReplicaBatchBuild,
     keras_internals.SeedStateSaving,
     user_metrics.SavedCompileMetrics,

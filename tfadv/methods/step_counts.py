@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from tfadv import validation
 from tfadv.methods import controllers
+from tfadv.methods import user_metrics
 
 
 class StepCounts:
@@ -101,11 +102,16 @@ def with_method_callbacks(trainer, callbacks):
 
     Returns:
         What to pass to `keras.Model.fit`.
+
+    Raises:
+        ValueError: a callback monitors a robust metric the trainer never
+            logs (`user_metrics.check_monitors`).
     """
     given = callbacks
     if isinstance(callbacks, keras.callbacks.CallbackList):
         given = callbacks.callbacks
     given = list(given or [])
+    user_metrics.check_monitors(trainer, given)
     present = {id(callback) for callback in given}
     missing = [c for c in trainer.callbacks() if id(c) not in present]
     if isinstance(callbacks, keras.callbacks.CallbackList):
