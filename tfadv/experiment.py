@@ -26,6 +26,7 @@ from tfadv import callbacks as callbacks_lib
 from tfadv import data
 from tfadv import evaluation
 from tfadv import models
+from tfadv import provenance
 from tfadv import run_folder
 from tfadv import validation
 from tfadv.attacks import base as attack_base
@@ -436,6 +437,7 @@ def finish(
         "gradient_masking": scores["gradient_masking"],
         "data_source": built.datasets.info.source,
         "history": history,
+        "provenance": provenance.record(),
     }
     results.update(built.method.results_info())
     for callback in callbacks:
