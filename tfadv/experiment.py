@@ -431,6 +431,7 @@ def finish(
         "suite_robust_accuracy": scores["suite_robust_accuracy"],
         "masking_layers": masking_layers,
         "num_eval_examples": scores["num_examples"],
+        "predicted_classes": scores["predicted_classes"],
         "eval_suite": scores["suite"],
         "eval_attacks": scores["attacks"],
         "eval_seconds": scores["attack_seconds"],
@@ -681,9 +682,11 @@ def run(
 
 def format_results(results: dict, logdir: str) -> str:
     """A short human-readable summary of a finished run."""
+    epochs = results["epochs"]
+    epochs = f"{epochs} epoch" + ("" if epochs == 1 else "s")
     lines = [
         f"{results['method']} on {results['dataset']} "
-        f"(epsilon {results['epsilon']:g}, {results['epochs']} epochs, "
+        f"(epsilon {results['epsilon']:g}, {epochs}, "
         f"{results['train_seconds']:.1f} s training) -> {logdir}",
         f"  clean accuracy           {results['clean_accuracy']:.4f}",
     ]
@@ -697,6 +700,7 @@ def format_results(results: dict, logdir: str) -> str:
             + ", ".join(results["masking_layers"])
             + " (attacked through them, through BPDA and with Square)"
         )
+    lines += evaluation.one_class_lines(results)
     masking = results.get("gradient_masking") or {}
     if masking.get("possible"):
         lines.append(
