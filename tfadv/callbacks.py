@@ -182,7 +182,12 @@ class AdversarialImageGrid(keras.callbacks.Callback):
             predict(self.images),
             predict(x_adv),
             epsilon=self.attack.epsilon,
-            title=f"epoch {epoch + 1}: {self.attack.name}",
+            # The slider's step is Keras's 0-based epoch; the title says
+            # both, and the budget the perturbation row is scaled to.
+            title=(
+                f"{self.attack.name}, ε = {self.attack.epsilon:g}, after "
+                f"epoch {epoch + 1} (step {epoch})"
+            ),
             name=self._name,
         )
 
