@@ -341,6 +341,9 @@ class HParamsLoggerTest(tf.test.TestCase):
         self.assertCountEqual(names, logger.hparams)
         self.assertIn("beta", names)
         self.assertEqual(experiment.hparam_infos[1].display_name, "ε")
+        # TensorBoard lists (and ticks) the ones marked as differing first.
+        marked = [h.name for h in experiment.hparam_infos if h.differs]
+        self.assertEqual(marked, names[:5])
         metrics = [(m.name.group, m.name.tag) for m in experiment.metric_infos]
         self.assertEqual(
             metrics,

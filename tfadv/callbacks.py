@@ -375,6 +375,40 @@ def hparam_order(hparams: dict) -> list:
     return first + [name for name in hparams if name not in first]
 
 
+def hparams_config(hparams: dict):
+    """The HPARAMS configuration of a run, as a `Summary` proto.
+
+    Declares the hyperparameters (the shared ones first) and the metrics
+    (`HPARAM_METRICS`). TensorBoard lists hyperparameters by name and
+    ticks the first few; it lists those marked as differing between runs
+    first, so the shared ones (`HPARAM_FIRST`) are marked so, to be the
+    columns of the default view.
+    """
+    from tensorboard.plugins.hparams import api as hparams_api
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    summary = hparams_api.hparams_config_pb(
+        hparams=[
+            hparams_api.HParam(name, display_name=HPARAM_DISPLAY.get(name))
+            for name in hparam_order(hparams)
+        ],
+        metrics=[
+            hparams_api.Metric(
+                tag, group=group, display_name=shown, description=text
+            )
+            for tag, group, shown, text in HPARAM_METRICS
+        ],
+    )
+    (value,) = summary.value
+    data = plugin_data_pb2.HParamsPluginData.FromString(
+        value.metadata.plugin_data.content
+    )
+    for info in data.experiment.hparam_infos:
+        info.differs = info.name in HPARAM_FIRST
+    value.metadata.plugin_data.content = data.SerializeToString()
+    return summary
+
+
 class HParamsLogger(keras.callbacks.Callback):
     """Records the run's hyperparameters for TensorBoard's HPARAMS tab.
 
@@ -435,19 +469,8 @@ class HParamsLogger(keras.callbacks.Callback):
         self.hparams = self.collect()
         writer = self._summary_writer()
         with writer.as_default():
-            hparams_api.hparams_config(
-                hparams=[
-                    hparams_api.HParam(
-                        name, display_name=HPARAM_DISPLAY.get(name)
-                    )
-                    for name in hparam_order(self.hparams)
-                ],
-                metrics=[
-                    hparams_api.Metric(
-                        tag, group=group, display_name=shown, description=text
-                    )
-                    for tag, group, shown, text in HPARAM_METRICS
-                ],
+            tf.summary.experimental.write_raw_pb(
+                hparams_config(self.hparams).SerializeToString(), step=0
             )
             hparams_api.hparams(
                 self.hparams, trial_id=os.path.basename(self.log_dir)
