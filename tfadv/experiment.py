@@ -26,6 +26,7 @@ from tfadv import callbacks as callbacks_lib
 from tfadv import data
 from tfadv import evaluation
 from tfadv import models
+from tfadv import provenance
 from tfadv import run_folder
 from tfadv import validation
 from tfadv.attacks import base as attack_base
@@ -456,12 +457,14 @@ def finish(
         "suite_robust_accuracy": scores["suite_robust_accuracy"],
         "masking_layers": masking_layers,
         "num_eval_examples": scores["num_examples"],
+        "predicted_classes": scores["predicted_classes"],
         "eval_suite": scores["suite"],
         "eval_attacks": scores["attacks"],
         "eval_seconds": scores["attack_seconds"],
         "gradient_masking": scores["gradient_masking"],
         "data_source": built.datasets.info.source,
         "history": history,
+        "provenance": provenance.record(),
     }
     results.update(built.method.results_info())
     for callback in callbacks:
@@ -707,9 +710,11 @@ def run(
 
 def format_results(results: dict, logdir: str) -> str:
     """A short human-readable summary of a finished run."""
+    epochs = results["epochs"]
+    epochs = f"{epochs} epoch" + ("" if epochs == 1 else "s")
     lines = [
         f"{results['method']} on {results['dataset']} "
-        f"(epsilon {results['epsilon']:g}, {results['epochs']} epochs, "
+        f"(epsilon {results['epsilon']:g}, {epochs}, "
         f"{results['train_seconds']:.1f} s training) -> {logdir}",
         f"  clean accuracy           {results['clean_accuracy']:.4f}",
     ]
@@ -723,6 +728,7 @@ def format_results(results: dict, logdir: str) -> str:
             + ", ".join(results["masking_layers"])
             + " (attacked through them, through BPDA and with Square)"
         )
+    lines += evaluation.one_class_lines(results)
     masking = results.get("gradient_masking") or {}
     if masking.get("possible"):
         lines.append(

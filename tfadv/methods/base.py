@@ -27,7 +27,7 @@ classifier), `user_metrics` (the logged names and `compile`'s metrics),
   `cross_entropy`, so replicas and sample weights are handled once.
 - **Epoch-level control.** `on_epoch_begin(epoch)`, `on_epoch_end(epoch,
   logs) -> dict` (values added to the epoch's logs), `results_info()` and
-  `callbacks()` (pass `callbacks=trainer.callbacks()` to `fit`). A count
+  `callbacks()` (which `fit` adds to the user's own, once). A count
   that changes between epochs is a step count (`add_step_count`,
   `step_count`, `set_step_count`), the step retraced when it changes.
 - **Step controllers.** `step_controller=` takes a
@@ -72,14 +72,11 @@ ROBUST_ACCURACY = user_metrics.ROBUST_ACCURACY
 ATTACK_STEPS = "attack_steps"
 
 EpochHooks = step_counts.EpochHooks
-
-
-def num_replicas() -> int:
-    """Replicas in the current strategy (1 outside any strategy)."""
-    return tf.distribute.get_strategy().num_replicas_in_sync
+num_replicas = batches.num_replicas
 
 
 class AdversarialTrainer(
+    classifiers.ExportsClassifier,
     keras_internals.ReplicaBatchBuild,
     keras_internals.SeedStateSaving,
     user_metrics.SavedCompileMetrics,
@@ -507,7 +504,7 @@ class AdversarialTrainer(
         return []
 
     def callbacks(self) -> list:
-        """The callbacks the method needs, to pass to `fit`.
+        """The callbacks the method needs; `fit` adds them by itself.
 
         The same objects at every call: the hook caller first, then
         `extra_callbacks()`.
@@ -515,6 +512,11 @@ class AdversarialTrainer(
         if self._method_callbacks is None:
             self._method_callbacks = [EpochHooks(self), *self.extra_callbacks()]
         return list(self._method_callbacks)
+
+    def fit(self, *args, callbacks=None, **kwargs):
+        """`keras.Model.fit`, with the method's `callbacks()` added once."""
+        callbacks = step_counts.with_method_callbacks(self, callbacks)
+        return super().fit(*args, callbacks=callbacks, **kwargs)
 
     # Step counts that change between epochs.
 

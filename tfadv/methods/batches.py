@@ -49,6 +49,11 @@ class WeightedCrossEntropy(keras.losses.SparseCategoricalCrossentropy):
         return super().__call__(y_true, y_pred, sample_weight=sample_weight)
 
 
+def num_replicas() -> int:
+    """Replicas in the current strategy (1 outside any strategy)."""
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
 def unpack(data, *, method: str):
     """`(x, y, sample_weight)` of a batch, images cast to a tensor.
 

@@ -117,8 +117,8 @@ class FGSMPGI(base.AdversarialTrainer):
     ids is refused when the step is built, before any update.
     `tfadv.train` makes such batches and sets `num_examples` itself; in
     Python use `tfadv.data.make_datasets(..., example_ids=True)` or
-    `tfadv.data.add_example_ids`. Pass `callbacks=trainer.callbacks()` to
-    `fit` so that the buffers are reset every `reset_period` epochs.
+    `tfadv.data.add_example_ids`. The buffers are reset every
+    `reset_period` epochs by the epoch hook, which `fit` runs itself.
     Validation, `evaluate` and `predict` take plain images (ids, if
     given, are ignored).
 
@@ -141,7 +141,7 @@ class FGSMPGI(base.AdversarialTrainer):
             num_examples=data.info.num_train)
         trainer.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
         trainer.fit(data.train, epochs=110,
-                    callbacks=[*trainer.callbacks(), data.order_callback()])
+                    callbacks=[data.order_callback()])
 
     Args:
         classifier: a Keras model mapping [0, 1] images to logits, with a
