@@ -317,6 +317,48 @@ class HParamsLoggerTest(tf.test.TestCase):
         self.assertEqual(step, 1)
         self.assertAllClose(tf.make_ndarray(value.tensor), 0.75)
 
+    def test_the_config_orders_columns_and_declares_the_accuracies(self):
+        from tensorboard.plugins.hparams import metadata
+
+        log_dir = self.create_tempdir("run").full_path
+        method = methods.TRADES(harness.tiny_classifier(), epsilon=0.1)
+        method.compile(optimizer=keras.optimizers.SGD(0.05))
+        extra = {"dataset": "tiny", "norm": "linf", "epochs": 1, "seed": 3}
+        logger = callbacks.HParamsLogger(log_dir, extra)
+        x, y = harness.tiny_data()
+        method.fit(
+            x, y, batch_size=harness.BATCH, verbose=0, callbacks=[logger]
+        )
+        summaries = _tensors(log_dir)
+        ((_, value),) = summaries[metadata.EXPERIMENT_TAG]
+        experiment = metadata.parse_experiment_plugin_data(
+            value.metadata.plugin_data.content
+        )
+        names = [h.name for h in experiment.hparam_infos]
+        self.assertEqual(
+            names[:5], ["method", "epsilon", "norm", "dataset", "epochs"]
+        )
+        self.assertCountEqual(names, logger.hparams)
+        self.assertIn("beta", names)
+        self.assertEqual(experiment.hparam_infos[1].display_name, "ε")
+        # TensorBoard lists (and ticks) the ones marked as differing first.
+        marked = [h.name for h in experiment.hparam_infos if h.differs]
+        self.assertEqual(marked, names[:5])
+        metrics = [(m.name.group, m.name.tag) for m in experiment.metric_infos]
+        self.assertEqual(
+            metrics,
+            [
+                ("", "final/robust_accuracy"),
+                ("", "final/clean_accuracy"),
+                ("validation", "epoch_robust_accuracy"),
+                ("validation", "epoch_clean_accuracy"),
+            ],
+        )
+        self.assertTrue(all(m.description for m in experiment.metric_infos))
+        logger.write_final({"robust_accuracy": 0.5}, step=1)
+        ((_, value),) = _tensors(log_dir)["final/robust_accuracy"]
+        self.assertIn("attack suite", value.metadata.summary_description)
+
     def test_a_schedule_records_its_initial_rate(self):
         schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
             [10], [0.2, 0.02]

@@ -110,6 +110,9 @@ class EvaluateCommandTest(_RunFolderTestCase):
         self.assertIn("pgd20", result["robust_accuracy"])
         self.assertIn("possible", result["gradient_masking"])
         self.assertGreater(result["seconds"], 0.0)
+        self.assertEqual(
+            result["provenance"]["tensorflow_version"], tf.__version__
+        )
         # A second run goes beside it, named after the suite; gin sets it.
         self.main(model=run, gin_bindings=["evaluate_suite.suite = 'cw5'"])
         with open(os.path.join(run, "eval-cw5.json")) as f:

@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
+import tfadv
 from tests import cli_fixtures
 from tests import harness
 from tfadv import attacks
@@ -177,6 +178,13 @@ class RunTest(_RunTestCase):
         self.assertCountEqual(results["eval_seconds"], ["mine", "fgsm"])
         self.assertIn("gradient_masking", results)
         self.assertEqual(results["num_eval_examples"], 64)
+        # What produced the numbers: versions, the checkout, the machine.
+        record = results["provenance"]
+        self.assertEqual(record["tfadv_version"], tfadv.__version__)
+        self.assertEqual(record["tensorflow_version"], tf.__version__)
+        self.assertEqual(record["keras_version"], keras.__version__)
+        self.assertEqual(record["devices"]["cpu_cores"], os.cpu_count())
+        self.assertIn("finished_at", record)
         history = results["history"]
         for key in (
             "loss",

@@ -20,6 +20,8 @@ checks:
   same logs and weights;
 - the same checks pass with a subclassed `keras.Model` classifier, or, for
   methods that split the classifier (YOPO), it is refused clearly.
+A method whose batches carry example ids (`uses_example_ids`, FGSM-PGI)
+gets each row's index as its id (`training_inputs`).
 
 The rest of this module: the models and data of the attack tests, the
 linear and two-layer problems of the analytic tests, strategies by name,
@@ -36,6 +38,7 @@ import tensorflow as tf
 
 from tfadv import attacks
 from tfadv.attacks import objectives
+from tfadv.data import example_ids
 
 INPUT_SHAPE = (8, 8, 3)
 NUM_CLASSES = 3
@@ -95,6 +98,13 @@ def tiny_data(num: int = 2 * BATCH, seed: int = 0):
     return x, y
 
 
+def training_inputs(method, x):
+    """`x`, with its rows' indices as example ids if the method needs them."""
+    if not method.uses_example_ids:
+        return x
+    return example_ids.attach(x, np.arange(len(x)))
+
+
 def eval_attack() -> attacks.Attack:
     return attacks.ProjectedGradient(
         epsilon=0.1, step_size=0.05, num_steps=3, name="pgd3"
@@ -123,7 +133,7 @@ def _fit_once(make_method, mode, x, y, steps, classifier=None, callbacks=()):
     )
     before = {v.path: v.numpy().copy() for v in method.variables}
     history = method.fit(
-        x,
+        training_inputs(method, x),
         y,
         batch_size=BATCH,
         epochs=1,
@@ -307,7 +317,7 @@ def _compare_next_step(test_case, method, loaded, x, y):
     results = []
     for trainer in (method, loaded):
         history = trainer.fit(
-            x[:BATCH],
+            training_inputs(trainer, x[:BATCH]),
             y[:BATCH],
             batch_size=BATCH,
             epochs=1,
@@ -344,7 +354,12 @@ def _check_subclassed(test_case, make_method, kind, x, y, steps):
         # The first step built the classifier: check the next steps.
         before = {v.path: v.numpy().copy() for v in method.variables}
         history = method.fit(
-            x, y, batch_size=BATCH, epochs=1, verbose=0, shuffle=False
+            training_inputs(method, x),
+            y,
+            batch_size=BATCH,
+            epochs=1,
+            verbose=0,
+            shuffle=False,
         )
         logs = {k: v[-1] for k, v in history.history.items()}
         minibatches += steps

@@ -28,14 +28,19 @@ WITH_ATTACK = {
     methods.FGSMRS: 8 / 255,
     methods.NFGSM: 8 / 255,
     methods.GradAlign: 8 / 255,
+    methods.FGSMPGI: 8 / 255,
     methods.FreeAT: 8 / 255,
     methods.TRADES: 0.031,
     methods.MART: 0.031,
     methods.YOPO: 8 / 255,
     methods.TRADESYOPO: 0.031,
 }
-# What a method requires besides its budget (GradAlign's λ has no default).
-REQUIRED = {methods.GradAlign: {"align_weight": 0.2}}
+# What a method requires besides its budget (GradAlign's λ has no default,
+# FGSM-PGI's buffers need the training set's size).
+REQUIRED = {
+    methods.GradAlign: {"align_weight": 0.2},
+    methods.FGSMPGI: {"num_examples": 2 * harness.BATCH},
+}
 
 
 def pgd(eps=0.1, steps=3, **kwargs):
@@ -90,6 +95,8 @@ class TrainAttackTest(tf.test.TestCase, parameterized.TestCase):
     def test_epsilon_and_attack_must_agree(self, cls):
         objective = "kl" if cls is methods.TRADESYOPO else "cross_entropy"
         attack = pgd(eps=0.3, objective=objective)
+        if cls is methods.FGSMPGI:  # one step from the prior
+            attack = pgd(eps=0.3, steps=1, start="none")
         with self.assertRaisesRegex(ValueError, r"epsilon=0\.1.*0\.3"):
             cls(harness.tiny_classifier(), epsilon=0.1, train_attack=attack)
         # The same budget twice is fine.
@@ -171,6 +178,115 @@ class HooksTest(tf.test.TestCase):
             callbacks=method.callbacks(),
         )
         self.assertEqual(history.history["epoch_squared"], [0.0, 1.0, 4.0])
+
+
+class CountingHooks(methods.Standard):
+    """Counts its epoch hooks and reports the count in the epoch's logs."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.begins = 0
+
+    def on_epoch_begin(self, epoch):
+        self.begins += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        return {"begins": float(self.begins)}
+
+
+class LogsSeen(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seen.append(logs.get("begins"))
+
+
+def _plain_fit(method, epochs=2, **kwargs):
+    method.compile(optimizer=keras.optimizers.SGD(0.1))
+    x, y = harness.tiny_data()
+    return method.fit(
+        x, y, batch_size=harness.BATCH, epochs=epochs, verbose=0, **kwargs
+    )
+
+
+def _with_hooks(name):
+    """A trainer whose behaviour depends on its epoch hooks, and its log."""
+    classifier = harness.tiny_classifier()
+    if name == "deat":
+        return methods.DEAT(
+            classifier, train_attack=harness.pgd(num_steps=3)
+        ), "mplus/steps"
+    if name == "mplus":
+        controller = methods.controllers.MPlus(initial_steps=0)
+        return methods.PGDAT(
+            classifier, epsilon=0.1, step_controller=controller
+        ), "mplus/steps"
+    if name == "linear":
+        controller = methods.controllers.LinearGrowth(every=1, max_steps=3)
+        return methods.DEAT(
+            classifier,
+            train_attack=harness.pgd(num_steps=3),
+            step_controller=controller,
+        ), "linear/steps"
+    if name == "yopo":
+        return methods.YOPO(
+            classifier,
+            m=2,
+            train_attack=harness.yopo_attack(0.1, 0.02, 3),
+            first_layer_lr=0.2,
+            first_layer_lr_boundaries=[1],
+        ), "first_layer_learning_rate"
+    return methods.GAAT(classifier, epsilon=0.1), "gaat/remainder"
+
+
+class PlainFitTest(tf.test.TestCase, parameterized.TestCase):
+    """A plain `fit` runs the method's callbacks, once, as Keras users call
+    it: without a `callbacks` argument, with their own, or with both."""
+
+    def test_hooks_run_once_however_fit_is_called(self):
+        method = CountingHooks(harness.tiny_classifier())
+        history = _plain_fit(method)
+        self.assertEqual(history.history["begins"], [1.0, 2.0])
+        history = _plain_fit(method, callbacks=method.callbacks())
+        self.assertEqual(history.history["begins"], [3.0, 4.0])
+        seen = LogsSeen()
+        both = [seen, *method.callbacks()]
+        history = _plain_fit(method, callbacks=both)
+        self.assertEqual(history.history["begins"], [5.0, 6.0])
+        # An order the user chose is kept: theirs ran before the hooks.
+        self.assertEqual(seen.seen, [None, None])
+        seen = LogsSeen()
+        _plain_fit(method, callbacks=keras.callbacks.CallbackList([seen]))
+        self.assertEqual(seen.seen, [7.0, 8.0])
+
+    def test_the_method_hooks_run_before_the_users_callbacks(self):
+        method = CountingHooks(harness.tiny_classifier())
+        seen = LogsSeen()
+        _plain_fit(method, callbacks=(seen,))
+        # The user's callback read what the method's hook added.
+        self.assertEqual(seen.seen, [1.0, 2.0])
+
+    @parameterized.parameters("deat", "mplus", "linear", "yopo", "gaat")
+    def test_plain_fit_equals_fit_with_the_callbacks(self, name):
+        plain, log = _with_hooks(name)
+        explicit, _ = _with_hooks(name)
+        plain_history = _plain_fit(plain, epochs=3, shuffle=False)
+        explicit_history = _plain_fit(
+            explicit, epochs=3, shuffle=False, callbacks=explicit.callbacks()
+        )
+        self.assertIn(log, plain_history.history)
+        self.assertEqual(
+            plain_history.history[log], explicit_history.history[log]
+        )
+        for a, b in zip(plain.weights, explicit.weights, strict=True):
+            self.assertAllClose(a, b, msg=a.path)
+
+    def test_linear_growth_grows_under_a_plain_fit(self):
+        method, log = _with_hooks("linear")
+        history = _plain_fit(method, epochs=4, shuffle=False)
+        self.assertEqual(history.history[log], [1, 2, 3, 3])
 
 
 class StepCountTest(tf.test.TestCase):

@@ -42,6 +42,7 @@ WITH_ATTACK = {
     methods.FGSMRS: 8 / 255,
     methods.NFGSM: 8 / 255,
     methods.GradAlign: 8 / 255,
+    methods.FGSMPGI: 8 / 255,
     methods.FreeAT: 8 / 255,
     methods.DEAT: 8 / 255,
     methods.YOPO: 8 / 255,
@@ -51,8 +52,12 @@ WITH_ATTACK = {
     methods.TRADESYOPO: 0.031,
     methods.GAAT: None,
 }
-# What a method requires besides its budget (GradAlign's λ has no default).
-REQUIRED = {methods.GradAlign: {"align_weight": 0.2}}
+# What a method requires besides its budget (GradAlign's λ has no default,
+# FGSM-PGI's buffers need the training set's size).
+REQUIRED = {
+    methods.GradAlign: {"align_weight": 0.2},
+    methods.FGSMPGI: {"num_examples": 2 * harness.BATCH},
+}
 
 
 class SavingTest(tf.test.TestCase):
@@ -176,6 +181,60 @@ class SavingTest(tf.test.TestCase):
         )
 
 
+class ExportTest(tf.test.TestCase):
+    def test_a_trainer_exports_its_classifier_for_serving(self):
+        method, x, _ = SavingTest()._trained()
+        path = os.path.join(self.get_temp_dir(), "served")
+        method.export(path, verbose=False)
+        served = tf.saved_model.load(path)
+        expected = method.classifier(x, training=False)
+        self.assertAllClose(served.serve(x), expected, atol=1e-6)
+        # The same function a plain Keras layer serves, without tfadv.
+        layer = keras.layers.TFSMLayer(path, call_endpoint="serve")
+        self.assertAllClose(layer(x), expected, atol=1e-6)
+
+
+class MonitorTest(tf.test.TestCase):
+    def _fit(self, method, callback):
+        method.compile(optimizer=sgd())
+        x, y = harness.tiny_data()
+        return method.fit(
+            x,
+            y,
+            batch_size=harness.BATCH,
+            epochs=2,
+            verbose=0,
+            validation_data=(x, y),
+            callbacks=[callback],
+        )
+
+    def test_a_robust_monitor_without_an_eval_attack_is_refused(self):
+        method = methods.PGDAT(harness.tiny_classifier(), epsilon=EPS)
+        before = weights_of(method)
+        stop = keras.callbacks.EarlyStopping(
+            monitor="val_robust_accuracy", mode="max"
+        )
+        with self.assertRaisesRegex(
+            ValueError,
+            r"EarlyStopping monitors 'val_robust_accuracy'.*no eval_attack",
+        ):
+            self._fit(method, stop)
+        for a, b in zip(before, weights_of(method), strict=True):
+            self.assertAllEqual(a, b)
+
+    def test_a_robust_monitor_with_an_eval_attack_trains(self):
+        method = methods.PGDAT(
+            harness.tiny_classifier(),
+            epsilon=EPS,
+            eval_attack=harness.eval_attack(),
+        )
+        stop = keras.callbacks.EarlyStopping(
+            monitor="val_robust_accuracy", mode="max"
+        )
+        history = self._fit(method, stop)
+        self.assertLen(history.history["val_robust_accuracy"], 2)
+
+
 class Interrupt(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         if epoch == 1:
@@ -197,6 +256,9 @@ BACKUP_METHODS = {
     "n_fgsm": lambda c: methods.NFGSM(c, epsilon=EPS, seed=1),
     "grad_align": lambda c: methods.GradAlign(
         c, epsilon=EPS, align_weight=0.2, seed=1
+    ),
+    "fgsm_pgi": lambda c: methods.FGSMPGI(
+        c, epsilon=EPS, num_examples=2 * harness.BATCH, reset_period=2, seed=1
     ),
     "free_at": free_at,
     "yopo": lambda c: methods.YOPO(
@@ -231,7 +293,7 @@ class BackupAndRestoreTest(tf.test.TestCase, parameterized.TestCase):
         method.compile(optimizer=sgd())
         x, y = harness.tiny_data()
         method.fit(
-            x,
+            harness.training_inputs(method, x),
             y,
             batch_size=harness.BATCH,
             epochs=epochs,

@@ -36,6 +36,20 @@ def _run(*argv, cwd=None):
     return proc
 
 
+class NoTensorFlowTest(tf.test.TestCase):
+    def test_import_without_tensorflow_says_what_to_install(self):
+        # TensorFlow hidden from the import system, as in an environment
+        # where the install chose no extra.
+        code = (
+            "import sys; sys.modules['tensorflow'] = None\n"
+            "try:\n    import tfadv\n"
+            "except ImportError as e:\n    print(e)\n"
+        )
+        proc = _run(sys.executable, "-c", code, cwd=_REPO)
+        self.assertIn("pip install 'tensorflow-cpu>=2.16,<2.22'", proc.stdout)
+        self.assertIn("'tfadv[cpu]'", proc.stdout)
+
+
 @pytest.mark.slow
 class WheelTest(tf.test.TestCase):
     def test_the_cli_runs_from_a_wheel_install(self):
@@ -72,6 +86,14 @@ class WheelTest(tf.test.TestCase):
             python, "-c", "import tfadv; print(tfadv.__file__)", cwd=cwd
         )
         self.assertStartsWith(where.stdout.strip(), venv)
+        meta = _run(
+            python,
+            "-c",
+            "from importlib.metadata import metadata; m = metadata('tfadv'); "
+            "print(m['Author'], '|', m['License'] or m['License-Expression'])",
+            cwd=cwd,
+        )
+        self.assertEqual(meta.stdout.strip(), "The tfadv authors | Apache-2.0")
         for gin_file in ("yopo.gin", "pgd_at.gin"):
             proc = _run(
                 python,

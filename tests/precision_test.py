@@ -109,7 +109,11 @@ def _fit_two_steps(cls, policy, jit_compile):
     before = [w.numpy() for w in method.classifier.trainable_weights]
     with mock.patch.object(type(method), "perturb", recording):
         history = method.fit(
-            x, y, batch_size=harness.BATCH, epochs=1, verbose=0
+            harness.training_inputs(method, x),
+            y,
+            batch_size=harness.BATCH,
+            epochs=1,
+            verbose=0,
         )
     return method, before, history.history, perturbed
 

@@ -10,6 +10,7 @@ import contextlib
 import glob
 import io
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -113,7 +114,7 @@ class TrainCliTest(tf.test.TestCase):
         with contextlib.redirect_stdout(out):
             run_cli(logdir, "standard.gin", "testing/tiny.gin")
         self.assertIn(
-            "Standard on fashion_mnist (epsilon 0.1, 1 epochs", out.getvalue()
+            "Standard on fashion_mnist (epsilon 0.1, 1 epoch,", out.getvalue()
         )
         self.assertIn(logdir, out.getvalue())
         self.assertRegex(out.getvalue(), r"robust accuracy pgd20 +\d\.\d{4}")
@@ -132,6 +133,11 @@ class TrainCliTest(tf.test.TestCase):
         )
         self.assertEqual(results["method"], "Standard")
         self.assertLen(results["epoch_seconds"], 1)
+        # TensorFlow's INFO lines ("Reduce to ...", once per variable) no
+        # longer print, and a warning prints once (through absl only).
+        tf_logger = tf.get_logger()
+        self.assertFalse(tf_logger.isEnabledFor(logging.INFO))
+        self.assertEqual(tf_logger.handlers, [])
 
     def test_dry_run_builds_and_writes_nothing(self):
         logdir = os.path.join(self.create_tempdir().full_path, "run")

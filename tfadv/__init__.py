@@ -15,9 +15,13 @@ try:
 except ImportError as error:  # the install chose no TensorFlow extra
     raise ImportError(
         "tfadv needs TensorFlow (2.16 to 2.21), which its install leaves to "
-        "an extra: pip install -e '.[cpu]' (tensorflow-cpu), "
-        "pip install -e '.[gpu]' (tensorflow with CUDA), or install "
-        "tensorflow yourself before pip install -e ."
+        "an extra so that an environment keeps the TensorFlow it has, and "
+        "this environment has none. Install one into it: pip install "
+        "'tensorflow-cpu>=2.16,<2.22' (CPU only, the lighter wheel) or pip "
+        "install 'tensorflow[and-cuda]>=2.16,<2.22' (GPU). Installing tfadv "
+        "with its extra does the same: pip install '.[cpu]' or '.[gpu]' "
+        "from a checkout (-e for an editable one), 'tfadv[cpu]' from a "
+        "package index."
     ) from error
 
 from tfadv import attacks

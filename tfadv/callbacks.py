@@ -18,6 +18,7 @@ from absl import logging
 
 from tfadv import run_folder
 from tfadv import validation
+from tfadv.data import example_ids
 
 
 class WallClockLogger(keras.callbacks.Callback):
@@ -264,7 +265,12 @@ class AdversarialImageGrid(keras.callbacks.Callback):
             predict(self.images),
             predict(x_adv),
             epsilon=self.attack.epsilon,
-            title=f"epoch {epoch + 1}: {self.attack.name}",
+            # The slider's step is Keras's 0-based epoch; the title says
+            # both, and the budget the perturbation row is scaled to.
+            title=(
+                f"{self.attack.name}, ε = {self.attack.epsilon:g}, after "
+                f"epoch {epoch + 1} (step {epoch})"
+            ),
             name=self._name,
         )
 
@@ -409,6 +415,83 @@ def _initial_learning_rate(optimizer):
         return None
 
 
+# The columns HPARAMS shows first, in this order; the method's own follow.
+HPARAM_FIRST = ("method", "epsilon", "norm", "dataset", "epochs")
+HPARAM_DISPLAY = {"epsilon": "ε"}
+# The metrics HPARAMS shows, in order: (tag, run group, name, description).
+HPARAM_METRICS = (
+    (
+        "final/robust_accuracy",
+        None,
+        "final robust accuracy",
+        "Accuracy under the final attack suite (per-example minimum over "
+        "its attacks) on the test examples of results.json.",
+    ),
+    (
+        "final/clean_accuracy",
+        None,
+        "final clean accuracy",
+        "Accuracy on the same unperturbed test examples.",
+    ),
+    (
+        "epoch_robust_accuracy",
+        "validation",
+        "validation robust accuracy",
+        "Last epoch's accuracy under the validation attack.",
+    ),
+    (
+        "epoch_clean_accuracy",
+        "validation",
+        "validation clean accuracy",
+        "Last epoch's accuracy on the unperturbed validation examples.",
+    ),
+)
+FINAL_DESCRIPTIONS = {
+    "robust_accuracy": HPARAM_METRICS[0][3],
+    "clean_accuracy": HPARAM_METRICS[1][3],
+}
+
+
+def hparam_order(hparams: dict) -> list:
+    """The hyperparameters' names, the shared ones first (`HPARAM_FIRST`)."""
+    first = [name for name in HPARAM_FIRST if name in hparams]
+    return first + [name for name in hparams if name not in first]
+
+
+def hparams_config(hparams: dict):
+    """The HPARAMS configuration of a run, as a `Summary` proto.
+
+    Declares the hyperparameters (the shared ones first) and the metrics
+    (`HPARAM_METRICS`). TensorBoard lists hyperparameters by name and
+    ticks the first few; it lists those marked as differing between runs
+    first, so the shared ones (`HPARAM_FIRST`) are marked so, to be the
+    columns of the default view.
+    """
+    from tensorboard.plugins.hparams import api as hparams_api
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    summary = hparams_api.hparams_config_pb(
+        hparams=[
+            hparams_api.HParam(name, display_name=HPARAM_DISPLAY.get(name))
+            for name in hparam_order(hparams)
+        ],
+        metrics=[
+            hparams_api.Metric(
+                tag, group=group, display_name=shown, description=text
+            )
+            for tag, group, shown, text in HPARAM_METRICS
+        ],
+    )
+    (value,) = summary.value
+    data = plugin_data_pb2.HParamsPluginData.FromString(
+        value.metadata.plugin_data.content
+    )
+    for info in data.experiment.hparam_infos:
+        info.differs = info.name in HPARAM_FIRST
+    value.metadata.plugin_data.content = data.SerializeToString()
+    return summary
+
+
 class HParamsLogger(keras.callbacks.Callback):
     """Records the run's hyperparameters for TensorBoard's HPARAMS tab.
 
@@ -416,7 +499,10 @@ class HParamsLogger(keras.callbacks.Callback):
     (`trainer_hparams`: the method, ε, the method's own arguments and its
     training attack's), the optimizer and its initial learning rate, and
     `hparams` (e.g. the dataset and batch size) to `log_dir`, with
-    `tensorboard.plugins.hparams`. `write_final` adds the final accuracies
+    `tensorboard.plugins.hparams`, with a configuration that orders the
+    columns (method, ε, norm, dataset, epochs, then the method's own) and
+    declares the final and validation accuracies as the metrics, so they
+    are in the tab's default view. `write_final` adds the final accuracies
     as `final/<name>` scalars, which the tab shows as metrics beside the
     per-epoch curves (`epoch_robust_accuracy` of the `validation` group).
     Give every run its own `log_dir` (the folder name is the trial id), and
@@ -466,6 +552,9 @@ class HParamsLogger(keras.callbacks.Callback):
         self.hparams = self.collect()
         writer = self._summary_writer()
         with writer.as_default():
+            tf.summary.experimental.write_raw_pb(
+                hparams_config(self.hparams).SerializeToString(), step=0
+            )
             hparams_api.hparams(
                 self.hparams, trial_id=os.path.basename(self.log_dir)
             )
@@ -476,7 +565,12 @@ class HParamsLogger(keras.callbacks.Callback):
         writer = self._summary_writer()
         with writer.as_default():
             for name, value in metrics.items():
-                tf.summary.scalar(f"final/{name}", float(value), step=step)
+                tf.summary.scalar(
+                    f"final/{name}",
+                    float(value),
+                    step=step,
+                    description=FINAL_DESCRIPTIONS.get(name),
+                )
         writer.flush()
 
 
@@ -674,7 +768,7 @@ def co_guard(
     del logdir
     batch = next(iter(datasets.train.take(1)))
     return CatastrophicOverfittingStop(
-        batch[0],
+        example_ids.images_of(batch[0]),
         batch[1],
         attack,
         threshold=threshold,

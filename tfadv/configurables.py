@@ -33,6 +33,7 @@ REGISTERING_MODULES = (
     "tfadv.methods.backward_smoothing",
     "tfadv.methods.controllers",
     "tfadv.methods.deat",
+    "tfadv.methods.fgsm_pgi",
     "tfadv.methods.fgsm_rs",
     "tfadv.methods.free_at",
     "tfadv.methods.gaat",

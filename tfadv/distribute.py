@@ -9,6 +9,20 @@ from absl import logging
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
 
+def log_tensorflow_once() -> None:
+    """Routes TensorFlow's Python log through absl only, warnings and up.
+
+    TensorFlow's logger has a handler of its own and also passes each
+    record to the root logger, where absl prints it again; under
+    `MirroredStrategy` that doubled every "Reduce to ..." line. The entry
+    points call this; tfadv's own INFO lines say what those said.
+    """
+    tf_logger = tf.get_logger()
+    for handler in list(tf_logger.handlers):
+        tf_logger.removeHandler(handler)
+    tf_logger.setLevel("WARNING")
+
+
 def make_strategy(
     name: str = "default", *, num_devices: int | None = None
 ) -> tf.distribute.Strategy:

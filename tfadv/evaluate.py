@@ -289,6 +289,7 @@ def main(argv):
     from tfadv import configurables  # noqa: F401
     from tfadv import data
     from tfadv import evaluation
+    from tfadv import provenance
 
     try:
         model_file, folder, epsilon, norm, epsilons, dataset, num = _inputs()
@@ -361,6 +362,7 @@ def main(argv):
         sys.exit(f"tfadv.evaluate: error: {message}")
     result = {"model": model_file, "dataset": dataset, **result}
     result["bpda_layers"] = list(_BPDA_LAYERS.value)
+    result["provenance"] = provenance.record()
     if curve is not None:
         result["curve"] = curve
     print(f"{model_file} on {dataset}:")

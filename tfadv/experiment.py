@@ -27,10 +27,12 @@ from tfadv import data
 from tfadv import evaluation
 from tfadv import gin_files
 from tfadv import models
+from tfadv import provenance
 from tfadv import run_folder
 from tfadv import validation
 from tfadv.attacks import base as attack_base
 from tfadv.attacks import threat_models
+from tfadv.methods import base as methods_base
 
 # Arguments of `run` that the entry point sets from its flags; gin refuses
 # bindings of them.
@@ -246,8 +248,21 @@ def build(
     seed,
     norm="linf",
 ) -> Built:
-    """Builds the data, and under `strategy.scope()` the variables."""
-    datasets = dataset_fn(data_dir=data_dir)
+    """Builds the data, and under `strategy.scope()` the variables.
+
+    A method whose batches carry example ids (`uses_example_ids`, e.g.
+    FGSM-PGI) gets them from `dataset_fn(example_ids=True)` and the
+    training set's size as `num_examples`; data without them is refused.
+    """
+    method_kwargs = {}
+    if _uses_example_ids(method_cls):
+        datasets = dataset_fn(data_dir=data_dir, example_ids=True)
+        data.example_ids.require(
+            datasets.train, who=getattr(method_cls, "__name__", "The method")
+        )
+        method_kwargs["num_examples"] = datasets.info.num_train
+    else:
+        datasets = dataset_fn(data_dir=data_dir)
     info = datasets.info
     keras.utils.set_random_seed(seed)
     previous_policy = keras.mixed_precision.dtype_policy()
@@ -262,7 +277,9 @@ def build(
                 std=info.std,
             )
             classifier = models.prepend_layers(classifier, input_layers)
-            method = method_cls(classifier, eval_attack=eval_attack)
+            method = method_cls(
+                classifier, eval_attack=eval_attack, **method_kwargs
+            )
             check_method_norm(method, norm)
             check_method_classes(method, info)
             check_method_epsilon(method, epsilon)
@@ -282,11 +299,21 @@ def build(
     return Built(datasets, classifier, method)
 
 
+def _uses_example_ids(method_cls) -> bool:
+    """Whether `method_cls` is a trainer whose batches carry example ids."""
+    return (
+        isinstance(method_cls, type)
+        and issubclass(method_cls, methods_base.AdversarialTrainer)
+        and method_cls.uses_example_ids
+    )
+
+
 def _batch_size(datasets) -> int:
-    spec = datasets.train.element_spec[0]
+    spec = data.example_ids.images_of(datasets.train.element_spec[0])
     if spec.shape[0] is not None:
         return int(spec.shape[0])
-    return int(next(iter(datasets.train.take(1)))[0].shape[0])
+    images = data.example_ids.images_of(next(iter(datasets.train.take(1)))[0])
+    return int(images.shape[0])
 
 
 def _verbosity(progress: str) -> int:
@@ -441,12 +468,14 @@ def finish(
         "suite_robust_accuracy": scores["suite_robust_accuracy"],
         "masking_layers": masking_layers,
         "num_eval_examples": scores["num_examples"],
+        "predicted_classes": scores["predicted_classes"],
         "eval_suite": scores["suite"],
         "eval_attacks": scores["attacks"],
         "eval_seconds": scores["attack_seconds"],
         "gradient_masking": scores["gradient_masking"],
         "data_source": built.datasets.info.source,
         "history": history,
+        "provenance": provenance.record(),
     }
     results.update(built.method.results_info())
     for callback in callbacks:
@@ -513,7 +542,9 @@ def run(
         method_cls: the method class, called as
             `method_cls(classifier, eval_attack=eval_attack)`; its own
             hyperparameters, training attack included, come from gin. Its
-            training epsilon must equal `epsilon`.
+            training epsilon must equal `epsilon`. A method that declares
+            `uses_example_ids` (FGSM-PGI) also gets `num_examples`, and
+            `dataset_fn` is then called with `example_ids=True`.
         epsilon: the threat model's budget in pixel units, in (0, 1];
             recorded in results.json and used by the named final attacks.
         norm: the threat model of the named final attacks, "linf" or "l2"
@@ -693,9 +724,11 @@ def run(
 
 def format_results(results: dict, logdir: str) -> str:
     """A short human-readable summary of a finished run."""
+    epochs = results["epochs"]
+    epochs = f"{epochs} epoch" + ("" if epochs == 1 else "s")
     lines = [
         f"{results['method']} on {results['dataset']} "
-        f"(epsilon {results['epsilon']:g}, {results['epochs']} epochs, "
+        f"(epsilon {results['epsilon']:g}, {epochs}, "
         f"{results['train_seconds']:.1f} s training) -> {logdir}",
         f"  clean accuracy           {results['clean_accuracy']:.4f}",
     ]
@@ -709,6 +742,7 @@ def format_results(results: dict, logdir: str) -> str:
             + ", ".join(results["masking_layers"])
             + " (attacked through them, through BPDA and with Square)"
         )
+    lines += evaluation.one_class_lines(results)
     masking = results.get("gradient_masking") or {}
     if masking.get("possible"):
         lines.append(

@@ -111,6 +111,7 @@ def main(argv):
     from tfadv import distribute
     from tfadv import experiment
 
+    distribute.log_tensorflow_once()
     logdir = _LOGDIR.value or default_logdir(_GIN_FILE.value)
     try:
         # The strategy first: logical CPU devices must exist before TF

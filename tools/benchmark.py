@@ -143,6 +143,7 @@ METHODS = (
     "fgsm_rs",
     "n_fgsm",
     "grad_align",
+    "fgsm_pgi",
     "fast_at",
     "free_at",
     "yopo",
@@ -219,6 +220,7 @@ SETTINGS = {
             "fgsm_rs",
             "n_fgsm",
             "grad_align",
+            "fgsm_pgi",
             "free_at",
             "yopo",
             "deat",
@@ -238,6 +240,7 @@ SETTINGS = {
             "fgsm_rs": "experiments/cifar10_fgsm_rs.gin",
             "n_fgsm": "experiments/cifar10_n_fgsm.gin",
             "grad_align": "experiments/cifar10_grad_align.gin",
+            "fgsm_pgi": "experiments/cifar10_fgsm_pgi.gin",
             "free_at": "experiments/cifar10_free_at.gin",
             "yopo": "experiments/cifar10_preact_yopo_5_3.gin",
             "deat": "experiments/cifar10_mdeat.gin",
@@ -609,12 +612,14 @@ def _plot_attack(result):
     return "pgd20" if "pgd20" in names else next(iter(names))
 
 
-def plot(results, path, target=None):
+def plot(results, path, target=None, title=""):
     """Robust accuracy against training time, with the Pareto front.
 
     Every method's validation curve (one point per epoch), its final point
-    (filled on the front, hollow and grey-labelled when dominated), the
-    front as a step line, and the time-to-accuracy target.
+    (filled on the front, hollow when dominated), the front as a step line,
+    and the time-to-accuracy target. Methods are named in a legend beside
+    the axes, in a colour and marker of their own, not by labels on the
+    points, which overlap once a dozen methods end close together.
     """
     try:
         import matplotlib
@@ -626,10 +631,12 @@ def plot(results, path, target=None):
         return False
     points = final_points(results)
     front = pareto_front(points)
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig, ax = plt.subplots(figsize=(11, 6))
     colours = plt.get_cmap("tab20")
+    markers = "osD^vP*Xhp<>"
     for index, method in enumerate(results):
         colour = colours(index % 20)
+        marker = markers[index % len(markers)]
         curve = robust_curve(results[method])
         if curve:
             seconds, accuracy = zip(*curve, strict=True)
@@ -641,21 +648,13 @@ def plot(results, path, target=None):
         ax.scatter(
             x,
             y,
-            s=60 if on_front else 40,
-            marker="o",
+            s=70 if on_front else 45,
+            marker=marker,
             facecolors=colour if on_front else "none",
             edgecolors=colour,
             linewidths=1.5,
             zorder=3,
-        )
-        label = method if on_front else f"{method} (dominated)"
-        ax.annotate(
-            label,
-            (x, y),
-            textcoords="offset points",
-            xytext=(4, 3),
-            fontsize=7,
-            color="black" if on_front else "grey",
+            label=method if on_front else f"{method} (dominated)",
         )
     if front:
         ordered = sorted(points[m] for m in front)
@@ -678,7 +677,9 @@ def plot(results, path, target=None):
     ax.set_xlabel("training time (s)")
     ax.set_ylabel("validation robust accuracy")
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -726,7 +727,13 @@ def train_main(out):
     }
     with open(os.path.join(out, "benchmark.json"), "w") as f:
         json.dump(summary, f, indent=2)
-    plotted = plot(results, os.path.join(out, "benchmark.png"), target)
+    plotted = plot(
+        results,
+        os.path.join(out, "benchmark.png"),
+        target,
+        title=f"{_SETTING.value}: validation robust accuracy against "
+        "training time (filled: on the Pareto front)",
+    )
     print(table)
     print(rule)
     written = "benchmark.md, benchmark.json" + (

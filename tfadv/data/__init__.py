@@ -5,17 +5,21 @@ Public API:
 - `make_datasets`: pipelines plus `DatasetInfo` for a named dataset.
 - `load_arrays`, `check_arrays`: raw NumPy access and validation.
 - `random_crop_flip`: the CIFAR crop+flip augmentation on batches.
+- `example_ids`, `add_example_ids`: training batches that carry each
+  example's stable id (for methods with per-example state, FGSM-PGI).
 - `DataNotFoundError`, `UnknownDatasetError`: raised when no source works.
 """
 
 from tfadv.data import augment
 from tfadv.data import datasets
+from tfadv.data import example_ids
 from tfadv.data import sources
 from tfadv.data.augment import random_crop_flip
 from tfadv.data.datasets import DatasetInfo
 from tfadv.data.datasets import Datasets
 from tfadv.data.datasets import channel_stats
 from tfadv.data.datasets import make_datasets
+from tfadv.data.example_ids import add_example_ids
 from tfadv.data.sources import CLASS_NAMES
 from tfadv.data.sources import DATA_DIR_ENV_VAR
 from tfadv.data.sources import KNOWN_NAMES
@@ -37,10 +41,12 @@ __all__ = [
     "Datasets",
     "IDXFormatError",
     "UnknownDatasetError",
+    "add_example_ids",
     "augment",
     "channel_stats",
     "check_arrays",
     "datasets",
+    "example_ids",
     "load_arrays",
     "make_datasets",
     "random_crop_flip",

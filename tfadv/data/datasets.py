@@ -24,6 +24,7 @@ import tensorflow as tf
 from absl import logging
 
 from tfadv.data import augment as augment_lib
+from tfadv.data import example_ids as example_ids_lib
 from tfadv.data import sources
 
 # Images per chunk when computing channel statistics: bounds the float32
@@ -104,7 +105,8 @@ class Datasets:
     Attributes:
         train: shuffled (a new order each epoch, a function of the seed
             and the epoch number), batched with `drop_remainder=True`,
-            augmented if requested, prefetched.
+            augmented if requested, prefetched; with `example_ids`, its
+            inputs are `{"image": images, "example_id": ids}`.
         validation: the first `validation_examples` examples of the test
             split in stored order, batched without `drop_remainder`; None
             when `validation_examples == 0`. It overlaps `test`: it is a
@@ -224,14 +226,24 @@ class _OrderCallback(keras.callbacks.Callback):
 
 
 def _training_pipeline(
-    images, labels, order, *, batch_size, steps, seed, augment_fn
+    images,
+    labels,
+    order,
+    *,
+    batch_size,
+    steps,
+    seed,
+    augment_fn,
+    with_ids=False,
 ) -> tf.data.Dataset:
     """Batches of (images, labels) whose order is a function of the epoch.
 
     Epoch e uses the permutation `stateless_shuffle(range(n), (seed, e))`
     and, when `augment_fn` is given, the stateless seed
     `(seed + 1, e * steps + b)` for its batch b: no state lives in the
-    pipeline, so a new process reproduces any epoch.
+    pipeline, so a new process reproduces any epoch. With `with_ids` the
+    inputs are `{"image": images, "example_id": indices}`, the indices
+    into the stored training set (`tfadv.data.example_ids`).
     """
 
     def epoch_number(_):
@@ -264,6 +276,8 @@ def _training_pipeline(
         x, y = gather(indices)
         if augment_fn is not None:
             x = augment_fn(x, seed=batch_seed)
+        if with_ids:
+            return example_ids_lib.attach(x, indices), y
         return x, y
 
     epochs = tf.data.Dataset.from_tensors(tf.constant(0, tf.int64)).map(
@@ -325,6 +339,7 @@ def make_datasets(
     eval_examples: int | None = None,
     augment: bool | None = None,
     shuffle_seed: int = 0,
+    example_ids: bool = False,
 ) -> Datasets:
     """Builds the train, validation and test pipelines of a named dataset.
 
@@ -353,6 +368,11 @@ def make_datasets(
             flip for SVHN; nothing otherwise. True forces crop+flip (no
             flip for digit datasets: mnist, svhn); False disables it.
         shuffle_seed: seed of the training order and of the augmentation.
+        example_ids: the training batches carry each example's index in
+            the training set, as inputs `{"image": images, "example_id":
+            ids}` (`tfadv.data.example_ids`), for methods that keep state
+            per example (FGSM-PGI); `tfadv.train` turns it on for them.
+            Validation and test batches stay `(images, labels)`.
 
     Returns:
         A `Datasets`.
@@ -379,6 +399,10 @@ def make_datasets(
         )
     if augment not in (None, True, False):
         raise ValueError(f"augment={augment!r}; expected None, True or False.")
+    if example_ids not in (True, False):
+        raise ValueError(
+            f"example_ids={example_ids!r}; expected True or False."
+        )
     eval_batch_size = eval_batch_size or batch_size
 
     raw = sources.load_splits(name, data_dir=data_dir)
@@ -447,6 +471,7 @@ def make_datasets(
             if augment
             else None
         ),
+        with_ids=bool(example_ids),
     )
     train = train.prefetch(autotune).with_options(_SHARD_BY_DATA)
 

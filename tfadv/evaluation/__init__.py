@@ -36,6 +36,7 @@ from tfadv.evaluation.masking import output_checks
 from tfadv.evaluation.runner import evaluate_robustness
 from tfadv.evaluation.runner import evaluate_suite
 from tfadv.evaluation.runner import format_report
+from tfadv.evaluation.runner import one_class_lines
 from tfadv.evaluation.runner import run_suite
 from tfadv.evaluation.suites import ATTACK_NAMES_HELP
 from tfadv.evaluation.suites import SEQUENTIAL_SUITES

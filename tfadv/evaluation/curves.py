@@ -174,9 +174,12 @@ def format_curve(curve: dict) -> str:
 def plot_curve(curve: dict, path: str, *, title: str) -> None:
     """Draws robust accuracy against epsilon to a PNG at `path`.
 
-    One line per attack and a bold one for the worst case, each starting at
-    the clean accuracy at epsilon 0 (no perturbation). Uses matplotlib's
-    Agg backend, so no display is needed.
+    One line per attack (solid, filled markers) and a dashed black one with
+    hollow markers for the worst case, each starting at the clean accuracy
+    at epsilon 0 (no perturbation). Where an attack is the worst case (the
+    usual PGD-20), its line shows through the dashes and its markers
+    inside the hollow ones. Uses matplotlib's Agg backend, so no display is
+    needed.
     """
     import matplotlib
 
@@ -188,14 +191,18 @@ def plot_curve(curve: dict, path: str, *, title: str) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     try:
         for name, values in curve["attacks"].items():
-            ax.plot(xs, [clean, *values], marker="o", label=name)
+            ax.plot(xs, [clean, *values], marker="o", markersize=5, label=name)
         ax.plot(
             xs,
             [clean, *curve["worst_case"]],
             marker="s",
+            markersize=10,
+            markerfacecolor="none",
             color="black",
-            linewidth=2.5,
+            linestyle=(0, (4, 3)),
+            linewidth=1.5,
             label="worst case",
+            zorder=3,
         )
         norm = {"linf": "L-inf", "l2": "L2"}.get(curve["norm"], curve["norm"])
         ax.set_xlabel(f"epsilon ({norm}, pixel units)")

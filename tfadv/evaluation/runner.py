@@ -228,6 +228,7 @@ def evaluate_robustness(
     seed_names = {n: _seed_name(n, a) for n, a in {**attacks, **extra}.items()}
     seconds = dict.fromkeys(fns, 0.0)
     clean_all, broken_all, zero_grads = [], {n: [] for n in fns}, 0
+    predicted = set()
     zero_ce_grads, output_report = 0, None
     for index, (x, y) in enumerate(dataset):
         # Eagerly, once per batch: the attacks' own range assertions are
@@ -243,6 +244,7 @@ def evaluate_robustness(
                 logging.warning("Evaluation check: %s.", message)
         clean = logits.argmax(-1) == y.numpy()
         clean_all.append(clean)
+        predicted.update(np.unique(logits.argmax(-1)).tolist())
         survivors = clean.copy()
         for name in [*order, *extra]:
             todo = survivors if sequential and name in attacks else clean
@@ -286,6 +288,7 @@ def evaluate_robustness(
         "robust_accuracy": accuracy,
         "suite_robust_accuracy": float(survivors.mean()),
         "num_examples": int(clean.size),
+        "predicted_classes": len(predicted),
         "attacks": {n: repr(a) for n, a in attacks.items()},
         "attack_seconds": {n: seconds[n] for n in attacks},
     }
@@ -436,6 +439,22 @@ def evaluate_suite(
     )
 
 
+def one_class_lines(result: dict) -> list:
+    """Says so when the classifier predicts one class for every example.
+
+    Such a model has not learned (its input gradients are often all zero),
+    so the masking checks that follow describe a dead model, not a robust
+    one; the summaries print this first.
+    """
+    if result.get("predicted_classes") != 1:
+        return []
+    return [
+        "  THE MODEL PREDICTS ONE CLASS for every clean example: it has not "
+        "learned (train longer or check the learning rate); its robust "
+        "accuracy and any masking verdict below say nothing about robustness"
+    ]
+
+
 def format_report(result: dict) -> str:
     """The table `python -m tfadv.evaluate` prints."""
     mode = result["mode"]
@@ -459,6 +478,7 @@ def format_report(result: dict) -> str:
         f"  robust accuracy (per-example minimum over the suite): "
         f"{result['suite_robust_accuracy']:.4f}"
     )
+    lines += one_class_lines(result)
     report = result.get("gradient_masking")
     if report is None:
         lines.append("  gradient-masking checks: not run")

@@ -6,7 +6,8 @@ Every method subclasses `AdversarialTrainer` and follows its contract
 (`batches`, `classifiers`, `user_metrics`, `step_counts`,
 `training_attack`, `keras_internals`). Shared pieces live in modules of
 their own: `replay` (the replay loop of Free-AT and DEAT), `controllers`
-(step controllers: M+, DEAT-d, DEAT-p), `taylor` (Taylor expansions of
+(step controllers: M+, DEAT-d, DEAT-p), `per_example` (buffers with a row
+per training example, for FGSM-PGI), `taylor` (Taylor expansions of
 the loss, for GAAT and noisy training), `layer_lr` (a per-layer learning
 rate inside one SGD optimizer) and `trades_family` (the β-weighted KL
 methods' base). docs/methods.md maps them.
@@ -21,6 +22,7 @@ from tfadv.methods import trades_family
 from tfadv.methods.backward_smoothing import BackwardSmoothing
 from tfadv.methods.base import AdversarialTrainer
 from tfadv.methods.deat import DEAT
+from tfadv.methods.fgsm_pgi import FGSMPGI
 from tfadv.methods.fgsm_rs import FGSMRS
 from tfadv.methods.free_at import FreeAT
 from tfadv.methods.gaat import GAAT

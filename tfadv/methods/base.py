@@ -27,7 +27,7 @@ classifier), `user_metrics` (the logged names and `compile`'s metrics),
   `cross_entropy`, so replicas and sample weights are handled once.
 - **Epoch-level control.** `on_epoch_begin(epoch)`, `on_epoch_end(epoch,
   logs) -> dict` (values added to the epoch's logs), `results_info()` and
-  `callbacks()` (pass `callbacks=trainer.callbacks()` to `fit`). A count
+  `callbacks()` (which `fit` adds to the user's own, once). A count
   that changes between epochs is a step count (`add_step_count`,
   `step_count`, `set_step_count`), the step retraced when it changes.
 - **Step controllers.** `step_controller=` takes a
@@ -72,15 +72,12 @@ ROBUST_ACCURACY = user_metrics.ROBUST_ACCURACY
 ATTACK_STEPS = "attack_steps"
 
 EpochHooks = step_counts.EpochHooks
-
-
-def num_replicas() -> int:
-    """Replicas in the current strategy (1 outside any strategy)."""
-    return tf.distribute.get_strategy().num_replicas_in_sync
+num_replicas = batches.num_replicas
 
 
 class AdversarialTrainer(
     batches.FirstBatchCheck,
+    classifiers.ExportsClassifier,
     keras_internals.ReplicaBatchBuild,
     keras_internals.SeedStateSaving,
     user_metrics.SavedCompileMetrics,
@@ -118,11 +115,9 @@ class AdversarialTrainer(
             (PyTorch `SGD(weight_decay=w)`), applied to all trainable
             variables. Keep the optimizer's own decoupled `weight_decay`
             unset when using this.
-        check_inputs: check that images are finite and in [0, 1], labels
-            whole-number classes in [0, num_classes) (or one-hot rows) and
-            sample weights >= 0: eagerly on `fit`'s first batch, and in
-            every step but under `jit_compile` (XLA drops assertions);
-            see `tfadv.methods.batches`.
+        check_inputs: check images (finite, in [0, 1]), labels (classes
+            in [0, num_classes) or one-hot rows) and sample weights (>= 0):
+            on `fit`'s first batch eagerly, in every step but under XLA.
         seed: seed of the method's `SeedGenerator`.
         step_controller: a `tfadv.methods.controllers.StepController` that
             changes the method's step count between epochs (M+PGD,
@@ -161,6 +156,9 @@ class AdversarialTrainer(
     step_controller_count: str | None = None
     # The weight c of the clean cross-entropy in the default loss.
     clean_weight: float = 0.0
+    # Training batches carry example ids (`tfadv.data.example_ids`); the
+    # trainer takes `num_examples=`, which `tfadv.train` sets from the data.
+    uses_example_ids: bool = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -505,7 +503,7 @@ class AdversarialTrainer(
         return []
 
     def callbacks(self) -> list:
-        """The callbacks the method needs, to pass to `fit`.
+        """The callbacks the method needs; `fit` adds them by itself.
 
         The same objects at every call: the hook caller first, then
         `extra_callbacks()`.
@@ -513,6 +511,11 @@ class AdversarialTrainer(
         if self._method_callbacks is None:
             self._method_callbacks = [EpochHooks(self), *self.extra_callbacks()]
         return list(self._method_callbacks)
+
+    def fit(self, *args, callbacks=None, **kwargs):
+        """`keras.Model.fit`, with the method's `callbacks()` added once."""
+        callbacks = step_counts.with_method_callbacks(self, callbacks)
+        return super().fit(*args, callbacks=callbacks, **kwargs)
 
     # Step counts that change between epochs.
 

@@ -59,6 +59,11 @@ class WeightedCrossEntropy(keras.losses.SparseCategoricalCrossentropy):
         return super().__call__(y_true, y_pred, sample_weight=sample_weight)
 
 
+def num_replicas() -> int:
+    """Replicas in the current strategy (1 outside any strategy)."""
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
 def unpack(data, *, method: str):
     """`(x, y, sample_weight)` of a batch, images cast to a tensor.
 
@@ -277,7 +282,12 @@ def check_batch(trainer, data, *, where: str = "training batch") -> None:
     """
     method = type(trainer).__name__
     who = f"{method}'s {where}"
-    x, y, weights = unpack(data, method=method)
+    x, y, weights = keras.utils.unpack_x_y_sample_weight(data)
+    if isinstance(x, dict):  # images with example ids (FGSM-PGI)
+        if "image" not in x:
+            return  # several inputs: the step checks them
+        x = x["image"]
+    x, y, weights = unpack((x, y, weights), method=method)
     # An unbuilt classifier is built here, under the trainer's strategy,
     # as the step would have built it.
     with trainer.distribute_strategy.scope():

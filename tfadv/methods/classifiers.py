@@ -204,3 +204,29 @@ def require_classes(num_classes, x, trainer) -> None:
             "classifier outputs; build it on a batch of fully defined shape "
             f"first (got images of shape {tuple(x.shape)})."
         )
+
+
+class ExportsClassifier:
+    """Makes a trainer's `export` the classifier's serving function.
+
+    A trainer adds nothing to inference (its `call` is the classifier's),
+    so what a user serves is the classifier: images in [0, 1] to logits,
+    loadable without tfadv.
+    """
+
+    def export(
+        self,
+        filepath,
+        format="tf_saved_model",
+        verbose=None,
+        input_signature=None,
+        **kwargs,
+    ):
+        """Exports `self.classifier`, as `keras.Model.export` does."""
+        return self.classifier.export(
+            filepath,
+            format=format,
+            verbose=verbose,
+            input_signature=input_signature,
+            **kwargs,
+        )

@@ -236,7 +236,7 @@ class MPlus(StepController):
         trainer = tfadv.methods.DEAT(
             classifier, epsilon=8 / 255,
             step_controller=tfadv.methods.controllers.MPlus(gamma=1.01))
-        trainer.fit(train_ds, epochs=50, callbacks=trainer.callbacks())
+        trainer.fit(train_ds, epochs=50)
 
     Args:
         gamma: γ > 0, the factor of the threshold (1.01 on CIFAR-10).

@@ -61,7 +61,7 @@ class DEAT(base.AdversarialTrainer):
         trainer = tfadv.methods.DEAT(classifier, epsilon=8 / 255)
         trainer.compile(optimizer=keras.optimizers.SGD(
             tfadv.schedules.PerMinibatch(schedule), momentum=0.9))
-        trainer.fit(train_ds, epochs=50, callbacks=trainer.callbacks())
+        trainer.fit(train_ds, epochs=50)
 
     Args:
         classifier: a Keras model mapping [0, 1] images to logits.

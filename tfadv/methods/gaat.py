@@ -72,9 +72,9 @@ class GAAT(base.AdversarialTrainer):
     of the first minibatch the trainer sees, kept in its variables, so a
     checkpoint carries it, as it carries the phase (the step count
     `exact_phase`; the step is retraced when it changes). The guard runs
-    in the epoch hook: pass `trainer.callbacks()` to `fit`, one line, as
-    `tfadv.train` does. Logs `gaat/remainder` (ρ after the epoch) and
-    `gaat/exact_phase` (1 if the epoch ran the exact phase);
+    in the epoch hook, which `fit` runs by itself. Logs `gaat/remainder`
+    (ρ after the epoch) and `gaat/exact_phase` (1 if the epoch ran the
+    exact phase);
     `results_info()` reports the phase and remainder of every epoch this
     trainer ran (a resumed run: those since the resume). The guard is the
     trainer's own epoch hook, not a separate callback, because all it
@@ -106,7 +106,7 @@ class GAAT(base.AdversarialTrainer):
     Example:
         trainer = tfadv.methods.GAAT(classifier, epsilon=0.1, order=1)
         trainer.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
-        trainer.fit(train_ds, epochs=10, callbacks=trainer.callbacks())
+        trainer.fit(train_ds, epochs=10)
         trainer.results_info()["gaat"]["surrogate_epoch_fraction"]
 
     Args:

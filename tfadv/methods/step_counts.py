@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from tfadv import validation
 from tfadv.methods import controllers
+from tfadv.methods import user_metrics
 
 
 class StepCounts:
@@ -85,6 +86,39 @@ def attach_controller(trainer, controller):
         trainer.step_controller_count, controller.initial_steps
     )
     return controller
+
+
+def with_method_callbacks(trainer, callbacks):
+    """`fit`'s callbacks with the trainer's own ones added, each once.
+
+    The method's callbacks (`trainer.callbacks()`) go first, so what its
+    hooks add to an epoch's logs reaches the user's callbacks; those the
+    user already passed (the same objects) are not added again.
+
+    Args:
+        trainer: the `AdversarialTrainer` being fitted.
+        callbacks: what the user passed to `fit`: None, a list or tuple of
+            callbacks, or a `keras.callbacks.CallbackList`.
+
+    Returns:
+        What to pass to `keras.Model.fit`.
+
+    Raises:
+        ValueError: a callback monitors a robust metric the trainer never
+            logs (`user_metrics.check_monitors`).
+    """
+    given = callbacks
+    if isinstance(callbacks, keras.callbacks.CallbackList):
+        given = callbacks.callbacks
+    given = list(given or [])
+    user_metrics.check_monitors(trainer, given)
+    present = {id(callback) for callback in given}
+    missing = [c for c in trainer.callbacks() if id(c) not in present]
+    if isinstance(callbacks, keras.callbacks.CallbackList):
+        callbacks.callbacks[:0] = missing
+        callbacks.set_model(trainer)
+        return callbacks
+    return missing + given
 
 
 class EpochHooks(keras.callbacks.Callback):

@@ -185,6 +185,33 @@ def _resolve_metric(spec, method: str) -> keras.metrics.Metric | None:
     )
 
 
+def check_monitors(trainer, callbacks) -> None:
+    """Refuses a callback that monitors a robust metric never logged.
+
+    `val_robust_*` exists only when the trainer has an `eval_attack`;
+    without one, Keras's `EarlyStopping` and `ModelCheckpoint` would only
+    warn each epoch and stop or save on nothing.
+
+    Raises:
+        ValueError: a callback's `monitor` names `val_robust_<name>` and
+            the trainer has no `eval_attack`.
+    """
+    if trainer.eval_attack is not None:
+        return
+    for callback in callbacks:
+        monitor = getattr(callback, "monitor", None)
+        if isinstance(monitor, str) and monitor.startswith("val_robust_"):
+            raise ValueError(
+                f"{type(callback).__name__} monitors {monitor!r}, but "
+                f"this {type(trainer).__name__} has no eval_attack, so "
+                "validation logs only loss and clean accuracy and "
+                f"{monitor!r} is never logged. Give the trainer an "
+                "eval_attack (e.g. eval_attack=tfadv.attacks."
+                "ProjectedGradient(epsilon=..., step_size=..., num_steps="
+                "20)), or monitor one of 'val_loss', 'val_clean_accuracy'."
+            )
+
+
 def as_vectors(logs: dict) -> dict:
     """Scalar logs as [1] vectors (see `keras_internals.multi_worker`)."""
     return {name: tf.reshape(value, [1]) for name, value in logs.items()}

@@ -292,8 +292,7 @@ class YOPO(YOPOBase):
     15 and 19, the rest at 30, 35, 39): with `first_layer_lr` set, layer 0
     is updated at `first_layer_lr · first_layer_lr_factor^k` after k of
     `first_layer_lr_boundaries` (epochs), set by `on_epoch_begin` (which
-    the method's callbacks call: `tfadv.train` installs them; pass
-    `callbacks=trainer.callbacks()` to `fit` yourself). See
+    the method's callbacks call; `fit` installs them by itself). See
     `tfadv.methods.layer_lr` for how one SGD optimizer applies it; the
     optimizer is checked at `compile`. Without `first_layer_lr`, layer 0
     follows the main schedule.
@@ -305,7 +304,7 @@ class YOPO(YOPOBase):
                 epsilon=0.1, step_size=0.005, num_steps=10),  # sigma, n
             first_layer_lr=0.01, first_layer_lr_boundaries=[4, 5])
         trainer.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
-        trainer.fit(train_ds, epochs=10, callbacks=trainer.callbacks())
+        trainer.fit(train_ds, epochs=10)
 
     Args:
         classifier: a functional or Sequential Keras model mapping [0, 1]

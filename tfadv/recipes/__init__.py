@@ -1,5 +1,7 @@
-"""Training recipes that wrap any method: weight averaging, keeping the
-best epoch, and adversarial weight perturbation.
+"""Training recipes that wrap any method.
+
+Weight averaging, keeping the best epoch, and adversarial weight
+perturbation.
 
 A recipe changes how a method's weights are updated or chosen, not how its
 adversarial examples are made, so each one works with every trainer in
