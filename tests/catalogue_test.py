@@ -930,7 +930,7 @@ class LibraryCatalogueTest(tf.test.TestCase, parameterized.TestCase):
                 optimizer=keras.optimizers.SGD(0.1), jit_compile=jit
             )
             before = [w.numpy() for w in trainer.classifier.weights]
-            fit = dict(epochs=1, verbose=0)
+            fit = dict(epochs=1, verbose=0, shuffle=False)
             if kind == "arrays":
                 args = data[:2]
                 fit.update(batch_size=4, sample_weight=(data + (None,))[2])
@@ -1026,7 +1026,7 @@ class LibraryCatalogueTest(tf.test.TestCase, parameterized.TestCase):
         with self.assertRaisesRegex(
             tf.errors.InvalidArgumentError, r"\[0, 1\]"
         ):
-            trainer.fit(dataset, epochs=1, verbose=0)
+            trainer.fit(dataset, epochs=1, verbose=0, shuffle=False)
 
     def test_a_trainer_refuses_a_softmax_classifier(self):
         with self.assertRaises(ValueError) as cm:
