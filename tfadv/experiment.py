@@ -30,6 +30,7 @@ from tfadv import run_folder
 from tfadv import validation
 from tfadv.attacks import base as attack_base
 from tfadv.attacks import threat_models
+from tfadv.methods.weight_perturbations import WeightPerturbation
 
 # Arguments of `run` that the entry point sets from its flags; gin refuses
 # bindings of them.
@@ -223,6 +224,7 @@ def build(
     mixed_precision,
     seed,
     norm="linf",
+    weight_perturbation=None,
 ) -> Built:
     """Builds the data, and under `strategy.scope()` the variables."""
     datasets = dataset_fn(data_dir=data_dir)
@@ -240,7 +242,11 @@ def build(
                 std=info.std,
             )
             classifier = models.prepend_layers(classifier, input_layers)
-            method = method_cls(classifier, eval_attack=eval_attack)
+            # A recipe around the method's update (AWP), when one is bound.
+            recipes = {}
+            if weight_perturbation is not None:
+                recipes["weight_perturbation"] = weight_perturbation
+            method = method_cls(classifier, eval_attack=eval_attack, **recipes)
             check_method_norm(method, norm)
             check_method_epsilon(method, epsilon)
             optimizer = optimizer_cls(
@@ -465,6 +471,7 @@ def run(
     logdir: str,
     strategy: tf.distribute.Strategy | None = None,
     method_cls: Callable[..., keras.Model] = gin.REQUIRED,
+    weight_perturbation: WeightPerturbation | None = None,
     epsilon: float = gin.REQUIRED,
     norm: str = "linf",
     epochs: int = 10,
@@ -503,6 +510,9 @@ def run(
             `method_cls(classifier, eval_attack=eval_attack)`; its own
             hyperparameters, training attack included, come from gin. Its
             training epsilon must equal `epsilon`.
+        weight_perturbation: a recipe around every update of the method,
+            passed to it as `weight_perturbation=` (e.g.
+            `@AdversarialWeightPerturbation()`, `recipes/awp.gin`), or None.
         epsilon: the threat model's budget in pixel units, in (0, 1];
             recorded in results.json and used by the named final attacks.
         norm: the threat model of the named final attacks, "linf" or "l2"
@@ -612,6 +622,7 @@ def run(
                 mixed_precision=mixed_precision,
                 seed=seed,
                 norm=norm,
+                weight_perturbation=weight_perturbation,
             )
             # Built before training, so that a bad setting of one (e.g. the
             # catastrophic-overfitting guard's threshold) is refused here.

@@ -62,6 +62,7 @@ from tfadv.methods import keras_internals
 from tfadv.methods import step_counts
 from tfadv.methods import training_attack
 from tfadv.methods import user_metrics
+from tfadv.methods import weight_perturbations
 
 # The metric names every method reports, so curves overlay in TensorBoard.
 LOSS = user_metrics.LOSS
@@ -83,6 +84,7 @@ class AdversarialTrainer(
     keras_internals.ReplicaBatchBuild,
     keras_internals.SeedStateSaving,
     user_metrics.SavedCompileMetrics,
+    weight_perturbations.WeightPerturbationHooks,
     keras.Model,
 ):
     """A Keras model that trains a wrapped classifier with one method.
@@ -128,7 +130,8 @@ class AdversarialTrainer(
             M+TRADES, M+MART, DEAT), or None. Its cap is the training
             attack's `num_steps` (a `max_steps` it was given must equal
             them).
-        **kwargs: passed to `keras.Model` (e.g. `name`).
+        **kwargs: `weight_perturbation` (AWP; `methods.weight_perturbations`)
+            and what `keras.Model` takes (e.g. `name`).
 
     Raises:
         TypeError: the classifier is not a Keras model, or the attack is not
@@ -220,6 +223,7 @@ class AdversarialTrainer(
         self.step_controller = step_counts.attach_controller(
             self, step_controller
         )
+        weight_perturbations.attach(self)
         # The trainer's own variables exist now; with a built classifier it
         # is complete (BackupAndRestore and save_weights need it built),
         # and the classifier is checked now. An unbuilt one (a subclassed
@@ -671,7 +675,7 @@ class AdversarialTrainer(
             input_grad, *grads = tape.gradient(
                 scaled_loss, [inputs, *variables]
             )
-        self.optimizer.apply(self.add_weight_decay(grads, variables), variables)
+        self.update_weights(grads, variables)
         if inputs is None:
             return grads
         unit = self.scale_loss(tf.constant(1.0 / num_replicas(), tf.float32))
@@ -830,6 +834,7 @@ class AdversarialTrainer(
         `compute_adversarial_loss`. Override it for another structure.
         """
         x_adv = self.perturb(x, y)
+        self.perturb_weights(self.compute_adversarial_loss, x, y, x_adv)
         controller = self.step_controller
         # A step controller observes the update's input gradient.
         observed = x_adv is not None and (

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from tfadv import validation
 from tfadv.methods import controllers
+from tfadv.methods import weight_perturbations
 
 
 class StepCounts:
@@ -90,14 +91,15 @@ def attach_controller(trainer, controller):
 class EpochHooks(keras.callbacks.Callback):
     """Calls a trainer's epoch hooks and keeps its step counts traced.
 
-    `on_epoch_begin` lets the step controller and then the trainer's
-    `on_epoch_begin(epoch)` set the epoch's counts, then retraces the
-    training step when a count differs from the value the step was traced
-    with (a hook or a restored checkpoint changed it). `on_epoch_end` lets
-    the controller decide the next count and adds what it and
-    `trainer.on_epoch_end` return to the epoch's logs, so callbacks after it
-    (TensorBoard, the history) record it. The hooks run eagerly, outside
-    the compiled step.
+    `on_epoch_begin` lets the step controller, the trainer's
+    `on_epoch_begin(epoch)` and its weight perturbation's warm-up
+    (`weight_perturbations.on_epoch_begin`) set the epoch's counts, then
+    retraces the training step when a count differs from the value the
+    step was traced with (a hook or a restored checkpoint changed it).
+    `on_epoch_end` lets the controller decide the next count and adds what
+    it and `trainer.on_epoch_end` return to the epoch's logs, so callbacks
+    after it (TensorBoard, the history) record it. The hooks run eagerly,
+    outside the compiled step.
 
     Args:
         trainer: the `AdversarialTrainer` whose hooks to call.
@@ -115,6 +117,8 @@ class EpochHooks(keras.callbacks.Callback):
             steps = controller.on_epoch_begin(epoch, trainer.step_count(name))
             trainer.set_step_count(name, steps)
         trainer.on_epoch_begin(epoch)
+        # A weight perturbation's warm-up ends (its step count turns on).
+        weight_perturbations.on_epoch_begin(trainer, epoch)
         trainer.retrace_if_counts_changed()
 
     def on_epoch_end(self, epoch, logs=None):
