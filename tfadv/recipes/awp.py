@@ -17,7 +17,7 @@ class AdversarialWeightPerturbation(weight_perturbations.WeightPerturbation):
     "Adversarial Weight Perturbation Helps Robust Generalization", Wu, Xia
     and Wang, NeurIPS 2020, arXiv 2004.05884; reference code
     `csdongxian/AWP` (`AT_AWP/utils_awp.py`, `AT_AWP/train_cifar10.py`,
-    `trades_AWP/`), docs/algorithms.md §8. Pass it to any method as
+    `trades_AWP/`), docs/algorithms.md §11. Pass it to any method as
     `weight_perturbation=` (gin: `recipes/awp.gin`). In each training step,
     after the method has made its adversarial examples x':
 
