@@ -37,6 +37,10 @@ AWP = recipes.AdversarialWeightPerturbation
 REFUSING = (methods.FreeAT, methods.DEAT, methods.YOPO)
 
 
+def setUpModule():
+    flags.FLAGS.mark_as_parsed()
+
+
 def make_with(cls, classifier, **kwargs):
     """`cls` on `classifier`, with the budget and arguments it requires."""
     if cls in (methods.Standard, methods.NoisyTraining):
@@ -450,10 +454,22 @@ class MethodsTest(tf.test.TestCase, parameterized.TestCase):
             calls.append(True)
             return offsets(self, trainer, loss_fn)
 
+        shifts = []
+        shift = weight_perturbations._shift
+
+        def recording(pairs, sign):
+            shifts.append(sign)
+            return shift(pairs, sign)
+
         x, y = harness.tiny_data()
-        with mock.patch.object(AWP, "offsets", counting):
+        with (
+            mock.patch.object(AWP, "offsets", counting),
+            mock.patch.object(weight_perturbations, "_shift", recording),
+        ):
             logs = fit(method, x, y)
         self.assertNotEmpty(calls)  # traced into the step
+        # Each trace moves the weights once and back once, in that order.
+        self.assertEqual(shifts, [1.0, -1.0] * len(calls))
         self.assertTrue(np.isfinite(logs["loss"][-1]), logs)
         self.assertTrue(
             any(
@@ -596,10 +612,6 @@ class ArgumentsTest(tf.test.TestCase, parameterized.TestCase):
             repr(loaded.weight_perturbation), repr(method.weight_perturbation)
         )
         self.assertEqual(loaded.step_count(weight_perturbations.STEP_COUNT), 0)
-
-
-def setUpModule():
-    flags.FLAGS.mark_as_parsed()
 
 
 class GinTest(tf.test.TestCase, parameterized.TestCase):

@@ -241,8 +241,8 @@ class WeightPerturbationHooks:
 
         The offsets `perturb_weights` added are taken off after the
         optimizer's step (or before it, with the perturbation's
-        `restore_before_step`), so the weights end as the optimizer's
-        update from the unperturbed ones.
+        `restore_before_step`): the weights end at `w` plus the optimizer's
+        update, computed from the gradient taken at `w + v`.
 
         Raises:
             RuntimeError: a weight perturbation is on but the step did not
