@@ -120,13 +120,27 @@ def fit_linear_pgi(w, b, x, y, *, strategy, settings, orders=ORDERS):
             seed=3,
         )
         method.compile(optimizer=keras.optimizers.SGD(settings["lr"]))
-    start = (method.prior.numpy().copy(), method.momentum.numpy().copy())
     order = np.concatenate(orders)
     ds = tf.data.Dataset.from_tensor_slices(
         (with_ids(x[order], order), y[order])
     ).batch(4)
-    method.fit(ds, epochs=1, verbose=0, shuffle=False)
-    return method, start, [v.numpy() for v in classifier.weights]
+    # fit runs the method's epoch hook first (epoch 0 resets the buffers):
+    # the re-derivation starts from what the first step reads.
+    start = BuffersAtEpochBegin(method)
+    method.fit(ds, epochs=1, verbose=0, shuffle=False, callbacks=[start])
+    return method, start.buffers, [v.numpy() for v in classifier.weights]
+
+
+class BuffersAtEpochBegin(keras.callbacks.Callback):
+    def __init__(self, method):
+        super().__init__()
+        self.method = method
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.buffers = (
+            self.method.prior.numpy().copy(),
+            self.method.momentum.numpy().copy(),
+        )
 
 
 SETTINGS = {

@@ -49,6 +49,7 @@ REGISTERING_MODULES = (
     "tfadv.models.resnet",
     "tfadv.models.small_cnn",
     "tfadv.models.wide_resnet",
+    "tfadv.recipes.awp",
     "tfadv.schedules",
 )
 

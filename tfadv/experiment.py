@@ -33,6 +33,7 @@ from tfadv import validation
 from tfadv.attacks import base as attack_base
 from tfadv.attacks import threat_models
 from tfadv.methods import base as methods_base
+from tfadv.methods.weight_perturbations import WeightPerturbation
 
 # Arguments of `run` that the entry point sets from its flags; gin refuses
 # bindings of them.
@@ -247,6 +248,7 @@ def build(
     mixed_precision,
     seed,
     norm="linf",
+    weight_perturbation=None,
 ) -> Built:
     """Builds the data, and under `strategy.scope()` the variables.
 
@@ -277,6 +279,9 @@ def build(
                 std=info.std,
             )
             classifier = models.prepend_layers(classifier, input_layers)
+            # A recipe around the method's update (AWP), when one is bound.
+            if weight_perturbation is not None:
+                method_kwargs["weight_perturbation"] = weight_perturbation
             method = method_cls(
                 classifier, eval_attack=eval_attack, **method_kwargs
             )
@@ -505,6 +510,7 @@ def run(
     logdir: str,
     strategy: tf.distribute.Strategy | None = None,
     method_cls: Callable[..., keras.Model] = gin.REQUIRED,
+    weight_perturbation: WeightPerturbation | None = None,
     epsilon: float = gin.REQUIRED,
     norm: str = "linf",
     epochs: int = 10,
@@ -545,6 +551,9 @@ def run(
             training epsilon must equal `epsilon`. A method that declares
             `uses_example_ids` (FGSM-PGI) also gets `num_examples`, and
             `dataset_fn` is then called with `example_ids=True`.
+        weight_perturbation: a recipe around every update of the method,
+            passed to it as `weight_perturbation=` (e.g.
+            `@AdversarialWeightPerturbation()`, `recipes/awp.gin`), or None.
         epsilon: the threat model's budget in pixel units, in (0, 1];
             recorded in results.json and used by the named final attacks.
         norm: the threat model of the named final attacks, "linf" or "l2"
@@ -654,6 +663,7 @@ def run(
                 mixed_precision=mixed_precision,
                 seed=seed,
                 norm=norm,
+                weight_perturbation=weight_perturbation,
             )
             # Built before training, so that a bad setting of one (e.g. the
             # catastrophic-overfitting guard's threshold) is refused here.

@@ -4,8 +4,9 @@ Every method subclasses `AdversarialTrainer` and follows its contract
 (`tfadv.methods.base`): the training attack, the step, the epoch hooks,
 `results_info()` and `callbacks()`; the trainer's plumbing sits beside it
 (`batches`, `classifiers`, `user_metrics`, `step_counts`,
-`training_attack`, `keras_internals`). Shared pieces live in modules of
-their own: `replay` (the replay loop of Free-AT and DEAT), `controllers`
+`training_attack`, `keras_internals`; `weight_perturbations`, the hook
+of AWP). Shared pieces live in modules of their own: `replay` (the
+replay loop of Free-AT and DEAT), `controllers`
 (step controllers: M+, DEAT-d, DEAT-p), `per_example` (buffers with a row
 per training example, for FGSM-PGI), `taylor` (Taylor expansions of
 the loss, for GAAT and noisy training), `layer_lr` (a per-layer learning

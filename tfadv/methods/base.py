@@ -62,6 +62,7 @@ from tfadv.methods import keras_internals
 from tfadv.methods import step_counts
 from tfadv.methods import training_attack
 from tfadv.methods import user_metrics
+from tfadv.methods import weight_perturbations
 
 # The metric names every method reports, so curves overlay in TensorBoard.
 LOSS = user_metrics.LOSS
@@ -81,6 +82,8 @@ class AdversarialTrainer(
     keras_internals.ReplicaBatchBuild,
     keras_internals.SeedStateSaving,
     user_metrics.SavedCompileMetrics,
+    weight_perturbations.WeightPerturbationHooks,
+    step_counts.MethodCallbacks,
     keras.Model,
 ):
     """A Keras model that trains a wrapped classifier with one method.
@@ -124,7 +127,8 @@ class AdversarialTrainer(
             M+TRADES, M+MART, DEAT), or None. Its cap is the training
             attack's `num_steps` (a `max_steps` it was given must equal
             them).
-        **kwargs: passed to `keras.Model` (e.g. `name`).
+        **kwargs: `weight_perturbation` (AWP; `methods.weight_perturbations`)
+            and what `keras.Model` takes (e.g. `name`).
 
     Raises:
         TypeError: the classifier is not a Keras model, or the attack is not
@@ -214,11 +218,11 @@ class AdversarialTrainer(
             aggregation="only_first_replica",
             name="minibatches",
         )
-        self._method_callbacks = None
         self.input_std = classifiers.normalization_std(classifier)
         self.step_controller = step_counts.attach_controller(
             self, step_controller
         )
+        weight_perturbations.attach(self)
         # The trainer's own variables exist now; with a built classifier it
         # is complete (BackupAndRestore and save_weights need it built),
         # and the classifier is checked now. An unbuilt one (a subclassed
@@ -498,25 +502,6 @@ class AdversarialTrainer(
         """
         return layers.masking_layer_names(self.classifier)
 
-    def extra_callbacks(self) -> list:
-        """Callbacks of the method's own (a monitor batch, a guard)."""
-        return []
-
-    def callbacks(self) -> list:
-        """The callbacks the method needs; `fit` adds them by itself.
-
-        The same objects at every call: the hook caller first, then
-        `extra_callbacks()`.
-        """
-        if self._method_callbacks is None:
-            self._method_callbacks = [EpochHooks(self), *self.extra_callbacks()]
-        return list(self._method_callbacks)
-
-    def fit(self, *args, callbacks=None, **kwargs):
-        """`keras.Model.fit`, with the method's `callbacks()` added once."""
-        callbacks = step_counts.with_method_callbacks(self, callbacks)
-        return super().fit(*args, callbacks=callbacks, **kwargs)
-
     # Step counts that change between epochs.
 
     def add_step_count(self, name: str, value: int) -> keras.Variable:
@@ -675,7 +660,7 @@ class AdversarialTrainer(
             input_grad, *grads = tape.gradient(
                 scaled_loss, [inputs, *variables]
             )
-        self.optimizer.apply(self.add_weight_decay(grads, variables), variables)
+        self.update_weights(grads, variables)
         if inputs is None:
             return grads
         unit = self.scale_loss(tf.constant(1.0 / num_replicas(), tf.float32))
@@ -834,6 +819,7 @@ class AdversarialTrainer(
         `compute_adversarial_loss`. Override it for another structure.
         """
         x_adv = self.perturb(x, y)
+        self.perturb_weights(self.compute_adversarial_loss, x, y, x_adv)
         controller = self.step_controller
         # A step controller observes the update's input gradient.
         observed = x_adv is not None and (

@@ -80,6 +80,12 @@ class DEAT(base.AdversarialTrainer):
     default_attack_training_mode = True
     train_attack_types = (pgd.ProjectedGradient,)
     step_controller_count = "replays"
+    weight_perturbation_refused = (
+        "each of its r replays is one forward-backward pass whose gradient "
+        "updates both the weights and the perturbation δ, so there is no "
+        "loss at fixed adversarial examples to ascend before an update, and "
+        "no reference combines the two."
+    )
 
     def __init__(self, classifier, *, step_controller=None, **kwargs):
         if kwargs.get("attack_training_mode") is False:

@@ -89,6 +89,12 @@ class FreeAT(base.AdversarialTrainer):
     paper_epsilon = 8 / 255  # CIFAR-10; never a default
     default_attack_training_mode = True
     train_attack_types = (pgd.ProjectedGradient,)
+    weight_perturbation_refused = (
+        "each of its m replays is one forward-backward pass whose gradient "
+        "updates both the weights and the carried perturbation δ, so there "
+        "is no loss at fixed adversarial examples to ascend before an "
+        "update, and no reference combines the two."
+    )
 
     def __init__(self, classifier, *, batch_size: int = 128, **kwargs):
         if kwargs.get("attack_training_mode") is False:

@@ -286,25 +286,31 @@ class GAAT(base.AdversarialTrainer):
             return None
         return self.attack(attack, x, self.attack_target(x, y, attack)) - x
 
-    def surrogate_update(self, x, y):
-        """One update on the Taylor surrogate `mean L_K(δ)`."""
-        delta = self.surrogate_delta(x, y)
+    def surrogate_loss(self, x, y, delta):
+        """`mean L_K(δ)`, replica-scaled, and the expansion's terms."""
 
         def loss_fn(inputs):
             logits = self.classifier(inputs, training=True)
             return objectives.cross_entropy(logits, y), logits
 
+        terms = taylor.taylor_expansion(
+            loss_fn,
+            x,
+            order=self.order,
+            delta=delta,
+            direction=lambda g: taylor.steepest_ascent_delta(
+                self.threat_model, x, g
+            ),
+        )
+        return self.replica_mean(terms.surrogate), terms
+
+    def surrogate_update(self, x, y):
+        """One update on the Taylor surrogate `mean L_K(δ)`."""
+        delta = self.surrogate_delta(x, y)
+        # A weight perturbation (AWP) ascends the surrogate.
+        self.perturb_weights(self.surrogate_loss, x, y, delta)
         with tf.GradientTape() as tape:
-            terms = taylor.taylor_expansion(
-                loss_fn,
-                x,
-                order=self.order,
-                delta=delta,
-                direction=lambda g: taylor.steepest_ascent_delta(
-                    self.threat_model, x, g
-                ),
-            )
-            loss = self.replica_mean(terms.surrogate)
+            loss, terms = self.surrogate_loss(x, y, delta)
             scaled_loss = self.scale_loss(loss)
         # x + δ is in the threat set; measured before the update.
         perturbed = x + tf.cast(terms.delta, x.dtype)

@@ -310,14 +310,25 @@ class GradAlign(base.AdversarialTrainer):
         # the shares make the global batch's mean: no further scaling.
         return self.align_weight * misalignment
 
+    def update_loss(self, x, y, x_adv, g1):
+        """The update's loss: the FGSM cross-entropy and the regulariser.
+
+        Returns:
+            `(loss, clean_logits, adv_logits)`, as `compute_adversarial_loss`.
+        """
+        loss, clean_logits, adv_logits = self.compute_adversarial_loss(
+            x, y, x_adv
+        )
+        if self.align_weight:
+            loss = loss + self.alignment_regulariser(x, y, g1)
+        return loss, clean_logits, adv_logits
+
     def minibatch_update(self, x, y):
         x_adv, g1 = self.fgsm(x, y)
+        # A weight perturbation (AWP) ascends the whole loss, regulariser too.
+        self.perturb_weights(self.update_loss, x, y, x_adv, g1)
         with tf.GradientTape() as tape:
-            loss, clean_logits, adv_logits = self.compute_adversarial_loss(
-                x, y, x_adv
-            )
-            if self.align_weight:
-                loss = loss + self.alignment_regulariser(x, y, g1)
+            loss, clean_logits, adv_logits = self.update_loss(x, y, x_adv, g1)
             scaled_loss = self.scale_loss(loss)
         self.apply_gradients(tape, scaled_loss)
         return self.step_logs(

@@ -16,6 +16,7 @@ import tensorflow as tf
 from tfadv import validation
 from tfadv.methods import controllers
 from tfadv.methods import user_metrics
+from tfadv.methods import weight_perturbations
 
 
 class StepCounts:
@@ -121,17 +122,48 @@ def with_method_callbacks(trainer, callbacks):
     return missing + given
 
 
+class MethodCallbacks:
+    """A trainer's own callbacks, which its `fit` adds to the user's.
+
+    `extra_callbacks()` is where a method adds its own (a monitor batch, a
+    guard); `callbacks()` returns them after the hook caller
+    (`EpochHooks`).
+    """
+
+    _method_callbacks = None
+
+    def extra_callbacks(self) -> list:
+        """Callbacks of the method's own (a monitor batch, a guard)."""
+        return []
+
+    def callbacks(self) -> list:
+        """The callbacks the method needs; `fit` adds them by itself.
+
+        The same objects at every call: the hook caller first, then
+        `extra_callbacks()`.
+        """
+        if self._method_callbacks is None:
+            self._method_callbacks = [EpochHooks(self), *self.extra_callbacks()]
+        return list(self._method_callbacks)
+
+    def fit(self, *args, callbacks=None, **kwargs):
+        """`keras.Model.fit`, with the method's `callbacks()` added once."""
+        callbacks = with_method_callbacks(self, callbacks)
+        return super().fit(*args, callbacks=callbacks, **kwargs)
+
+
 class EpochHooks(keras.callbacks.Callback):
     """Calls a trainer's epoch hooks and keeps its step counts traced.
 
-    `on_epoch_begin` lets the step controller and then the trainer's
-    `on_epoch_begin(epoch)` set the epoch's counts, then retraces the
-    training step when a count differs from the value the step was traced
-    with (a hook or a restored checkpoint changed it). `on_epoch_end` lets
-    the controller decide the next count and adds what it and
-    `trainer.on_epoch_end` return to the epoch's logs, so callbacks after it
-    (TensorBoard, the history) record it. The hooks run eagerly, outside
-    the compiled step.
+    `on_epoch_begin` lets the step controller, the trainer's
+    `on_epoch_begin(epoch)` and its weight perturbation's warm-up
+    (`weight_perturbations.on_epoch_begin`) set the epoch's counts, then
+    retraces the training step when a count differs from the value the
+    step was traced with (a hook or a restored checkpoint changed it).
+    `on_epoch_end` lets the controller decide the next count and adds what
+    it and `trainer.on_epoch_end` return to the epoch's logs, so callbacks
+    after it (TensorBoard, the history) record it. The hooks run eagerly,
+    outside the compiled step.
 
     Args:
         trainer: the `AdversarialTrainer` whose hooks to call.
@@ -149,6 +181,8 @@ class EpochHooks(keras.callbacks.Callback):
             steps = controller.on_epoch_begin(epoch, trainer.step_count(name))
             trainer.set_step_count(name, steps)
         trainer.on_epoch_begin(epoch)
+        # A weight perturbation's warm-up ends (its step count turns on).
+        weight_perturbations.on_epoch_begin(trainer, epoch)
         trainer.retrace_if_counts_changed()
 
     def on_epoch_end(self, epoch, logs=None):

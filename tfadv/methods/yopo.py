@@ -330,6 +330,13 @@ class YOPO(YOPOBase):
     paper_epsilon = 8 / 255  # CIFAR-10; never a default
     default_attack_training_mode = True
     costate_objective = "cross_entropy"
+    weight_perturbation_refused = (
+        "its update sums weight gradients over m passes between which its "
+        "perturbation η moves, with a Hamiltonian term for layer 0, so "
+        "there is no loss at fixed adversarial examples to ascend before "
+        "the update (TRADES-YOPO, whose update is the TRADES loss at YOPO's "
+        "final examples, takes one)."
+    )
 
     def __init__(
         self,

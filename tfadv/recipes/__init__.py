@@ -1,10 +1,12 @@
 """Training recipes that wrap any method.
 
 Weight averaging, keeping the best epoch, and adversarial weight
-perturbation.
+perturbation (`AdversarialWeightPerturbation`).
 
 A recipe changes how a method's weights are updated or chosen, not how its
 adversarial examples are made, so each one works with every trainer in
 `tfadv.methods`. Their gin files live in `gin_configs/recipes/` and stack on
 a method's file.
 """
+
+from tfadv.recipes.awp import AdversarialWeightPerturbation
