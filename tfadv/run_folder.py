@@ -454,11 +454,14 @@ def data_changed(logdir: str, data: dict, *, allow_change: bool) -> bool:
     if not before or before == data:
         return False
     if not allow_change:
-        changed = sorted(
+        # The readable fields first; the content fingerprint last.
+        changed = [
             f"{key}: {before.get(key)!r} -> {data.get(key)!r}"
-            for key in before.keys() | data.keys()
+            for key in sorted(
+                before.keys() | data.keys(), key=lambda k: (k == "content", k)
+            )
             if before.get(key) != data.get(key)
-        )
+        ]
         raise RunFolderError(
             f"{logdir} holds an interrupted run trained on other data "
             f"({'; '.join(changed)}, from {file_path}); resuming would mix "
