@@ -34,7 +34,7 @@ from tfadv.recipes import awp as awp_lib
 
 AWP = recipes.AdversarialWeightPerturbation
 # Methods whose update structure refuses a weight perturbation.
-REFUSING = (methods.FreeAT, methods.DEAT, methods.YOPO)
+REFUSING = (methods.FreeAT, methods.DEAT, methods.YOPO, methods.FGSMPGI)
 
 
 def setUpModule():
@@ -466,7 +466,7 @@ class MethodsTest(tf.test.TestCase, parameterized.TestCase):
             mock.patch.object(AWP, "offsets", counting),
             mock.patch.object(weight_perturbations, "_shift", recording),
         ):
-            logs = fit(method, x, y)
+            logs = fit(method, harness.training_inputs(method, x), y)
         self.assertNotEmpty(calls)  # traced into the step
         # Each trace moves the weights once and back once, in that order.
         self.assertEqual(shifts, [1.0, -1.0] * len(calls))

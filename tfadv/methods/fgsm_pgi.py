@@ -178,6 +178,12 @@ class FGSMPGI(base.AdversarialTrainer):
     default_attack_training_mode = True
     train_attack_types = (pgd.ProjectedGradient,)
     uses_example_ids = True
+    weight_perturbation_refused = (
+        "its update's loss includes the forward at the prior, the same pass "
+        "whose input gradient makes this update's example, so the example "
+        "(at w) and the loss (at w + v) would need that forward twice, and "
+        "no reference combines the two."
+    )
 
     def __init__(
         self,
