@@ -218,10 +218,10 @@ class FirstBatchCheck:
     first batch of the training data (and of `validation_data`) is read
     and checked eagerly (`check_batch`, which also tries `compile`'s
     metrics on its labels), raising one `ValueError` paragraph before any
-    weight moves. Arrays and tensors are checked
-    whole; a `tf.data.Dataset` or `keras.utils.PyDataset` by its first
-    batch; a Python generator, which reading would consume, is left to the
-    in-step checks. Skipped when the trainer's `check_inputs` is False.
+    weight moves. Arrays and tensors are checked whole; a
+    `tf.data.Dataset` or `keras.utils.PyDataset` by its first batch; a
+    Python generator, which reading would consume, is left to the in-step
+    checks. Skipped when the trainer's `check_inputs` is False.
     """
 
     def fit(self, *args, **kwargs):
@@ -273,8 +273,9 @@ def check_batch(trainer, data, *, where: str = "training batch") -> None:
     """Refuses a batch with bad values, eagerly, in one paragraph.
 
     Checks finite images in [0, 1], whole-number labels in
-    [0, num_classes) (or one-hot rows) and finite, non-negative sample
-    weights; builds and checks an unbuilt classifier first.
+    [0, num_classes) (or one-hot rows), finite, non-negative sample
+    weights and `compile`'s metrics on these labels; builds and checks an
+    unbuilt classifier first.
 
     Raises:
         TypeError: images not floating point, labels not numbers.
