@@ -21,7 +21,14 @@ from tfadv import train
 
 GIN_DIR = train.GIN_DIR
 # Included or stacked pieces, not runnable on their own.
-FRAGMENT_DIRS = ("data/", "testing/", "models/", "eval/", "experiments/common/")
+FRAGMENT_DIRS = (
+    "data/",
+    "testing/",
+    "models/",
+    "eval/",
+    "experiments/common/",
+    "recipes/",
+)
 ALL_GIN_FILES = sorted(
     os.path.relpath(p, GIN_DIR)
     for p in glob.glob(os.path.join(GIN_DIR, "**", "*.gin"), recursive=True)

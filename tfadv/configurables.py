@@ -48,6 +48,8 @@ REGISTERING_MODULES = (
     "tfadv.models.resnet",
     "tfadv.models.small_cnn",
     "tfadv.models.wide_resnet",
+    "tfadv.recipes.averaging",
+    "tfadv.recipes.selection",
     "tfadv.schedules",
 )
 

@@ -1,8 +1,14 @@
-"""Training recipes that wrap any method: weight averaging, keeping the
-best epoch, and adversarial weight perturbation.
+"""Training recipes that wrap any method.
 
-A recipe changes how a method's weights are updated or chosen, not how its
-adversarial examples are made, so each one works with every trainer in
-`tfadv.methods`. Their gin files live in `gin_configs/recipes/` and stack on
-a method's file.
+Weight averaging, keeping the best epoch, and adversarial weight
+perturbation. A recipe changes how a method's weights are updated or
+chosen, not how its adversarial examples are made, so each one works with
+every trainer in `tfadv.methods`. Their gin files live in
+`gin_configs/recipes/` and stack on a method's file.
 """
+
+from tfadv.recipes.averaging import WeightAveraging
+from tfadv.recipes.selection import KeepBest
+from tfadv.recipes.selection import keep_best
+
+__all__ = ["KeepBest", "WeightAveraging", "keep_best"]
