@@ -14,6 +14,7 @@ from unittest import mock
 import h5py
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 from absl import flags
 from absl.testing import parameterized
@@ -472,3 +473,51 @@ class ExperimentTest(tf.test.TestCase):
         recorded = run_folder.read_json(run_folder.path(logdir, "data.json"))
         self.assertEqual(recorded["num_holdout"], 64)
         self.assertEqual(recorded["num_train"], 128)
+
+
+METHOD_FILES = [f for f in cli_fixtures.SHIPPED if "/" not in f]
+RECIPES = {
+    "ema": ("recipes/ema.gin",),
+    "keep_best": ("recipes/keep_best.gin",),
+}
+FEW_STEPS = (
+    "make_datasets.train_examples = 128",  # 2 steps of tiny.gin's 64
+    "make_datasets.validation_examples = 16",
+    "make_datasets.eval_examples = 16",
+    "make_datasets.holdout_examples = 50",
+    "run.final_suite = 'fgsm'",
+)
+
+
+@pytest.mark.slow
+class EveryMethodTest(tf.test.TestCase, parameterized.TestCase):
+    @parameterized.named_parameters(
+        *[
+            (f"{method[: -len('.gin')]}_{recipe}", method, recipe)
+            for method in METHOD_FILES
+            for recipe in RECIPES
+        ]
+    )
+    def test_trains_with_the_recipe(self, method_file, recipe):
+        logdir = os.path.join(self.create_tempdir().full_path, "run")
+        _parse(
+            method_file,
+            *RECIPES[recipe],
+            "testing/tiny.gin",
+            bindings=FEW_STEPS,
+        )
+        results = experiment.run(logdir=logdir)
+        exported = keras.saving.load_model(
+            run_folder.path(logdir, run_folder.MODEL_FILE)
+        ).get_weights()
+        if recipe == "ema":
+            self.assertEqual(results["final_state"], "last_average")
+            self.assertEqual(results["weight_averaging"]["steps_averaged"], 2)
+            kept = _checkpoint_state(logdir, "weight_averaging", len(exported))
+        else:
+            self.assertEqual(results["final_state"], "best_model")
+            self.assertEqual(results["selection"]["kept_epoch"], 1)
+            kept = _checkpoint_state(logdir, "keep_best", len(exported))
+        for a, b in zip(exported, kept, strict=True):
+            self.assertAllEqual(a, b)
+        self.assertBetween(results["clean_accuracy"], 0.0, 1.0)
