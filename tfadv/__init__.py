@@ -27,6 +27,7 @@ from tfadv import evaluation
 from tfadv import layers
 from tfadv import methods
 from tfadv import models
+from tfadv import recipes
 from tfadv import schedules
 
 __version__ = "0.1.0"
