@@ -184,6 +184,37 @@ class AverageTest(tf.test.TestCase, parameterized.TestCase):
         )
 
 
+class PerturbedInsideTheStep(methods.PGDAT):
+    """PGD-AT that shifts the weights around its update, as AWP does."""
+
+    SHIFT = 1.0
+
+    def minibatch_update(self, x, y):
+        weights = self.classifier.trainable_variables
+        for v in weights:
+            v.assign_add(tf.fill(v.shape, self.SHIFT))
+        logs = super().minibatch_update(x, y)
+        for v in weights:
+            v.assign_sub(tf.fill(v.shape, self.SHIFT))
+        return logs
+
+
+class PerturbationTest(tf.test.TestCase):
+    def test_a_perturbation_removed_inside_the_step_is_never_averaged(self):
+        method = compiled(
+            lambda c: PerturbedInsideTheStep(c, train_attack=harness.pgd()),
+            harness.tiny_classifier,
+        )
+        ema = averaging.WeightAveraging(method, decay=0.5)
+        recorder = Recorder(method.classifier)
+        method.fit(dataset(16), epochs=1, callbacks=[recorder, ema], verbose=0)
+        # The EMA is linear: an average of the shifted weights would be
+        # SHIFT away from this one in every trainable entry.
+        want = numpy_ema(recorder.weights, 0.5)
+        for a, b in zip(want, ema.average_weights(), strict=True):
+            self.assertAllClose(a, b, rtol=1e-6, atol=1e-6)
+
+
 class CheckpointTest(tf.test.TestCase):
     def _fit(self, logdir, epochs, extra=()):
         method = compiled(pgd_at, harness.tiny_classifier)

@@ -521,3 +521,60 @@ class EveryMethodTest(tf.test.TestCase, parameterized.TestCase):
         for a, b in zip(exported, kept, strict=True):
             self.assertAllEqual(a, b)
         self.assertBetween(results["clean_accuracy"], 0.0, 1.0)
+
+
+class StopAfterFirstEpoch(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            raise RuntimeError("interrupted")
+
+
+@pytest.mark.slow
+class ExperimentResumeTest(tf.test.TestCase):
+    def test_a_resumed_run_ends_as_the_uninterrupted_one(self):
+        root = self.create_tempdir().full_path
+        files = (
+            "pgd_at.gin",
+            "recipes/ema.gin",
+            "recipes/keep_best.gin",
+            "testing/tiny.gin",
+        )
+        bindings = (
+            *TINY_RECIPE[:3],
+            "run.epochs = 3",
+            "run.final_suite = 'fgsm'",
+        )
+        _parse(*files, bindings=bindings)
+        want = experiment.run(logdir=os.path.join(root, "whole"))
+        logdir = os.path.join(root, "interrupted")
+        _parse(*files, bindings=bindings)
+        with self.assertRaisesRegex(RuntimeError, "interrupted"):
+            experiment.run(
+                logdir=logdir,
+                callback_fns=[lambda **_: StopAfterFirstEpoch()],
+            )
+        _parse(*files, bindings=bindings)
+        got = experiment.run(logdir=logdir)
+        for key in (
+            "selection",
+            "weight_averaging",
+            "final_state",
+            "final_evaluations",
+            "clean_accuracy",
+            "robust_accuracy",
+        ):
+            self.assertEqual(got[key], want[key], key)
+        for name in (
+            "val_average_robust_accuracy",
+            "val_holdout_robust_accuracy",
+            "val_average_holdout_robust_accuracy",
+        ):
+            self.assertEqual(got["history"][name], want["history"][name])
+        exported = [
+            keras.saving.load_model(
+                run_folder.path(d, run_folder.MODEL_FILE)
+            ).get_weights()
+            for d in (logdir, os.path.join(root, "whole"))
+        ]
+        for a, b in zip(*exported, strict=True):
+            self.assertAllEqual(a, b)
