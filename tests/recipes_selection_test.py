@@ -11,6 +11,7 @@ import json
 import os
 from unittest import mock
 
+import gin
 import h5py
 import keras
 import numpy as np
@@ -377,6 +378,7 @@ class HoldoutSplitTest(fx.DataTestCase):
 
 
 def _parse(*gin_files, bindings=()):
+    gin.clear_config()
     train.parse_gin(list(gin_files), list(bindings))
 
 
@@ -407,6 +409,30 @@ class ExperimentTest(tf.test.TestCase):
             run_folder.path(logdir, run_folder.MODEL_FILE)
         )
         return model.get_weights()
+
+    def test_bad_recipe_settings_are_refused_before_training(self):
+        for files, bindings, pattern in (
+            (
+                ("recipes/ema.gin",),
+                ("run.steps_per_execution = 2",),
+                "steps_per_execution = 1, got 2",
+            ),
+            (
+                ("recipes/keep_best.gin",),
+                ("make_datasets.holdout_examples = 0",),
+                "holdout_examples is 0",
+            ),
+            (
+                ("recipes/keep_best.gin",),
+                ("keep_best.candidates = 'both'",),
+                "averages no weights",
+            ),
+        ):
+            logdir = self.logdir()
+            _parse("pgd_at.gin", *files, "testing/tiny.gin", bindings=bindings)
+            with self.assertRaisesRegex(ValueError, pattern):
+                experiment.run(logdir=logdir)
+            self.assertFalse(os.path.exists(logdir))
 
     def test_ema_cli_trains_evaluates_and_exports_the_average(self):
         logdir = self.logdir()
