@@ -14,6 +14,7 @@ from absl import flags
 from absl.testing import parameterized
 
 from tests import harness
+from tfadv import attacks
 from tfadv import methods
 from tfadv import run_folder
 from tfadv.recipes import averaging
@@ -182,6 +183,34 @@ class AverageTest(tf.test.TestCase, parameterized.TestCase):
         self.assertBetween(
             robust, 0.0, history["val_average_clean_accuracy"][-1]
         )
+
+
+class ScorerTest(tf.test.TestCase):
+    def test_scores_by_numpy_and_the_same_at_every_call(self):
+        classifier = harness.tiny_classifier()
+        data = dataset(14, 4)  # a short last batch
+        x = np.concatenate([b for b, _ in data])
+        labels = np.concatenate([y for _, y in data])
+        clean = np.mean(
+            np.argmax(classifier.predict(x, verbose=0), -1) == labels
+        )
+        # An attack at epsilon 0 changes nothing: robust equals clean.
+        still = averaging.Scorer(classifier, data, harness.pgd(eps=0.0))()
+        self.assertAllClose(still["clean_accuracy"], clean)
+        self.assertAllClose(still["robust_accuracy"], clean)
+        scorer = averaging.Scorer(classifier, data, harness.pgd(eps=0.3))
+        first = scorer()
+        self.assertEqual(scorer(), first)  # fixed seeds
+        self.assertLess(first["robust_accuracy"], first["clean_accuracy"])
+        self.assertEqual(
+            averaging.Scorer(classifier, data, None)(),
+            {"clean_accuracy": still["clean_accuracy"]},
+        )
+
+    def test_a_training_perturbation_is_refused(self):
+        noise = attacks.NoiseFGSM(epsilon=0.1)
+        with self.assertRaisesRegex(ValueError, "must be an evaluation"):
+            averaging.Scorer(harness.tiny_classifier(), dataset(4), noise)
 
 
 class PerturbedInsideTheStep(methods.PGDAT):

@@ -191,7 +191,7 @@ class KeepBestTest(tf.test.TestCase, parameterized.TestCase):
                 method, dataset(12), harness.pgd(), averaging=ema
             )
             history = method.fit(
-                dataset(24, 8), epochs=3, callbacks=[ema, keep], verbose=0
+                dataset(24, 8), epochs=2, callbacks=[ema, keep], verbose=0
             ).history
             kept.append((keep, history))
         (one, one_history), (two, two_history) = kept
@@ -223,12 +223,12 @@ class KeepBestTest(tf.test.TestCase, parameterized.TestCase):
     def test_resumed_run_keeps_the_uninterrupted_runs_state(self):
         root = self.create_tempdir().full_path
         want, want_checkpoint = self._fit_with_checkpoint(
-            os.path.join(root, "whole"), 3
+            os.path.join(root, "whole"), 2
         )
         logdir = os.path.join(root, "interrupted")
         with self.assertRaisesRegex(RuntimeError, "interrupted"):
-            self._fit_with_checkpoint(logdir, 3, [Interrupt()])
-        got, got_checkpoint = self._fit_with_checkpoint(logdir, 3)
+            self._fit_with_checkpoint(logdir, 2, [Interrupt()])
+        got, got_checkpoint = self._fit_with_checkpoint(logdir, 2)
         self.assertEqual(got.results_info(), want.results_info())
         for a, b in zip(got.best_weights(), want.best_weights(), strict=True):
             self.assertAllEqual(a, b)

@@ -45,8 +45,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfadv import evaluation
 from tfadv import validation
+from tfadv.attacks import base as attack_base
+from tfadv.attacks import wrappers
 
 # FastAT_Benchmark's τ (configs/cifar10/*.yaml, `ema_decay: 0.9995`).
 DEFAULT_DECAY = 0.9995
@@ -85,8 +86,8 @@ class WeightAveraging(keras.callbacks.Callback):
     arrays and `average_loaded()` puts it into the classifier for a while.
 
     After each validation the average is evaluated on the same validation
-    data with the trainer's `eval_attack` (clean and robust accuracy,
-    through `tfadv.evaluation`, seeded the same at every epoch), and the
+    data with the trainer's `eval_attack` (clean and robust accuracy, by a
+    `Scorer`, seeded the same at every epoch), and the
     epoch's logs get `val_average_clean_accuracy` and
     `val_average_robust_accuracy`, which the TensorBoard callback writes
     beside the model's `val_clean_accuracy` and `val_robust_accuracy`.
@@ -156,6 +157,7 @@ class WeightAveraging(keras.callbacks.Callback):
                 0, dtype="int64", trainable=False, name="average_steps"
             )
         self._update = tf.function(self._update_average)
+        self._scorer = None  # of the validation data, made when first used
 
     def _update_average(self):
         # The first update copies the weights (FastAT_Benchmark's average
@@ -220,11 +222,16 @@ class WeightAveraging(keras.callbacks.Callback):
             return  # no validation this epoch
         if self.validation_data is None:
             return
-        attack = getattr(self.trainer, "eval_attack", None)
-        with self.average_loaded() as classifier:
-            scores = accuracy_scores(
-                classifier, self.validation_data, attack, seed=self.seed
+        if self._scorer is None:
+            self._scorer = Scorer(
+                self.classifier,
+                self.validation_data,
+                getattr(self.trainer, "eval_attack", None),
+                seed=self.seed,
+                who="The trainer's eval_attack",
             )
+        with self.average_loaded():
+            scores = self._scorer()
         logs[VALIDATION_PREFIX + "clean_accuracy"] = scores["clean_accuracy"]
         if "robust_accuracy" in scores:
             logs[VALIDATION_PREFIX + "robust_accuracy"] = scores[
@@ -245,33 +252,81 @@ class WeightAveraging(keras.callbacks.Callback):
         }
 
 
-def accuracy_scores(classifier, dataset, attack, *, seed: int = 0) -> dict:
-    """Clean (and, with an attack, robust) accuracy on `dataset`.
+class Scorer:
+    """Clean and robust accuracy of a classifier on fixed data, compiled once.
 
-    In inference mode; robust accuracy through `tfadv.evaluation` (the
-    examples classified correctly and still so under `attack`), without
-    the gradient-masking checks.
+    Each batch is classified in inference mode, then attacked (through
+    `tfadv.attacks.wrappers.DefinedGradients`, as the final evaluation
+    does) with the seed `(seed, batch index)`, so every call attacks with
+    the same randomness and scores differ only through the weights. A
+    point is robust when it is classified correctly clean and under the
+    attack. The step is traced once: swapping other weights into the same
+    classifier (`set_weights`) reuses it.
 
-    Returns:
-        `{"clean_accuracy": float, "robust_accuracy": float}` (the second
-        only with an attack).
+    Args:
+        classifier: maps [0, 1] images to logits.
+        dataset: batches of `(images, labels)` in a fixed order.
+        attack: a `tfadv.attacks.Attack` (not a training perturbation), or
+            None for clean accuracy alone.
+        seed: the first half of every batch's attack seed.
+        who: names the attack's owner in an error.
+
+    Raises:
+        ValueError: `attack` is a training-only perturbation.
     """
-    if attack is None:
-        correct = total = 0
-        for x, y in dataset:
+
+    def __init__(self, classifier, dataset, attack, *, seed=0, who="attack"):
+        attack_base.evaluation_attack(attack, who)
+        self.classifier = classifier
+        self.dataset = dataset
+        self.attack = attack
+        self.seed = int(seed)
+        self._score = None
+
+    def _compile(self):
+        classifier, attack = self.classifier, self.attack
+        view = wrappers.DefinedGradients(classifier)
+        x_spec, _ = self.dataset.element_spec
+        x_spec = tf.TensorSpec([None, *x_spec.shape[1:]], x_spec.dtype)
+
+        def correct(x, y):
             logits = classifier(x, training=False)
-            predicted = np.argmax(keras.ops.convert_to_numpy(logits), -1)
-            correct += int(np.sum(predicted == np.asarray(y).reshape(-1)))
-            total += int(predicted.shape[0])
-        return {"clean_accuracy": correct / max(total, 1)}
-    result = evaluation.evaluate_robustness(
-        classifier,
-        dataset,
-        {"attack": attack},
-        seed=seed,
-        masking_checks=False,
-    )
-    return {
-        "clean_accuracy": float(result["clean_accuracy"]),
-        "robust_accuracy": float(result["robust_accuracy"]["attack"]),
-    }
+            return tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y)
+
+        def score(x, y, batch_seed):
+            clean = correct(x, y)
+            if attack is None:
+                return clean, clean
+            x_adv = attack(view, x, y, seed=batch_seed, training=False)
+            return clean, tf.logical_and(clean, correct(x_adv, y))
+
+        signature = [
+            x_spec,
+            tf.TensorSpec([None], tf.int32),
+            tf.TensorSpec([2], tf.int32),
+        ]
+        return tf.function(score, input_signature=signature)
+
+    def __call__(self) -> dict:
+        """The current weights' scores.
+
+        Returns:
+            `{"clean_accuracy": float, "robust_accuracy": float}`, the
+            second only with an attack.
+        """
+        if self._score is None:
+            self._score = self._compile()
+        clean = robust = total = 0
+        for index, (x, y) in enumerate(self.dataset):
+            y = tf.cast(tf.reshape(y, [-1]), tf.int32)
+            seed = tf.constant([self.seed, index], tf.int32)
+            batch_clean, batch_robust = self._score(x, y, seed)
+            clean += int(tf.reduce_sum(tf.cast(batch_clean, tf.int32)))
+            robust += int(tf.reduce_sum(tf.cast(batch_robust, tf.int32)))
+            total += int(y.shape[0])
+        if total == 0:
+            raise ValueError("The data to score the classifier on is empty.")
+        scores = {"clean_accuracy": clean / total}
+        if self.attack is not None:
+            scores["robust_accuracy"] = robust / total
+        return scores

@@ -152,6 +152,9 @@ class KeepBest(keras.callbacks.Callback):
         self.attack = attack
         self.averaging = averaging
         self.seed = seed
+        self._scorer = averaging_lib.Scorer(
+            self.classifier, holdout, attack, seed=seed, who="KeepBest.attack"
+        )
         weights = self.classifier.weights
         with trainer.distribute_strategy.scope():
             self.best_variables = [
@@ -225,9 +228,8 @@ class KeepBest(keras.callbacks.Callback):
         ]
 
     def _scores(self, classifier) -> dict:
-        return averaging_lib.accuracy_scores(
-            classifier, self.holdout, self.attack, seed=self.seed
-        )
+        del classifier  # the candidate is in self.classifier
+        return self._scorer()
 
     def on_epoch_end(self, epoch, logs=None):
         logs = {} if logs is None else logs
