@@ -496,6 +496,12 @@ class ExperimentTest(tf.test.TestCase):
         kept = _checkpoint_state(logdir, "keep_best", len(exported))
         for a, b in zip(exported, kept, strict=True):
             self.assertAllEqual(a, b)
+        summary = experiment.format_results(results, logdir).splitlines()
+        self.assertEqual(
+            summary[-1],
+            f"  evaluated and exported: best {chosen['kept_state']}, kept "
+            f"after epoch {chosen['kept_epoch']}",
+        )
         recorded = run_folder.read_json(run_folder.path(logdir, "data.json"))
         self.assertEqual(recorded["num_holdout"], 64)
         self.assertEqual(recorded["num_train"], 128)

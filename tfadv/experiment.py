@@ -767,4 +767,11 @@ def format_results(results: dict, logdir: str) -> str:
             "  POSSIBLE GRADIENT MASKING: " + "; ".join(masking["messages"])
         )
     lines.append(f"  on the first {results['num_eval_examples']} test examples")
+    state = results.get("final_state", "last_model")
+    if state != "last_model":  # a recipe chose it (tfadv.recipes)
+        kept = (results.get("selection") or {}).get("kept_epoch")
+        epoch = f", kept after epoch {kept}" if state.startswith("best") else ""
+        lines.append(
+            f"  evaluated and exported: {state.replace('_', ' ')}{epoch}"
+        )
     return "\n".join(lines)
