@@ -686,6 +686,11 @@ class ResumableCheckpoint(keras.callbacks.BackupAndRestore):
         logdir: the run folder (the checkpoint goes to its `checkpoint/`).
         identity: the run's id and the fingerprints of its configuration
             and data (`record_start`), which `check_checkpoint` compares.
+        states: objects whose `checkpoint_variables()` (a dict of unique
+            name to variable) the checkpoint saves and restores too (the
+            weight average and the kept best state of `tfadv.recipes`);
+            put their callbacks before this one, so that what they change
+            at an epoch's end is in that epoch's checkpoint.
     """
 
     EPOCH_ATTRIBUTE = "tfadv_epoch"
@@ -694,7 +699,7 @@ class ResumableCheckpoint(keras.callbacks.BackupAndRestore):
     STATE_GROUP = "tfadv_state"
     INCOMING = "incoming.weights.h5"
 
-    def __init__(self, logdir: str, identity: dict | None = None):
+    def __init__(self, logdir: str, identity: dict | None = None, states=()):
         super().__init__(
             path(logdir, CHECKPOINT_DIR),
             save_freq="epoch",
@@ -704,6 +709,7 @@ class ResumableCheckpoint(keras.callbacks.BackupAndRestore):
         # The run the checkpoint belongs to (`record_start`), stored with
         # the weights so that `check_checkpoint` can tie them to it.
         self.identity = identity
+        self.states = list(states)
 
     def on_epoch_end(self, epoch, logs=None):
         for name in ("loss", "val_loss"):  # diverged weights are not kept
@@ -746,7 +752,10 @@ class ResumableCheckpoint(keras.callbacks.BackupAndRestore):
     def _extra_state(self) -> dict:
         """Variables a resume needs that `save_weights` does not write."""
         saved = {id(v) for v in self.model.weights}
-        return {v.path: v for v in self.model.variables if id(v) not in saved}
+        extra = {v.path: v for v in self.model.variables if id(v) not in saved}
+        for state in self.states:
+            extra.update(state.checkpoint_variables())
+        return extra
 
     def _restore_state(self):
         with h5py.File(self._weights_path, "r") as f:
