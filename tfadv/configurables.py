@@ -49,7 +49,9 @@ REGISTERING_MODULES = (
     "tfadv.models.resnet",
     "tfadv.models.small_cnn",
     "tfadv.models.wide_resnet",
+    "tfadv.recipes.averaging",
     "tfadv.recipes.awp",
+    "tfadv.recipes.selection",
     "tfadv.schedules",
 )
 

@@ -34,6 +34,7 @@ from tfadv.attacks import base as attack_base
 from tfadv.attacks import threat_models
 from tfadv.methods import base as methods_base
 from tfadv.methods.weight_perturbations import WeightPerturbation
+from tfadv.recipes import selection as selection_lib
 
 # Arguments of `run` that the entry point sets from its flags; gin refuses
 # bindings of them.
@@ -74,11 +75,20 @@ def raised_in_training(error: BaseException) -> bool:
 
 @dataclasses.dataclass
 class Built:
-    """What `build` makes: the data, the classifier and the method."""
+    """What `build` makes: the data, the classifier and the method.
+
+    `averaging` and `selection` are the run's recipes (`tfadv.recipes`),
+    made after `build` when the run asks for them.
+    """
 
     datasets: data.Datasets
     classifier: keras.Model
     method: keras.Model
+    averaging: keras.callbacks.Callback | None = None
+    selection: keras.callbacks.Callback | None = None
+
+    def recipes(self) -> list:
+        return [r for r in (self.averaging, self.selection) if r is not None]
 
 
 def check_config(
@@ -356,7 +366,9 @@ def fit(
         run_folder.path(logdir, run_folder.TIMING_FILE),
     )
     guard = callbacks_lib.DivergenceGuard()
-    checkpoint = run_folder.ResumableCheckpoint(logdir, identity, guard=guard)
+    checkpoint = run_folder.ResumableCheckpoint(
+        logdir, identity, states=built.recipes(), guard=guard
+    )
     info = datasets.info
     hparams = callbacks_lib.HParamsLogger(
         logdir,
@@ -377,6 +389,7 @@ def fit(
         guard,
         *built.method.callbacks(),
         wall_clock,
+        *built.recipes(),  # their logs and state belong to the epoch
         keras.callbacks.TensorBoard(logdir, update_freq="epoch"),
         hparams,
         checkpoint,
@@ -435,7 +448,16 @@ def finish(
     callbacks: list,
     wall_clock: callbacks_lib.WallClockLogger,
 ) -> dict:
-    """Exports the classifier, evaluates it and writes results.json."""
+    """Exports the classifier, evaluates it and writes results.json.
+
+    With recipes, the exported and evaluated state is
+    `selection_lib.final_states`'s (the kept or the averaged one), and the
+    other states it names are evaluated too, under `final_evaluations`.
+    """
+    exported, states = selection_lib.final_states(
+        built.classifier, averaging=built.averaging, selection=built.selection
+    )
+    built.classifier.set_weights(states[exported])
     model_file = run_folder.path(logdir, run_folder.MODEL_FILE)
     incoming = run_folder.path(logdir, "incoming." + run_folder.MODEL_FILE)
     built.classifier.save(incoming)
@@ -457,9 +479,13 @@ def finish(
             ", ".join(masking_layers),
         )
     logging.info("Final evaluation with %s.", ", ".join(suite.attacks))
-    scores = evaluation.run_suite(
-        built.classifier, built.datasets.test, suite, seed=seed
-    )
+    evaluations = {}
+    for label in reversed(states):  # the exported state last: it stays
+        built.classifier.set_weights(states[label])
+        evaluations[label] = evaluation.run_suite(
+            built.classifier, built.datasets.test, suite, seed=seed
+        )
+    scores = evaluations[exported]
     results = {
         "method": type(built.method).__name__,
         "dataset": built.datasets.info.name,
@@ -483,6 +509,22 @@ def finish(
         "provenance": provenance.record(),
     }
     results.update(built.method.results_info())
+    # Recipes (in `callbacks`) replace these in their results_info().
+    results["weight_averaging"] = {"enabled": False}
+    results["selection"] = {"rule": "last"}
+    results["final_state"] = exported
+    if len(states) > 1:
+        results["final_evaluations"] = {
+            label: {
+                key: evaluations[label][key]
+                for key in (
+                    "clean_accuracy",
+                    "robust_accuracy",
+                    "suite_robust_accuracy",
+                )
+            }
+            for label in states
+        }
     for callback in callbacks:
         # A callback reports into results.json through results_info() (the
         # catastrophic-overfitting guard does).
@@ -525,6 +567,8 @@ def run(
     eval_attack: attack_base.Attack | None = None,
     final_suite: str | Sequence[str | attack_base.Attack] = "quick",
     callback_fns: Sequence[Callable[..., keras.callbacks.Callback]] = (),
+    weight_averaging: Callable[..., keras.callbacks.Callback] | None = None,
+    selection: Callable[..., keras.callbacks.Callback] | None = None,
     validation_freq: int = 1,
     jit_compile: bool = False,
     steps_per_execution: int = 1,
@@ -581,6 +625,14 @@ def run(
             `results_info()` method adds its dict to results.json (e.g. the
             catastrophic-overfitting guard reports whether it stopped), as
             the method's own `results_info()` does.
+        weight_averaging: keep an average of the classifier's weights
+            (`recipes/ema.gin`: `@WeightAveraging`), called as
+            `weight_averaging(method, validation_data=...)`; validation,
+            the final evaluation and `model.keras` then use the average.
+        selection: keep the best epoch on held-out training examples
+            (`recipes/keep_best.gin`: `@keep_best`), called as
+            `selection(method, datasets=..., averaging=..., epsilon=...,
+            norm=...)`; the final evaluation and export use the kept state.
         validation_freq: epochs between validations.
         jit_compile: compile the train and test steps with XLA.
         steps_per_execution: Keras `steps_per_execution`.
@@ -671,6 +723,18 @@ def run(
                 fn(datasets=built.datasets, logdir=logdir)
                 for fn in callback_fns
             ]
+            if weight_averaging is not None:
+                built.averaging = weight_averaging(
+                    built.method, validation_data=built.datasets.validation
+                )
+            if selection is not None:
+                built.selection = selection(
+                    built.method,
+                    datasets=built.datasets,
+                    averaging=built.averaging,
+                    epsilon=epsilon,
+                    norm=norm,
+                )
             # Everything is built: a binding nothing used was a mistake.
             gin_files.check_unused_bindings()
             if dry_run:
@@ -685,6 +749,8 @@ def run(
                 "image_shape": list(info.image_shape),
                 "content": info.content,
             }
+            if info.num_holdout:
+                data_used["num_holdout"] = info.num_holdout
             data_changed = resuming and run_folder.data_changed(
                 logdir, data_used, allow_change=allow_config_change
             )
@@ -759,4 +825,11 @@ def format_results(results: dict, logdir: str) -> str:
             "  POSSIBLE GRADIENT MASKING: " + "; ".join(masking["messages"])
         )
     lines.append(f"  on the first {results['num_eval_examples']} test examples")
+    state = results.get("final_state", "last_model")
+    if state != "last_model":  # a recipe chose it (tfadv.recipes)
+        kept = (results.get("selection") or {}).get("kept_epoch")
+        epoch = f", kept after epoch {kept}" if state.startswith("best") else ""
+        lines.append(
+            f"  evaluated and exported: {state.replace('_', ' ')}{epoch}"
+        )
     return "\n".join(lines)

@@ -448,9 +448,10 @@ def data_changed(logdir: str, data: dict, *, allow_change: bool) -> bool:
     """
     file_path = path(logdir, DATA_FILE)
     before = read_json(file_path)
-    # A field the folder's data.json lacks (written by an earlier tfadv,
-    # e.g. the content fingerprint) cannot have changed.
-    data = {key: value for key, value in data.items() if key in before}
+    # A data.json written before the content fingerprint existed: only
+    # the fields it has can be compared.
+    if before and "content" not in before:
+        data = {key: value for key, value in data.items() if key != "content"}
     if not before or before == data:
         return False
     if not allow_change:
@@ -692,6 +693,11 @@ class ResumableCheckpoint(keras.callbacks.BackupAndRestore):
         logdir: the run folder (the checkpoint goes to its `checkpoint/`).
         identity: the run's id and the fingerprints of its configuration
             and data (`record_start`), which `check_checkpoint` compares.
+        states: objects whose `checkpoint_variables()` (a dict of unique
+            name to variable) the checkpoint saves and restores too (the
+            weight average and the kept best state of `tfadv.recipes`);
+            put their callbacks before this one, so that what they change
+            at an epoch's end is in that epoch's checkpoint.
         guard: a `tfadv.callbacks.DivergenceGuard` placed before this
             callback; an epoch it found diverged is not saved.
     """
@@ -703,7 +709,12 @@ class ResumableCheckpoint(keras.callbacks.BackupAndRestore):
     INCOMING = "incoming.weights.h5"
 
     def __init__(
-        self, logdir: str, identity: dict | None = None, *, guard=None
+        self,
+        logdir: str,
+        identity: dict | None = None,
+        states=(),
+        *,
+        guard=None,
     ):
         super().__init__(
             path(logdir, CHECKPOINT_DIR),
@@ -714,6 +725,7 @@ class ResumableCheckpoint(keras.callbacks.BackupAndRestore):
         # The run the checkpoint belongs to (`record_start`), stored with
         # the weights so that `check_checkpoint` can tie them to it.
         self.identity = identity
+        self.states = list(states)
         # A `DivergenceGuard` placed before this callback: an epoch it
         # found diverged (e.g. a finite loss of 1e27) is not saved.
         self.guard = guard
@@ -761,7 +773,10 @@ class ResumableCheckpoint(keras.callbacks.BackupAndRestore):
     def _extra_state(self) -> dict:
         """Variables a resume needs that `save_weights` does not write."""
         saved = {id(v) for v in self.model.weights}
-        return {v.path: v for v in self.model.variables if id(v) not in saved}
+        extra = {v.path: v for v in self.model.variables if id(v) not in saved}
+        for state in self.states:
+            extra.update(state.checkpoint_variables())
+        return extra
 
     def _restore_state(self):
         with h5py.File(self._weights_path, "r") as f:

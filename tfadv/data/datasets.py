@@ -55,8 +55,11 @@ class DatasetInfo:
         source: human-readable description of where the data came from.
         num_train: examples of the train split used for training.
         num_test: examples the `test` pipeline yields.
+        num_holdout: training examples held out from training (the last
+            ones of the train split; see `make_datasets`), 0 for none.
         content: a fingerprint of the examples used (`content_fingerprint`
-            of the training, validation and test images and labels), which
+            of the training, held-out, validation and test images and
+            labels), which
             a resumed run compares with the one it started with.
     """
 
@@ -68,6 +71,7 @@ class DatasetInfo:
     source: str
     num_train: int
     num_test: int
+    num_holdout: int = 0
     content: str = ""
 
 
@@ -117,6 +121,10 @@ class Datasets:
         steps_per_epoch: `num_train // batch_size`.
         order: the epoch counter `train` reads when a pass over it begins
             (see `order_callback`).
+        holdout: the examples held out from the train split
+            (`holdout_examples`), in stored order, batched like `test`,
+            never augmented; None when none are held out. Training never
+            sees them: they choose between epochs (`tfadv.recipes`).
     """
 
     train: tf.data.Dataset
@@ -125,6 +133,7 @@ class Datasets:
     info: DatasetInfo
     steps_per_epoch: int
     order: "EpochOrder | None" = None
+    holdout: tf.data.Dataset | None = None
 
     def order_callback(self) -> keras.callbacks.Callback:
         """The callback that tells `train` which epoch `fit` is in.
@@ -327,6 +336,42 @@ def _clamp(name: str, value: int | None, available: int, split: str) -> int:
     return value
 
 
+# The smallest held-out split: below it one example moves the selection
+# score by more than 2 %.
+MIN_HOLDOUT_EXAMPLES = 50
+
+
+def _holdout_size(holdout_examples, available: int) -> int:
+    """Checks `holdout_examples` against the train split's size."""
+    if (
+        isinstance(holdout_examples, bool)
+        or not isinstance(holdout_examples, numbers.Integral)
+        or holdout_examples < 0
+    ):
+        raise ValueError(
+            f"holdout_examples={holdout_examples!r}; expected an integer >= "
+            "0 (0 holds nothing out)."
+        )
+    if holdout_examples == 0:
+        return 0
+    if holdout_examples >= available:
+        raise ValueError(
+            f"holdout_examples={holdout_examples} holds out the whole train "
+            f"split ({available} examples), leaving nothing to train on; "
+            f"expected fewer than {available} (1000 is the references' "
+            "choice on CIFAR-10)."
+        )
+    if holdout_examples < MIN_HOLDOUT_EXAMPLES:
+        raise ValueError(
+            f"holdout_examples={holdout_examples} is too small to choose "
+            "between epochs: one example would move the held-out accuracy "
+            f"by {100 / holdout_examples:.0f} %. Expected 0 (none) or at "
+            f"least {MIN_HOLDOUT_EXAMPLES} (1000 is the references' choice "
+            "on CIFAR-10)."
+        )
+    return int(holdout_examples)
+
+
 @gin.register
 def make_datasets(
     *,
@@ -340,6 +385,7 @@ def make_datasets(
     augment: bool | None = None,
     shuffle_seed: int = 0,
     example_ids: bool = False,
+    holdout_examples: int = 0,
 ) -> Datasets:
     """Builds the train, validation and test pipelines of a named dataset.
 
@@ -373,6 +419,12 @@ def make_datasets(
             ids}` (`tfadv.data.example_ids`), for methods that keep state
             per example (FGSM-PGI); `tfadv.train` turns it on for them.
             Validation and test batches stay `(images, labels)`.
+        holdout_examples: hold out the last N examples of the train split
+            (FastAT_Benchmark's split: the last 1000 of CIFAR-10's train
+            images) as the `holdout` pipeline; training then uses the
+            first `train_examples` of the others. 0 holds out nothing;
+            otherwise at least `MIN_HOLDOUT_EXAMPLES`, and fewer than the
+            split holds.
 
     Returns:
         A `Datasets`.
@@ -407,6 +459,11 @@ def make_datasets(
 
     raw = sources.load_splits(name, data_dir=data_dir)
     train_images, train_labels = raw.images["train"], raw.labels["train"]
+    num_holdout = _holdout_size(holdout_examples, len(train_images))
+    kept = len(train_images) - num_holdout
+    holdout_images = train_images[kept:]
+    holdout_labels = train_labels[kept:]
+    train_images, train_labels = train_images[:kept], train_labels[:kept]
     test_images, test_labels = raw.images["test"], raw.labels["test"]
     if raw.num_classes is not None:
         num_classes = raw.num_classes
@@ -486,6 +543,18 @@ def make_datasets(
 
     validation = ordered(num_validation) if num_validation else None
     test = ordered(num_test)
+    holdout = None
+    if num_holdout:
+        with tf.device("/cpu:0"):
+            holdout_x = tf.constant(holdout_images)
+            holdout_y = tf.constant(holdout_labels.astype(np.int32))
+        holdout = (
+            tf.data.Dataset.range(num_holdout)
+            .batch(eval_batch_size)
+            .map(_gather_fn(holdout_x, holdout_y), num_parallel_calls=autotune)
+            .prefetch(autotune)
+            .with_options(_SHARD_BY_DATA)
+        )
 
     info = DatasetInfo(
         name=raw.name,
@@ -496,21 +565,26 @@ def make_datasets(
         source=raw.source,
         num_train=num_train,
         num_test=num_test,
+        num_holdout=num_holdout,
         content=content_fingerprint(
             train_images,
             train_labels,
+            holdout_images,
+            holdout_labels,
             test_images[: max(num_test, num_validation)],
             test_labels[: max(num_test, num_validation)],
         ),
     )
     logging.info(
-        "Dataset %s from %s: %d train examples (%d steps of %d), %d "
-        "validation, %d test, %d classes, shape %s, augmentation: %s.",
+        "Dataset %s from %s: %d train examples (%d steps of %d), %d held "
+        "out, %d validation, %d test, %d classes, shape %s, augmentation: "
+        "%s.",
         info.name,
         info.source,
         num_train,
         steps_per_epoch,
         batch_size,
+        num_holdout,
         num_validation,
         num_test,
         num_classes,
@@ -526,4 +600,5 @@ def make_datasets(
         info=info,
         steps_per_epoch=steps_per_epoch,
         order=order,
+        holdout=holdout,
     )
