@@ -298,6 +298,44 @@ def _snapshot(root):
 _TINY = ("pgd_at.gin", "testing/tiny.gin")
 
 
+class DataChangedTest(tf.test.TestCase):
+    def _folder(self, data):
+        logdir = self.create_tempdir().full_path
+        run_folder.write_json_atomic(
+            run_folder.path(logdir, run_folder.DATA_FILE), data
+        )
+        return logdir
+
+    def test_other_contents_under_the_same_description_are_refused(self):
+        data = {"dataset": "d", "num_train": 256, "content": "00aa"}
+        logdir = self._folder(data)
+        self.assertFalse(
+            run_folder.data_changed(logdir, data, allow_change=False)
+        )
+        with self.assertRaisesRegex(
+            run_folder.RunFolderError, r"other data \(content: '00aa' -> "
+        ):
+            run_folder.data_changed(
+                logdir, {**data, "content": "11bb"}, allow_change=False
+            )
+
+    def test_a_data_json_without_content_still_resumes(self):
+        # Written before the fingerprint existed: the rest is compared.
+        old = {"dataset": "d", "num_train": 256}
+        logdir = self._folder(old)
+        self.assertFalse(
+            run_folder.data_changed(
+                logdir, {**old, "content": "00aa"}, allow_change=False
+            )
+        )
+        with self.assertRaisesRegex(run_folder.RunFolderError, "num_train"):
+            run_folder.data_changed(
+                logdir,
+                {**old, "num_train": 128, "content": "00aa"},
+                allow_change=False,
+            )
+
+
 class ResumeChecksTest(tf.test.TestCase):
     """A resume refuses a checkpoint that is not this run's, and records."""
 
