@@ -76,6 +76,12 @@ class MakeDatasetsIDXTest(fx.TinyDatasetTestCase):
             changed[9, 0, 0] = 1  # skipped: the documented blind spot
             self.assertEqual(datasets.content_fingerprint(changed), first)
         self.assertNotEqual(datasets.content_fingerprint(changed), first)
+        # An empty array (no held-out examples) counts by its shape.
+        empty = np.zeros((0, 4, 4), np.uint8)
+        self.assertNotEqual(
+            datasets.content_fingerprint(images, empty),
+            datasets.content_fingerprint(images),
+        )
 
     def test_the_order_callback_chooses_the_epochs_order(self):
         def first_pixels(ds):
