@@ -288,6 +288,23 @@ def _state(method):
     return [v.numpy() for v in [*method.variables, *method.optimizer.variables]]
 
 
+def check_one_epoch(test_case, method, x, y):
+    """A compiled method fits one epoch of (x, y): its documented logs,
+    finite, and every trainable weight of the classifier moved."""
+    before = [w.numpy() for w in method.classifier.trainable_weights]
+    history = method.fit(
+        training_inputs(method, x), y, batch_size=BATCH, epochs=1, verbose=0
+    ).history
+    test_case.assertCountEqual(history, method.train_metric_names)
+    for name, values in history.items():
+        test_case.assertTrue(np.isfinite(values[-1]), name)
+    for want, got in zip(
+        before, method.classifier.trainable_weights, strict=True
+    ):
+        test_case.assertNotAllClose(want, got.numpy())
+    return history
+
+
 def check_round_trip(test_case, method, x, y):
     """`method.save` then `load_model`: the same trainer, the same step.
 

@@ -342,17 +342,18 @@ def _clamp(name: str, value: int | None, available: int, split: str) -> int:
 MIN_HOLDOUT_EXAMPLES = 50
 
 
+def _check_count(name: str, value, zero_means: str) -> None:
+    """Refuses anything but a whole number of examples >= 0."""
+    whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if not whole or value < 0:
+        raise ValueError(
+            f"{name}={value!r}; expected an integer >= 0 (0 {zero_means})."
+        )
+
+
 def _holdout_size(holdout_examples, available: int) -> int:
     """Checks `holdout_examples` against the train split's size."""
-    if (
-        isinstance(holdout_examples, bool)
-        or not isinstance(holdout_examples, numbers.Integral)
-        or holdout_examples < 0
-    ):
-        raise ValueError(
-            f"holdout_examples={holdout_examples!r}; expected an integer >= "
-            "0 (0 holds nothing out)."
-        )
+    _check_count("holdout_examples", holdout_examples, "holds nothing out")
     if holdout_examples == 0:
         return 0
     if holdout_examples >= available:
@@ -441,15 +442,9 @@ def make_datasets(
     _check_positive("eval_batch_size", eval_batch_size, allow_none=True)
     _check_positive("train_examples", train_examples, allow_none=True)
     _check_positive("eval_examples", eval_examples, allow_none=True)
-    if (
-        isinstance(validation_examples, bool)
-        or not isinstance(validation_examples, numbers.Integral)
-        or validation_examples < 0
-    ):
-        raise ValueError(
-            f"validation_examples={validation_examples!r}; expected an "
-            "integer >= 0 (0 disables validation)."
-        )
+    _check_count(
+        "validation_examples", validation_examples, "disables validation"
+    )
     if augment not in (None, True, False):
         raise ValueError(f"augment={augment!r}; expected None, True or False.")
     if example_ids not in (True, False):

@@ -59,6 +59,22 @@ def classifier_of(trainer: keras.Model) -> keras.Model:
     return getattr(trainer, "classifier", trainer)
 
 
+def shadow_variables(weights, prefix: str) -> list:
+    """Zero non-trainable variables shaped as `weights`, `<prefix>_<i>`.
+
+    Made in the caller's strategy scope; a recipe keeps a copy of the
+    classifier's state in them (its average, the best epoch's weights).
+    """
+    return [
+        keras.Variable(
+            keras.ops.zeros(w.shape, w.dtype),
+            trainable=False,
+            name=f"{prefix}_{i}",
+        )
+        for i, w in enumerate(weights)
+    ]
+
+
 def check_steps_per_execution(steps_per_execution) -> None:
     """Refuses a trainer compiled to run several steps per callback.
 
@@ -145,14 +161,9 @@ class WeightAveraging(keras.callbacks.Callback):
                 "WeightAveraging."
             )
         with trainer.distribute_strategy.scope():
-            self.average_variables = [
-                keras.Variable(
-                    keras.ops.zeros(w.shape, w.dtype),
-                    trainable=False,
-                    name=f"average_{i}",
-                )
-                for i, w in enumerate(self.classifier.weights)
-            ]
+            self.average_variables = shadow_variables(
+                self.classifier.weights, "average"
+            )
             self.steps = keras.Variable(
                 0, dtype="int64", trainable=False, name="average_steps"
             )

@@ -155,16 +155,10 @@ class KeepBest(keras.callbacks.Callback):
         self._scorer = averaging_lib.Scorer(
             self.classifier, holdout, attack, seed=seed, who="KeepBest.attack"
         )
-        weights = self.classifier.weights
         with trainer.distribute_strategy.scope():
-            self.best_variables = [
-                keras.Variable(
-                    keras.ops.zeros(w.shape, w.dtype),
-                    trainable=False,
-                    name=f"best_{i}",
-                )
-                for i, w in enumerate(weights)
-            ]
+            self.best_variables = averaging_lib.shadow_variables(
+                self.classifier.weights, "best"
+            )
             # Scores in float64: a resumed run compares with the very
             # values the uninterrupted one kept.
             self.best_robust = keras.Variable(
