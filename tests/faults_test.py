@@ -28,8 +28,9 @@ _FLAGS = (
     "--gin_file=testing/tiny.gin",
     "--gin_bindings=run.epochs = 3",
 )
-# Wall-clock values differ between any two runs.
-_TIMES = ("train_seconds", "epoch_seconds", "eval_seconds")
+# Wall-clock values, and when (and where) a run finished, differ between
+# any two runs.
+_TIMES = ("train_seconds", "epoch_seconds", "eval_seconds", "provenance")
 _TIMED_LOGS = ("time/", "examples_per_second")
 
 
