@@ -185,6 +185,19 @@ class StrictTest(tf.test.TestCase, parameterized.TestCase):
         self.assertIn("'ProjectedGradiant'", message)
         self.assertIn("ProjectedGradient", message)
 
+    def test_a_misspelt_file_name_suggests_the_shipped_one(self):
+        message = self._error(["pgd_a.gin"], [])
+        self.assertIn("No gin file 'pgd_a.gin'", message)
+        self.assertIn("Did you mean pgd_at.gin", message)
+        self.assertIn("yopo.gin", message)  # the method files are listed
+        self.assertIn("recipes/", message)
+        # A file's include gets the same help.
+        path = self.create_tempfile(
+            "mine.gin", "include 'data/fashion_mnst.gin'\n"
+        ).full_path
+        message = self._error([path], [])
+        self.assertIn("Did you mean data/fashion_mnist.gin", message)
+
     def test_misspelt_scope_is_refused(self):
         message = self._error(
             ["pgd_at.gin"], ["trian/ProjectedGradient.num_steps = 0"]

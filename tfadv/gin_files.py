@@ -230,6 +230,36 @@ def _not_utf8(gin_files) -> str:
     return ""
 
 
+def shipped_names() -> list:
+    """The gin files shipped in `gin_configs/`, by the names to give."""
+    names = []
+    for folder, _, files in os.walk(GIN_DIR):
+        relative = os.path.relpath(folder, GIN_DIR)
+        for name in files:
+            if name.endswith(".gin"):
+                names.append(os.path.normpath(os.path.join(relative, name)))
+    return sorted(names)
+
+
+def _missing_file(message: str) -> str | None:
+    """One paragraph for gin's "Unable to open file", with close names."""
+    match = re.match(r"Unable to open file: (.*?)\. Searched config", message)
+    if match is None:
+        return None
+    wanted = match[1]
+    shipped = shipped_names()
+    close = difflib.get_close_matches(wanted, shipped, n=3, cutoff=0.6)
+    hint = f" Did you mean {' or '.join(close)}?" if close else ""
+    methods = [name for name in shipped if os.sep not in name]
+    folders = sorted({name.split(os.sep)[0] for name in shipped} - set(methods))
+    return (
+        f"No gin file {wanted!r}: it is not a path to a file, nor a name "
+        f"in tfadv's gin_configs/ (a --gin_file or an include).{hint} The "
+        f"method files there are {', '.join(methods)}; more are in "
+        f"{', '.join(f + '/' for f in folders)}."
+    )
+
+
 def parse(gin_files, gin_bindings) -> None:
     """Parses gin files (searched in gin_configs/) and bindings, strictly.
 
@@ -264,6 +294,11 @@ def parse(gin_files, gin_bindings) -> None:
             f"{e.start}: {e.reason}); gin files are text. Save it as UTF-8, "
             "or check that --gin_file names a gin file."
         ) from None
+    except OSError as e:
+        missing = _missing_file(str(e))
+        if missing is None:
+            raise
+        raise ValueError(missing) from None
     except SyntaxError as e:
         raise ValueError(_syntax_message(e)) from None
     except tokenize.TokenError as e:
