@@ -149,7 +149,7 @@ class DivergenceGuard(keras.callbacks.Callback):
         if self.diverged_epoch is not None:
             return
         losses = finite_losses(logs)
-        if not (losses and _finite_weights(self.model)):
+        if not losses or nonfinite_weights(self.model):
             self.diverged_epoch = epoch
             self.diverged_in_validation = True
             self.diverged_weights = losses
@@ -186,13 +186,14 @@ class DivergenceGuard(keras.callbacks.Callback):
         )
 
 
-def _finite_weights(model) -> bool:
-    """Whether every weight of `model` is finite (True without weights)."""
+def nonfinite_weights(model) -> list:
+    """The paths of `model`'s floating-point weights holding NaN or inf."""
+    bad = []
     for weight in getattr(model, "weights", ()):
         value = np.asarray(weight.numpy())
         if value.dtype.kind == "f" and not np.isfinite(value).all():
-            return False
-    return True
+            bad.append(weight.path)
+    return bad
 
 
 def finite_losses(logs) -> bool:

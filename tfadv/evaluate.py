@@ -161,7 +161,7 @@ def _check_input_shape(classifier, info, model_file):
 
 def _check_classifier(classifier, info, model_file):
     """Refuses a classifier whose scores would mean nothing on the data."""
-    import numpy as np
+    from tfadv import callbacks
 
     shape = getattr(classifier, "output_shape", None)
     width = shape[-1] if isinstance(shape, tuple) and shape else None
@@ -173,11 +173,7 @@ def _check_classifier(classifier, info, model_file):
             "the dataset the model was trained on (--dataset), or a model "
             "with one logit per class."
         )
-    bad = [
-        weight.path
-        for weight in classifier.weights
-        if not np.isfinite(np.asarray(weight.numpy())).all()
-    ]
+    bad = callbacks.nonfinite_weights(classifier)
     if bad:
         raise ValueError(
             f"--model: {model_file} holds NaN or infinite weights (in "

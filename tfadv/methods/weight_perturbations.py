@@ -39,6 +39,7 @@ import threading
 
 import keras
 
+from tfadv import validation
 from tfadv.attacks import base as attack_base
 
 # The step count that switches the perturbation on (1) or off (0).
@@ -69,23 +70,15 @@ class WeightPerturbation:
         self, *, warmup_epochs: int = 0, restore_before_step: bool = False
     ):
         kind = type(self).__name__
-        if (
-            isinstance(warmup_epochs, bool)
-            or not isinstance(warmup_epochs, int)
-            or warmup_epochs < 0
-        ):
-            raise ValueError(
-                f"{kind} warmup_epochs (epochs trained without the weight "
-                "perturbation, counted from 0) must be an integer >= 0; got "
-                f"{warmup_epochs!r}."
-            )
-        if not isinstance(restore_before_step, bool):
-            raise ValueError(
-                f"{kind} restore_before_step must be True or False; got "
-                f"{restore_before_step!r}."
-            )
-        self.warmup_epochs = warmup_epochs
-        self.restore_before_step = restore_before_step
+        self.warmup_epochs = validation.count(
+            f"{kind} warmup_epochs",
+            warmup_epochs,
+            meaning="epochs trained without the weight perturbation, "
+            "counted from 0",
+        )
+        self.restore_before_step = validation.boolean(
+            f"{kind} restore_before_step", restore_before_step
+        )
 
     def get_config(self) -> dict:
         return {
