@@ -64,6 +64,18 @@ def num_replicas() -> int:
     return tf.distribute.get_strategy().num_replicas_in_sync
 
 
+def sum_replicas(value):
+    """`value` (a tensor or a structure of them) summed over the replicas.
+
+    Inside a replica context with more than one replica, an all-reduce;
+    otherwise `value` itself.
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
 def unpack(data, *, method: str):
     """`(x, y, sample_weight)` of a batch, images cast to a tensor.
 

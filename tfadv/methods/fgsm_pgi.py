@@ -12,6 +12,7 @@ from tfadv.attacks import objectives
 from tfadv.attacks import pgd
 from tfadv.data import example_ids
 from tfadv.methods import base
+from tfadv.methods import batches
 from tfadv.methods import classifiers
 from tfadv.methods import per_example
 
@@ -369,7 +370,7 @@ class FGSMPGI(base.AdversarialTrainer):
         """`(x_adv, next_prior, next_momentum)` from one gradient."""
         threat = self.threat_model
         alpha = self.train_attack.step_size
-        norm = per_example.sum_replicas(tf.reduce_sum(tf.abs(grad)))
+        norm = batches.sum_replicas(tf.reduce_sum(tf.abs(grad)))
         next_momentum = (
             tf.math.divide_no_nan(grad, norm) + self.momentum_decay * momentum
         )

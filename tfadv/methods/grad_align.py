@@ -8,6 +8,7 @@ from tfadv.attacks import base as attack_base
 from tfadv.attacks import objectives
 from tfadv.attacks import pgd
 from tfadv.methods import base
+from tfadv.methods import batches
 from tfadv.methods import taylor
 
 # The reference's FGSM step, as a multiple of epsilon (`--fgsm_alpha`);
@@ -67,9 +68,7 @@ def masked_replica_mean(values, keep, sample_weight=None) -> tf.Tensor:
     if sample_weight is not None:
         values = values * tf.cast(sample_weight, tf.float32)
     count = tf.reduce_sum(keep)
-    context = tf.distribute.get_replica_context()
-    if context is not None and context.num_replicas_in_sync > 1:
-        count = context.all_reduce(tf.distribute.ReduceOp.SUM, count)
+    count = batches.sum_replicas(count)
     count = tf.stop_gradient(count)
     return tf.reduce_sum(values) / tf.maximum(count, 1.0)
 

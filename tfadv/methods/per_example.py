@@ -64,14 +64,6 @@ def gather_replicas(value: tf.Tensor) -> tf.Tensor:
     return context.all_gather(value, axis=0)
 
 
-def sum_replicas(value: tf.Tensor) -> tf.Tensor:
-    """`value` summed over the replicas (itself on one)."""
-    context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1:
-        return value
-    return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
-
-
 def check_ids(ids: tf.Tensor, num_examples: int, *, who: str) -> tf.Tensor:
     """`ids` after asserting that they index a buffer of `num_examples`.
 

@@ -4,6 +4,7 @@ import gin
 import tensorflow as tf
 
 from tfadv import validation
+from tfadv.methods import batches
 from tfadv.methods import weight_perturbations
 
 # The reference's guard against a zero gradient (utils_awp.py EPS).
@@ -169,9 +170,7 @@ class AdversarialWeightPerturbation(weight_perturbations.WeightPerturbation):
         for variable, value in zip(kept, saved, strict=True):
             variable.assign(value)
         grads = [tf.cast(g, tf.float32) for g in grads]
-        context = tf.distribute.get_replica_context()
-        if context is not None and context.num_replicas_in_sync > 1:
-            grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        grads = batches.sum_replicas(grads)
         # The gradient of the global batch's mean loss, loss scale removed.
         unit = tf.cast(trainer.scale_loss(tf.constant(1.0)), tf.float32)
         finite = tf.reduce_all(
