@@ -179,20 +179,32 @@ class WallClockLoggerTest(tf.test.TestCase):
         for key in (
             "time/epoch_seconds",
             "time/cumulative_train_seconds",
+            "time/epoch_cpu_seconds",
+            "time/cumulative_train_cpu_seconds",
             "examples_per_second",
         ):
             self.assertLen(history.history[key], 2, msg=key)
         seconds = history.history["time/epoch_seconds"]
+        cpu_seconds = history.history["time/epoch_cpu_seconds"]
         self.assertAllClose(
             history.history["time/cumulative_train_seconds"][-1], sum(seconds)
         )
+        self.assertAllClose(
+            history.history["time/cumulative_train_cpu_seconds"][-1],
+            sum(cpu_seconds),
+        )
+        self.assertAllGreater(cpu_seconds, 0.0)
         with open(path) as f:
-            self.assertAllClose(json.load(f)["epoch_seconds"], seconds)
+            timing = json.load(f)
+        self.assertAllClose(timing["epoch_seconds"], seconds)
+        self.assertAllClose(timing["epoch_cpu_seconds"], cpu_seconds)
         # A resumed run reads the times back and drops the epochs it redoes.
         resumed = callbacks.WallClockLogger(len(x), timing_path=path)
         self.assertAllClose(resumed.epoch_seconds, seconds)
+        self.assertAllClose(resumed.epoch_cpu_seconds, cpu_seconds)
         resumed.on_epoch_begin(1)
         self.assertAllClose(resumed.epoch_seconds, seconds[:1])
+        self.assertAllClose(resumed.epoch_cpu_seconds, cpu_seconds[:1])
 
 
 def _tensors(log_dir):

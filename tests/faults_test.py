@@ -30,7 +30,13 @@ _FLAGS = (
 )
 # Wall-clock values, and when (and where) a run finished, differ between
 # any two runs.
-_TIMES = ("train_seconds", "epoch_seconds", "eval_seconds", "provenance")
+_TIMES = (
+    "train_seconds",
+    "epoch_seconds",
+    "train_cpu_seconds",
+    "eval_seconds",
+    "provenance",
+)
 _TIMED_LOGS = ("time/", "examples_per_second")
 
 

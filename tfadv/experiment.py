@@ -494,6 +494,7 @@ def finish(
         "epochs": len(wall_clock.epoch_seconds),
         "train_seconds": sum(wall_clock.epoch_seconds),
         "epoch_seconds": wall_clock.epoch_seconds,
+        "train_cpu_seconds": sum(wall_clock.epoch_cpu_seconds),
         "clean_accuracy": scores["clean_accuracy"],
         "robust_accuracy": scores["robust_accuracy"],
         "suite_robust_accuracy": scores["suite_robust_accuracy"],
