@@ -68,7 +68,9 @@ class TRADESYOPO(yopo.YOPOBase):
         m: outer iterations (costate evaluations), "K" in the code.
         beta: weight of the KL term (1 in the reference code).
         first_layer_name: the layer whose output is the costate's point.
-        **kwargs: see `AdversarialTrainer` (`train_attack`, `epsilon`,
+        **kwargs: `layer0_gradient` (how the inner steps' gradient is
+            computed, see `YOPOBase`), and see `AdversarialTrainer`
+            (`train_attack`, `epsilon`,
             `attack_training_mode`: the mode of the perturbation passes,
             `eval_attack`, `weight_decay`).
     """

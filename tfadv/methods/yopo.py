@@ -12,6 +12,7 @@ from tfadv.attacks import base as attack_base
 from tfadv.attacks import objectives
 from tfadv.attacks import pgd
 from tfadv.methods import base
+from tfadv.methods import layer0_gradient as layer0_gradient_lib
 from tfadv.methods import layer_lr
 from tfadv.models import common
 
@@ -84,6 +85,15 @@ class YOPOBase(base.AdversarialTrainer):
     step σ), its `num_steps` (n, the inner steps per outer iteration), its
     start and its objective (the loss whose costate is taken). Not for
     direct use; see `YOPO` and `TRADESYOPO`.
+
+    The inner steps' gradient `J_f0ᵀ G` is computed as `layer0_gradient`
+    says: "auto" (the default) writes it out for a conv layer 0 in the
+    fastest exact formulation measured (`tfadv.methods.layer0_gradient`;
+    for the builders' stride-1 convs a matmul and shifted sums instead of
+    TensorFlow's slow transposed convolution, and once per costate for an
+    affine layer 0) and records any other layer 0 on a tape; "tape" always
+    records it; "transpose", "flipped" and "shifted" name a formulation
+    (for comparisons). All give the same perturbation to float rounding.
     """
 
     train_attack_types = (pgd.ProjectedGradient,)
@@ -96,6 +106,7 @@ class YOPOBase(base.AdversarialTrainer):
         *,
         m: int,
         first_layer_name: str = common.FIRST_LAYER,
+        layer0_gradient: str = "auto",
         **kwargs,
     ):
         super().__init__(classifier, **kwargs)
@@ -138,6 +149,21 @@ class YOPOBase(base.AdversarialTrainer):
         self._split = _Split(
             *split_classifier(classifier, first_layer_name, method)
         )
+        self.layer0_gradient = validation.choice(
+            "layer0_gradient",
+            layer0_gradient,
+            layer0_gradient_lib.CHOICES,
+            hint="'auto' computes the inner steps' gradient in the fastest "
+            "exact way layer 0 allows; 'tape' records layer 0 on a "
+            "GradientTape.",
+        )
+        structure, reason = layer0_gradient_lib.analyse(self.layer0)
+        problem = layer0_gradient_lib.unsupported(
+            self.layer0_gradient, structure, reason
+        )
+        if problem:
+            raise ValueError(f"{method}: {problem}")
+        self._layer0_structure = structure
 
     @property
     def layer0(self) -> keras.Model:
@@ -165,7 +191,18 @@ class YOPOBase(base.AdversarialTrainer):
             **super().get_config(),
             "m": self.m,
             "first_layer_name": self.first_layer_name,
+            "layer0_gradient": self.layer0_gradient,
         }
+
+    @property
+    def layer0_formulation(self) -> str:
+        """How the inner steps' gradient is computed: "tape" or a formulation.
+
+        One of `tfadv.methods.layer0_gradient.FORMULATIONS`, or "tape".
+        """
+        return layer0_gradient_lib.resolve(
+            self.layer0_gradient, self._layer0_structure
+        )
 
     def initial_perturbation(self, x):
         """The attack's start as a perturbation, not clipped to [0, 1] (P3)."""
@@ -227,9 +264,26 @@ class YOPOBase(base.AdversarialTrainer):
         """
         costate = tf.stop_gradient(costate)
         threat_model = self.threat_model
+        formulation = self.layer0_formulation
+        if formulation == "tape":
+
+            def gradient(eta):
+                return self.hamiltonian_gradient(
+                    x, eta, costate, wrt_input=True
+                )
+
+        else:
+            gradient = layer0_gradient_lib.bind(
+                self._layer0_structure,
+                formulation,
+                self.layer0,
+                x,
+                costate,
+                training=self.attack_training_mode,
+            )
 
         def step(eta):
-            grad = self.hamiltonian_gradient(x, eta, costate, wrt_input=True)
+            grad = gradient(eta)
             moved = threat_model.step(x + eta, grad, self.sigma)
             return threat_model.project(x, moved) - x
 
@@ -320,7 +374,10 @@ class YOPO(YOPOBase):
             PyTorch `MultiStepLR` milestones stepped once per epoch.
         first_layer_lr_factor: the decay factor at each boundary.
         clip_outer_input: clip `x + η` to [0, 1] in the outer passes too.
-        **kwargs: see `AdversarialTrainer` (`train_attack`, a
+        **kwargs: `layer0_gradient` ("auto", "tape" or a formulation of
+            `tfadv.methods.layer0_gradient`: how the inner steps' gradient
+            is computed, see `YOPOBase`), and see `AdversarialTrainer`
+            (`train_attack`, a
             cross-entropy `ProjectedGradient`; `epsilon`;
             `attack_training_mode`, the mode of the outer and inner passes;
             `weight_decay`: coupled, as the reference's 5e-4 on both
