@@ -10,12 +10,14 @@ replay loop of Free-AT and DEAT), `controllers`
 (step controllers: M+, DEAT-d, DEAT-p), `per_example` (buffers with a row
 per training example, for FGSM-PGI), `taylor` (Taylor expansions of
 the loss, for GAAT and noisy training), `layer_lr` (a per-layer learning
-rate inside one SGD optimizer) and `trades_family` (the β-weighted KL
+rate inside one SGD optimizer), `layer0_gradient` (YOPO's inner-step
+gradient through a conv layer 0, written out) and `trades_family` (the β-weighted KL
 methods' base). docs/methods.md maps them.
 """
 
 from tfadv.methods import base
 from tfadv.methods import controllers
+from tfadv.methods import layer0_gradient
 from tfadv.methods import layer_lr
 from tfadv.methods import replay
 from tfadv.methods import taylor
