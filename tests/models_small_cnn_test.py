@@ -6,7 +6,9 @@ import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
+from tests import harness
 from tests import models_fixtures as fx
+from tfadv import methods
 from tfadv import models
 
 BuilderContractTest = fx.builder_contract_test(("small_cnn", "mnist_small_cnn"))
@@ -82,6 +84,54 @@ class ParameterCountTest(tf.test.TestCase):
         model = models.mnist_small_cnn()
         self.assertEqual(self._trainable(model), expected)
         self.assertEqual(model.count_params(), expected)
+
+
+class MNISTSmallCNNUnderYOPOTest(tf.test.TestCase):
+    def test_layer0_is_conv1_and_relu_written_out(self):
+        trainer = methods.YOPO(
+            models.mnist_small_cnn(),
+            m=1,
+            train_attack=harness.yopo_attack(0.1, 0.01, 2),
+        )
+        structure = trainer._layer0_structure
+        self.assertEqual(structure.conv.name, "conv1")
+        self.assertEqual(structure.conv.padding, "valid")
+        self.assertTrue(structure.relu)
+        self.assertIsNotNone(structure.normalization)
+        self.assertEqual(trainer.layer0_formulation, "shifted")
+        self.assertEqual(tuple(trainer.layer0.output.shape), (None, 26, 26, 32))
+
+    def test_trains_under_yopo(self):
+        # The zero logits layer makes every gradient below it zero at the
+        # first step (as in the reference); from the second step on, layer
+        # 0 and the rest train too.
+        keras.utils.set_random_seed(0)
+        classifier = models.mnist_small_cnn(mean=0.29, std=0.35)
+        trainer = methods.YOPO(
+            classifier,
+            m=2,
+            train_attack=harness.yopo_attack(0.1, 0.01, 2),
+            weight_decay=0.0,
+        )
+        trainer.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+        rng = np.random.default_rng(0)
+        x = rng.uniform(size=(8, 28, 28, 1)).astype("float32")
+        y = rng.integers(0, 10, size=8).astype("int32")
+        before = {v.path: v.numpy() for v in classifier.trainable_variables}
+        trainer.fit(x, y, batch_size=8, epochs=1, verbose=0)
+        changed = {
+            v.path
+            for v in classifier.trainable_variables
+            if not np.allclose(v.numpy(), before[v.path])
+        }
+        self.assertEqual(changed, {"logits/kernel", "logits/bias"})
+        logs = trainer.fit(x, y, batch_size=8, epochs=1, verbose=0).history
+        self.assertTrue(np.isfinite(logs["loss"][-1]))
+        for path in ("conv1/kernel", "conv1/bias", "conv4/kernel"):
+            variable = [
+                v for v in classifier.trainable_variables if v.path == path
+            ][0]
+            self.assertNotAllClose(variable, before[path], msg=path)
 
 
 class ValidationTest(tf.test.TestCase, parameterized.TestCase):

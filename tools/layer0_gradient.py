@@ -55,6 +55,9 @@ _STEP_ROUNDS = flags.DEFINE_integer(
     "step_rounds", 4, "Rounds of the whole-step comparison."
 )
 _BATCH = flags.DEFINE_integer("batch_size", 128, "Batch (the benchmark's).")
+_INNER = flags.DEFINE_bool("inner", True, "Time the inner loops.")
+_STEP_XLA = flags.DEFINE_bool("step_xla", True, "Also jit the whole steps.")
+_PREFIX = flags.DEFINE_string("prefix", "results", "Output file stem.")
 
 EPSILON = 0.1
 SIGMA = 0.005  # yopo.gin
@@ -168,7 +171,7 @@ def _formulations():
 def _step_contenders(case, x, y, info):
     """YOPO-5-10's train_step with the tape and with "auto", jit off/on."""
     runs = {}
-    for jit in (False, True):
+    for jit in (False, True) if _STEP_XLA.value else (False,):
         for choice in ("tape", "auto"):
             method = _yopo(_classifier(case, info), choice, seed=0)
             method.compile(
@@ -250,7 +253,7 @@ def main(argv):
         "train_step": {},
     }
     lines = []
-    for case in CASES:
+    for case in CASES if _INNER.value else ():
         runs, gradients = _inner_loop_contenders(case, x, info)
         reference = gradients["tape"]
         scale = float(tf.reduce_max(tf.abs(reference)))
@@ -299,7 +302,8 @@ def main(argv):
         "Command: `PYTHONPATH=$PWD python tools/layer0_gradient.py "
         f"--out=docs/benchmarks/layer0_gradient --rounds={_ROUNDS.value} "
         f"--warmup={_WARMUP.value} --steps={_STEPS.value} "
-        f"--step_rounds={_STEP_ROUNDS.value}`",
+        f"--step_rounds={_STEP_ROUNDS.value} --inner={_INNER.value} "
+        f"--step_xla={_STEP_XLA.value} --prefix={_PREFIX.value}`",
         "",
         f"Machine: {results['machine']}, TensorFlow {tf.__version__}; "
         f"batch {_BATCH.value} of Fashion-MNIST (random [0, 1] images for "
@@ -311,9 +315,10 @@ def main(argv):
     print(text)
     if _OUT.value:
         os.makedirs(_OUT.value, exist_ok=True)
-        with open(os.path.join(_OUT.value, "results.md"), "w") as f:
+        stem = os.path.join(_OUT.value, _PREFIX.value)
+        with open(f"{stem}.md", "w") as f:
             f.write(text)
-        with open(os.path.join(_OUT.value, "results.json"), "w") as f:
+        with open(f"{stem}.json", "w") as f:
             json.dump(results, f, indent=1)
 
 

@@ -11,8 +11,8 @@ replay loop of Free-AT and DEAT), `controllers`
 per training example, for FGSM-PGI), `taylor` (Taylor expansions of
 the loss, for GAAT and noisy training), `layer_lr` (a per-layer learning
 rate inside one SGD optimizer), `layer0_gradient` (YOPO's inner-step
-gradient through a conv layer 0, written out) and `trades_family` (the β-weighted KL
-methods' base). docs/methods.md maps them.
+gradient through a conv layer 0, written out) and `trades_family` (the
+β-weighted KL methods' base). docs/methods.md maps them.
 """
 
 from tfadv.methods import base

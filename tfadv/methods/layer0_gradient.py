@@ -4,9 +4,8 @@ YOPO's inner loop needs, m·n times per minibatch, the vector-Jacobian
 product `J_f0(u)ᵀ G` of layer 0 at `u = clip(x + η, 0, 1)` with a frozen
 costate `G`, masked where `x + η` left [0, 1]. A `GradientTape` over layer
 0 gets it through TensorFlow's gradient of a convolution with respect to
-its input (`Conv2DBackpropInput`), which on a CPU is slow for the one
-input channel of MNIST-like images. When layer 0 is one of the shapes the
-tfadv builders make,
+its input (`Conv2DBackpropInput`; on a CPU, with XLA's own version slower
+still). When layer 0 is one of the shapes the tfadv builders make,
 
     [Normalization] -> Conv2D (bias or not, activation None or ReLU)
     -> [ReLU]

@@ -89,9 +89,9 @@ class YOPOBase(base.AdversarialTrainer):
     The inner steps' gradient `J_f0ᵀ G` is computed as `layer0_gradient`
     says: "auto" (the default) writes it out for a conv layer 0 in the
     fastest exact formulation measured (`tfadv.methods.layer0_gradient`;
-    for the builders' stride-1 convs a matmul and shifted sums instead of
-    TensorFlow's slow transposed convolution, and once per costate for an
-    affine layer 0) and records any other layer 0 on a tape; "tape" always
+    for the builders' stride-1 convs a matmul and shifted sums in place of
+    TensorFlow's `Conv2DBackpropInput`, and once per costate for an affine
+    layer 0) and records any other layer 0 on a tape; "tape" always
     records it; "transpose", "flipped" and "shifted" name a formulation
     (for comparisons). All give the same perturbation to float rounding.
     """
