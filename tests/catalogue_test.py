@@ -395,6 +395,26 @@ TRAIN_CASES = (
         r"threshold must be in \(0, 1\]; got 2\.0\. It is a drop",
     ),
     (
+        "yopo_unknown_layer0_gradient",
+        dict(
+            gin_files=("yopo.gin", "testing/tiny.gin"),
+            bindings=["YOPO.layer0_gradient = 'fast'"],
+        ),
+        r"layer0_gradient must be one of \['auto', 'tape'.*; got 'fast'",
+    ),
+    (
+        "yopo_formulation_on_a_layer0_it_cannot_write_out",
+        dict(
+            gin_files=("yopo.gin", "testing/tiny.gin"),
+            bindings=[
+                "YOPO.layer0_gradient = 'shifted'",
+                "run.input_layers = [@SoftQuantization]",
+            ],
+        ),
+        r"YOPO: layer0_gradient='shifted' writes out .* not one: its "
+        r"layers \['SoftQuantization'",
+    ),
+    (
         "jit_compile_string",
         dict(bindings=["run.jit_compile = 'yes'"]),
         r"run\.jit_compile must be True or False; got 'yes'",

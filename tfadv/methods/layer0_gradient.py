@@ -157,7 +157,8 @@ def unsupported(choice: str, structure: ConvLayer0 | None, reason: str):
     if structure is None:
         return (
             f"layer0_gradient={choice!r} writes out the input gradient of a "
-            f"conv layer 0, and this layer 0 is not one: {reason}."
+            f"conv layer 0, and this layer 0 is not one: {reason}. Use "
+            "'auto' (which keeps the tape for it) or 'tape'."
         )
     if choice != "transpose" and not structure.stride_one:
         return (
