@@ -218,7 +218,16 @@ class InnerStepGradientTest(tf.test.TestCase, parameterized.TestCase):
         dilated = keras.Model(
             inputs, keras.layers.Dense(3)(keras.layers.Flatten()(h))
         )
+        inputs = keras.Input((6, 6, 1))
+        h = keras.layers.Normalization(
+            axis=1, mean=np.linspace(0.2, 0.5, 6), variance=np.ones(6)
+        )(inputs)
+        h = keras.layers.Conv2D(2, 3, name="first_layer")(h)
+        per_row = keras.Model(
+            inputs, keras.layers.Dense(3)(keras.layers.Flatten()(h))
+        )
         for classifier, reason in (
+            (per_row, "not per channel"),
             (dense, "Dense"),
             (quantized, "SoftQuantization"),
             (dilated, "dilated"),

@@ -105,6 +105,9 @@ def analyse(layer0: keras.Model) -> tuple[ConvLayer0 | None, str]:
         normalization = layers.pop(0)
         if normalization.invert or normalization.mean is None:
             return None, "its Normalization inverts or has no statistics"
+        per_channel = tuple(normalization.axis) in ((-1,), (3,))
+        if not per_channel and int(tf.size(normalization.variance)) != 1:
+            return None, "its Normalization is not per channel"
     relu = False
     if len(layers) == 2 and _is_plain_relu(layers[1]):
         relu = True
