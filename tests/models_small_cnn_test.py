@@ -44,6 +44,15 @@ class SmallCNNTest(tf.test.TestCase, parameterized.TestCase):
         self.assertAllClose(dropout.rate, 0.5)
         self.assertEqual(model.get_layer("conv1").padding, "valid")
 
+    def test_mnist_small_cnn_raw_pixels_ignores_the_statistics(self):
+        x = fx.images(dict(input_shape=(28, 28, 1)))
+        raw = models.mnist_small_cnn(mean=0.3, std=0.4, raw_pixels=True)
+        self.assertAllClose(raw.get_layer("normalize")(x), x)
+        normalized = models.mnist_small_cnn(mean=0.3, std=0.4)
+        self.assertAllClose(
+            normalized.get_layer("normalize")(x), (x - 0.3) / 0.4, atol=1e-6
+        )
+
     def test_mixed_precision_logits_are_float32(self):
         policy = keras.config.dtype_policy()
         keras.config.set_dtype_policy("mixed_bfloat16")

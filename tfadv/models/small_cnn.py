@@ -96,6 +96,7 @@ def mnist_small_cnn(
     mean: common.ChannelStats = None,
     std: common.ChannelStats = None,
     dropout: float = 0.5,
+    raw_pixels: bool = False,
     name: str = "mnist_small_cnn",
 ) -> keras.Model:
     """Builds the MNIST SmallCNN of TRADES and YOPO.
@@ -127,6 +128,9 @@ def mnist_small_cnn(
         mean: Per-channel mean for the in-model normalisation (None: 0).
         std: Per-channel std for the in-model normalisation (None: 1).
         dropout: Dropout rate after the first dense layer.
+        raw_pixels: ignore `mean` and `std` and feed [0, 1] pixels to conv1
+            as the reference does (the "normalize" layer stays, as the
+            identity); the reference's learning rates were tuned for them.
         name: Name of the model.
 
     Returns:
@@ -138,6 +142,8 @@ def mnist_small_cnn(
     height, width, channels = common.check_input_shape(input_shape)
     num_classes = common.check_num_classes(num_classes)
     dropout = common.check_rate("dropout", dropout)
+    if raw_pixels:
+        mean = std = None
     if min(height, width) < 16:
         raise ValueError(
             f"Received input_shape={tuple(input_shape)!r}. mnist_small_cnn "
