@@ -24,6 +24,11 @@ MOMENTUM_DECAY = 0.3  # --momentum_decay, :42
 RESET_PERIOD = 40  # --epochs_reset, :22 (epochs)
 LABEL_SMOOTHING_FACTOR = 0.6  # --factor, :40 (the true class's target)
 
+# Parameters written in epochs (`tfadv.configurables.epoch_parameters`): a
+# run that trains a file's method for more or fewer epochs than the file
+# scales them with it (tools/benchmark.py does).
+EPOCH_PARAMETERS = ("FGSMPGI.reset_period",)
+
 
 def smoothed_targets(y: tf.Tensor, num_classes: int, factor: float):
     """The reference's smoothed targets: `factor` on y, the rest shared.

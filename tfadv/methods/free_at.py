@@ -124,6 +124,26 @@ class FreeAT(base.AdversarialTrainer):
         """m, the replays of each minibatch: the attack's `num_steps`."""
         return self.train_attack.num_steps
 
+    @classmethod
+    def replays_in_config(cls) -> int:
+        """m as the parsed gin configuration sets it, without building.
+
+        The `num_steps` bound to the attack that `FreeAT.train_attack`
+        references (with its scope, e.g. `train/ProjectedGradient`), or the
+        default m when none is bound. Tools that compare methods at equal
+        updates read it (Free-AT makes m updates per minibatch).
+        """
+        try:
+            attack = gin.query_parameter("FreeAT.train_attack")
+            steps = gin.query_parameter(
+                "/".join([*attack.scopes, attack.selector]) + ".num_steps"
+            )
+        except (ValueError, AttributeError):  # not bound
+            return DEFAULT_REPLAYS
+        if isinstance(steps, gin.config.ConfigurableReference):
+            steps = steps.scoped_configurable_fn()  # a macro: %REPLAYS
+        return int(steps)
+
     def default_train_attack(self, epsilon):
         return pgd.ProjectedGradient(
             epsilon=epsilon,

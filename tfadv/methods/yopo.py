@@ -17,6 +17,11 @@ from tfadv.models import common
 
 FIRST_LAYER_GRADS = ("reference", "hamiltonian_only")
 
+# Parameters written in epochs (`tfadv.configurables.epoch_parameters`): a
+# run that trains a file's method for more or fewer epochs than the file
+# scales them with it (tools/benchmark.py does).
+EPOCH_PARAMETERS = ("YOPO.first_layer_lr_boundaries",)
+
 
 def split_classifier(
     classifier: keras.Model, first_layer_name: str, method: str
