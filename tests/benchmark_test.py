@@ -535,6 +535,29 @@ class ReferenceStepTest(tf.test.TestCase, parameterized.TestCase):
             step((tf.constant(x), tf.constant(y)))
 
 
+class ArtPeerTest(tf.test.TestCase):
+    def test_art_trainer_trains_the_same_model_adversarially(self):
+        try:
+            import art  # noqa: F401
+        except ImportError:
+            self.skipTest("IBM ART is not installed (an optional peer).")
+        keras.utils.set_random_seed(0)
+        classifier = models.small_cnn(input_shape=(28, 28, 1), num_classes=10)
+        before = [w.numpy().copy() for w in classifier.trainable_weights]
+        rng = np.random.default_rng(0)
+        x = tf.constant(rng.uniform(size=(8, 28, 28, 1)), tf.float32)
+        y = tf.constant(rng.integers(0, 10, size=8), tf.int32)
+        run = overhead.art_madry_pgd(classifier, x, y, 2, 10, seed=0)
+        run()
+        after = [w.numpy() for w in classifier.trainable_weights]
+        self.assertTrue(
+            any(
+                not np.allclose(a, b)
+                for a, b in zip(after, before, strict=True)
+            )
+        )
+
+
 @pytest.mark.slow
 class OverheadModeTest(tf.test.TestCase):
     def test_overhead_mode_writes_its_tables(self):
