@@ -302,7 +302,8 @@ def recommendations(stats, reference=REFERENCE) -> dict:
     - fastest to PGD-AT's robustness: the smallest mean time to the
       target among methods whose every seed reached it;
     - most robust per minute: the largest robust accuracy gained over
-      standard training per minute of training (means);
+      standard training per minute of training (means; its standard
+      error propagated from theirs);
     - most robust overall: the largest mean robust accuracy.
     Each answer lists the winner and the methods that are not clearly
     different from it (`Estimate.differs_from`): a tie inside the error
@@ -323,21 +324,35 @@ def recommendations(stats, reference=REFERENCE) -> dict:
     if robust:
         best = max(robust, key=lambda m: robust[m].robust.mean)
         answers["most_robust"] = _with_ties(robust, best, lambda s: s.robust)
-    baseline = stats.get("standard")
-    floor = baseline.robust.mean if baseline and baseline.robust else 0.0
-    per_minute = {
-        m: (s.robust.mean - floor) / (s.seconds.mean / 60.0)
-        for m, s in robust.items()
-        if m != "standard" and s.seconds.mean > 0
-    }
+    per_minute = _per_minute(robust, stats.get("standard"))
     if per_minute:
-        best = max(per_minute, key=per_minute.get)
-        answers["most_robust_per_minute"] = {
-            "method": best,
-            "value": per_minute[best],
-            "ties": [],
-        }
+        best = max(per_minute, key=lambda m: per_minute[m].mean)
+        answers["most_robust_per_minute"] = _with_ties(
+            per_minute, best, lambda e: e
+        )
     return answers
+
+
+def _per_minute(robust, baseline) -> dict:
+    """Robust accuracy gained over standard training per training minute.
+
+    An `Estimate` per method (not standard training itself), its standard
+    error propagated from the accuracies' and the time's (first order).
+    """
+    floor = baseline.robust if baseline and baseline.robust else None
+    gains = {}
+    for method, s in robust.items():
+        if method == "standard" or s.seconds.mean <= 0:
+            continue
+        gain = s.robust.mean - (floor.mean if floor else 0.0)
+        gain_se = math.hypot(s.robust.se, floor.se if floor else 0.0)
+        minutes = s.seconds.mean / 60.0
+        value = gain / minutes
+        relative = math.hypot(
+            gain_se / gain if gain else 0.0, s.seconds.se / s.seconds.mean
+        )
+        gains[method] = Estimate(value, 0.0, abs(value) * relative, 1)
+    return gains
 
 
 def _with_ties(stats, best, quantity):
