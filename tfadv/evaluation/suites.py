@@ -156,15 +156,18 @@ def named_attacks(attacks: Mapping | Sequence) -> dict:
     A sequence is keyed by each attack's `name`.
 
     Raises:
-        TypeError: an item of the sequence is not a tfadv attack.
+        TypeError: an attack is not a tfadv attack (`Attack` declares
+            what the evaluation asks of it).
         ValueError: two attacks of the sequence share a name.
     """
+    items = attacks.values() if isinstance(attacks, Mapping) else attacks
+    for attack in items:
+        if not isinstance(attack, attack_base.Attack):
+            raise TypeError(f"Expected a tfadv attack; got {attack!r}.")
     if isinstance(attacks, Mapping):
         return dict(attacks)
     named = {}
     for attack in attacks:
-        if not isinstance(attack, attack_base.Attack):
-            raise TypeError(f"Expected a tfadv attack; got {attack!r}.")
         if attack.name in named:
             raise ValueError(
                 f"Two attacks share the name {attack.name!r}; give them "
