@@ -83,7 +83,8 @@ def epoch_parameters() -> tuple:
     """
     found = []
     for module in REGISTERING_MODULES:
-        found += getattr(importlib.import_module(module), "EPOCH_PARAMETERS", ())
+        loaded = importlib.import_module(module)
+        found += getattr(loaded, "EPOCH_PARAMETERS", ())
     return tuple(found)
 
 
