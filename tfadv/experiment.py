@@ -657,7 +657,7 @@ def run(
         jit_compile: compile the train and test steps with XLA.
         steps_per_execution: Keras `steps_per_execution`.
         mixed_precision: None, "mixed_float16" or "mixed_bfloat16".
-        seed: the run's one seed, the root of all its randomness: the
+        seed: the run's one seed, handed to each random part: the
             weights', the data order's and augmentation's (as
             `dataset_fn(seed=seed)`, when it takes a seed), the method's
             generator's (a seed derived from it) and the final attacks'.

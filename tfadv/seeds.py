@@ -1,8 +1,7 @@
 """One seed per run: the seeds `run.seed` hands to each random part.
 
-A training run has one seed, `run.seed` (`tfadv.experiment.run`). It is
-the root of every random choice of the run, and `experiment.run` hands it
-explicitly to each part that draws:
+A training run has one seed, `run.seed` (`tfadv.experiment.run`), which
+`experiment.run` hands explicitly to each part that draws:
 
 - the weights: `keras.utils.set_random_seed(run.seed)` before the
   classifier is built (Python's, NumPy's and TensorFlow's global seeds);
@@ -19,9 +18,15 @@ explicitly to each part that draws:
 - the final evaluation's attacks: `run.seed`, from which the evaluation
   derives one seed per attack and batch (`tfadv.evaluation`).
 
-results.json records them under `seeds` (`RunSeeds.record`). Gin refuses
-a binding of a seed the run hands out (`make_datasets.seed`, a method's
-`seed`), naming `run.seed` (`tfadv.gin_files`).
+The attacks that score epochs for the recipes and guards (`keep_best`,
+`WeightAveraging`, `co_guard`, GAAT's `guard_seed`) keep fixed seeds of
+their own, the same at every epoch, so that their scores compare epochs
+rather than draws.
+
+results.json records the seeds handed out under `seeds`
+(`RunSeeds.record`). Gin refuses a binding of a seed the run hands out
+(`make_datasets.seed`, a method's `seed`), naming `run.seed`
+(`tfadv.gin_files`).
 """
 
 import dataclasses
