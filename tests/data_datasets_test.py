@@ -175,9 +175,7 @@ class MakeDatasetsIDXTest(fx.TinyDatasetTestCase):
 
     def test_seeded_shuffling(self):
         def first_epoch(seed):
-            ds = data.make_datasets(
-                name=self.tmp, batch_size=8, shuffle_seed=seed
-            )
+            ds = data.make_datasets(name=self.tmp, batch_size=8, seed=seed)
             return np.concatenate(fx.ids(ds.train))
 
         same = first_epoch(3)
@@ -205,10 +203,10 @@ class MakeDatasetsIDXTest(fx.TinyDatasetTestCase):
 
     def test_forced_augmentation_keeps_range(self):
         ds = data.make_datasets(
-            name=self.tmp, batch_size=8, augment=True, shuffle_seed=1
+            name=self.tmp, batch_size=8, augment=True, seed=1
         )
         plain = data.make_datasets(
-            name=self.tmp, batch_size=8, augment=False, shuffle_seed=1
+            name=self.tmp, batch_size=8, augment=False, seed=1
         )
         (x_aug, y_aug), (x, y) = next(iter(ds.train)), next(iter(plain.train))
         self.assertAllEqual(y_aug, y)  # Same shuffle order.

@@ -213,7 +213,7 @@ def _batch(batch_size, seed):
         train_examples=batch_size,
         validation_examples=0,
         eval_examples=batch_size,
-        shuffle_seed=seed,
+        seed=seed,
     )
     x, y = next(iter(datasets.train.take(1)))
     return tf.identity(x), tf.cast(y, tf.int32), datasets.info

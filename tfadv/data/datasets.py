@@ -386,7 +386,7 @@ def make_datasets(
     validation_examples: int = 1000,
     eval_examples: int | None = None,
     augment: bool | None = None,
-    shuffle_seed: int = 0,
+    seed: int = 0,
     example_ids: bool = False,
     holdout_examples: int = 0,
     training: bool = True,
@@ -417,7 +417,10 @@ def make_datasets(
             padding) and horizontal flip for 32x32x3 images, without the
             flip for SVHN; nothing otherwise. True forces crop+flip (no
             flip for digit datasets: mnist, svhn); False disables it.
-        shuffle_seed: seed of the training order and of the augmentation.
+        seed: seed of the training order and of the augmentation
+            (`_training_pipeline`). In a training run it is `run.seed`,
+            which `tfadv.train` hands here; gin refuses
+            `make_datasets.seed` (bind `run.seed`).
         example_ids: the training batches carry each example's index in
             the training set, as inputs `{"image": images, "example_id":
             ids}` (`tfadv.data.example_ids`), for methods that keep state
@@ -525,7 +528,7 @@ def make_datasets(
             order,
             batch_size=batch_size,
             steps=steps_per_epoch,
-            seed=shuffle_seed,
+            seed=seed,
             augment_fn=(
                 functools.partial(
                     augment_lib.random_crop_flip, pad=_CROP_PADDING, flip=flip
