@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 import sys
+import time
 
 import keras
 import pytest
@@ -128,6 +129,27 @@ class ArithmeticTest(tf.test.TestCase):
         self.assertIn("| lean | 1 W + 1 U | 3500.0 |", text)
         self.assertIn("2.00 **>1.15**", text)
 
+    def test_measure_keeps_rounds_by_clock(self):
+        calls = []
+
+        def sleeper(name):
+            def run():
+                calls.append(name)
+                time.sleep(0.02)  # wall-clock time, almost no CPU time
+
+            return run
+
+        runs = {"a": sleeper("a"), "b": sleeper("b")}
+        times = cost_model.measure(runs, rounds=2, warmup=1, steps=2)
+        self.assertEqual(calls, ["a", "b", "b", "a", "a", "b"])
+        for name in runs:
+            self.assertLen(times["wall"][name], 2)
+            for wall, cpu in zip(
+                times["wall"][name], times["cpu"][name], strict=True
+            ):
+                self.assertGreaterEqual(wall, 0.01)  # 0.02 s over 2 steps
+                self.assertLess(cpu, wall)
+
     def test_passes_text(self):
         self.assertEqual(
             cost_model.passes_text(
@@ -192,8 +214,10 @@ class CostModeTest(tf.test.TestCase):
         )
         with open(os.path.join(out, "cost_model.json")) as f:
             summary = json.load(f)
-        self.assertEqual(set(summary["methods"]), {"standard", "yopo"})
-        yopo = summary["methods"]["yopo"]
+        self.assertEqual(set(summary["clocks"]), {"cpu", "wall"})
+        methods = summary["clocks"]["cpu"]["methods"]
+        self.assertEqual(set(methods), {"standard", "yopo"})
+        yopo = methods["yopo"]
         self.assertEqual(yopo["counts"]["layer0_input_gradients"], 50)
         self.assertGreater(yopo["modelled_seconds"], 0.0)
         with open(os.path.join(out, "cost_model.md")) as f:
