@@ -129,6 +129,25 @@ class ArithmeticTest(tf.test.TestCase):
         self.assertIn("| lean | 1 W + 1 U | 3500.0 |", text)
         self.assertIn("2.00 **>1.15**", text)
 
+    def test_faster_copy_is_reported_every_copy_listed(self):
+        times = {name: [v, v] for name, v in UNITS.items()}
+        times["m#0"] = [5.25, 5.25]  # 1.5 times its 3.5 s model
+        times["m#1"] = [3.5, 3.85]
+        declared = {
+            "m": {
+                "counts": _counts(weight_passes=1, updates=1),
+                "contenders": ["m#0", "m#1"],
+            }
+        }
+        row = cost_model.summarise(times, declared)["methods"]["m"]
+        self.assertAllClose(row["waste"]["median"], 1.05)
+        self.assertAllClose(row["measured_seconds"]["median"], 3.675)
+        self.assertTrue(row["within_limit"])
+        self.assertEqual(
+            [c["contender"] for c in row["copies"]], ["m#0", "m#1"]
+        )
+        self.assertAllClose(row["copies"][0]["waste"]["median"], 1.5)
+
     def test_measure_keeps_rounds_by_clock(self):
         calls = []
 
