@@ -83,7 +83,9 @@ def epoch_parameters() -> tuple:
     """
     found = []
     for module in REGISTERING_MODULES:
-        found += getattr(importlib.import_module(module), "EPOCH_PARAMETERS", ())
+        found += getattr(
+            importlib.import_module(module), "EPOCH_PARAMETERS", ()
+        )
     return tuple(found)
 
 

@@ -127,7 +127,7 @@ class FreeAT(base.AdversarialTrainer):
 
     @classmethod
     def replays_in_config(cls) -> int:
-        """m as the parsed gin configuration sets it, without building.
+        """The replays m that the parsed gin configuration sets.
 
         The `num_steps` bound to the attack that `FreeAT.train_attack`
         references (with its scope, e.g. `train/ProjectedGradient`), or the
