@@ -68,7 +68,7 @@ from tfadv.methods import costs
 from tfadv.methods import taylor
 
 # Copies of each method's trainer, each timed (see the module docstring).
-COPIES = 2
+COPIES = 3
 # The largest waste (measured over modelled seconds) the issue accepts.
 WASTE_LIMIT = 1.15
 # The clocks every contender is timed by: the process's CPU time, which
@@ -114,7 +114,51 @@ CLOCK_TITLES = {
 
 # What a method's step does besides its declared passes, named in the
 # notes of a method whose waste exceeds WASTE_LIMIT.
-OVERHEADS = {}
+_FIXED = (
+    "the step's fixed work (input checks, loss and accuracy trackers, the "
+    "minibatch counter, the seed, the coupled weight decay), a larger "
+    "share of a cheap step"
+)
+_LOOP = (
+    "its attack runs as a tf.while_loop (3 steps or more); copies of such "
+    "a step built alike in one process run either at about their model or "
+    "about 1.5 times slower, each copy steadily over rounds (a mode TF "
+    "picks per copy; disabling grappler's remapper does not remove it), "
+    "so a run where every copy landed in the slow mode reads about 1.5"
+)
+OVERHEADS = {
+    "standard": _FIXED,
+    "fgsm_rs": _FIXED,
+    "n_fgsm": _FIXED,
+    "fast_at": _FIXED,
+    "fast_trades": _FIXED,
+    "pgd_at": _LOOP,
+    "mplus_pgd": _LOOP + "; M+ adds the last step's ‖g‖₁ sum",
+    "mplus_trades": _LOOP,
+    "mplus_mart": _LOOP,
+    "trades": _LOOP,
+    "mart": _LOOP + "; MART's boosted CE and weighted KL",
+    "grad_align": _FIXED + "; the cosine and the kept count's all-reduce",
+    "fgsm_pgi": _FIXED
+    + "; the prior and momentum rows gathered and scattered, the id "
+    "checks, ‖g‖₁ and the momentum",
+    "free_at": _FIXED
+    + "; per replay δ's signed step and projection and the trackers; the "
+    "per-replica δ buffer read and written",
+    "deat": _FIXED
+    + "; per replay δ's signed step and projection and the trackers; the "
+    "controller's ‖g‖₁",
+    "yopo": _FIXED
+    + "; m gradient accumulations over every weight, and 50 clips and "
+    "projections of η in the inner loop",
+    "trades_yopo": _FIXED + "; the inner loop's clips and projections",
+    "backward_smoothing": _FIXED,
+    "gaat": _FIXED + "; the monitor batch's tf.cond and the expansion's "
+    "arithmetic",
+    "soft_quantization": _FIXED
+    + "; the SoftQuantization layer in front of the classifier, whose "
+    "forward and backward no unit includes (units use the bare model)",
+}
 
 
 # The arithmetic (tested in tests/cost_model_test.py).
