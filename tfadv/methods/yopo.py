@@ -12,6 +12,7 @@ from tfadv.attacks import base as attack_base
 from tfadv.attacks import objectives
 from tfadv.attacks import pgd
 from tfadv.methods import base
+from tfadv.methods import costs
 from tfadv.methods import layer_lr
 from tfadv.models import common
 
@@ -497,6 +498,18 @@ class YOPO(YOPOBase):
             eta=eta,
             loss=loss,
             logits=logits,
+        )
+
+    def passes(self):
+        # m outer passes, m·n inner and m Hamiltonian layer-0 passes, one
+        # update, the clean forward for clean_accuracy.
+        m, n = self.m, self.n
+        return costs.Passes(
+            weight_passes=m,
+            updates=1,
+            layer0_input_gradients=m * n,
+            layer0_weight_gradients=m,
+            inference_forwards=1,
         )
 
     def minibatch_update(self, x, y):
