@@ -9,6 +9,7 @@ from tfadv import validation
 from tfadv.attacks import pgd
 from tfadv.methods import base
 from tfadv.methods import classifiers
+from tfadv.methods import costs
 from tfadv.methods import replay
 
 DELTA_NAME = "free_at_delta"
@@ -177,6 +178,14 @@ class FreeAT(base.AdversarialTrainer):
             with tf.control_dependencies([check]):
                 stored = tf.identity(stored)
         return stored
+
+    def passes(self):
+        # m replays, each one pass and one update; the clean forward feeds
+        # clean_accuracy.
+        m = self.replays
+        return costs.Passes(
+            weight_input_passes=m, updates=m, inference_forwards=1
+        )
 
     def minibatch_update(self, x, y):
         x = tf.cast(x, self.delta.dtype)
