@@ -1,16 +1,21 @@
-"""tools/benchmark.py: the table and plot (the training runs are the CLI's)."""
+"""tools/benchmark.py and tools/bench: plans, runs, analysis and report.
+
+The training runs themselves are the CLI's (`tfadv.train` children); here
+the arithmetic is checked on hand-made results.json dictionaries.
+"""
 
 import importlib.util
 import json
+import math
 import os
 import sys
+import tempfile
 
 import gin
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import app
 from absl import flags
 from absl.testing import flagsaver
 from absl.testing import parameterized
@@ -32,7 +37,13 @@ def _load(name, module):
     return loaded
 
 
+# benchmark.py puts tools/ on sys.path and imports its parts as `bench.*`.
 benchmark = _load("benchmark", "tfadv_benchmark")
+from bench import analysis  # noqa: E402
+from bench import report  # noqa: E402
+from bench import runs  # noqa: E402
+from bench import settings  # noqa: E402
+
 # overhead.py imports reference_step as the benchmark script does.
 sys.modules.setdefault(
     "reference_step", _load("reference_step", "reference_step")
@@ -41,253 +52,31 @@ reference_step = sys.modules["reference_step"]
 overhead = _load("overhead", "tfadv_overhead")
 
 
-def _result(seconds, epochs, clean, robust):
+def _run(robust, seconds, clean=0.8, test=None, cpu=None, examples=10000):
+    """A results.json of one seed: a validation curve and a final test."""
+    cpu = cpu or [2.0 * s for s in seconds]
     return {
-        "train_seconds": seconds,
-        "epochs": epochs,
+        "train_seconds": seconds[-1],
+        "train_cpu_seconds": cpu[-1],
+        "epochs": len(seconds),
         "clean_accuracy": clean,
-        "robust_accuracy": robust,
+        "robust_accuracy": {"pgd20": robust[-1] if test is None else test},
+        "num_eval_examples": examples,
+        "history": {
+            "val_robust_accuracy": robust,
+            "time/cumulative_train_seconds": seconds,
+            "time/cumulative_train_cpu_seconds": cpu,
+        },
     }
 
 
-class BenchmarkTest(tf.test.TestCase):
-    def test_table_reports_ratio_to_pgd_at(self):
-        table = benchmark.make_table(
-            {
-                "pgd_at": _result(200.0, 2, 0.8, {"pgd20": 0.7}),
-                "yopo": _result(100.0, 2, 0.82, {"pgd20": 0.68}),
-            }
-        )
-        lines = table.splitlines()
-        self.assertIn("time / pgd_at", lines[0])
-        self.assertIn(
-            "| pgd_at | 2 | 100.0 | 200 | 0.8000 | 0.7000 | 1.00 |", lines
-        )
-        self.assertIn(
-            "| yopo | 2 | 50.0 | 100 | 0.8200 | 0.6800 | 0.50 |", lines
-        )
-
-    def test_missing_attack_is_a_dash(self):
-        table = benchmark.make_table(
-            {
-                "pgd_at": _result(10.0, 1, 0.5, {"pgd20": 0.4}),
-                "other": _result(5.0, 1, 0.5, {"square": 0.3}),
-            }
-        )
-        self.assertIn(
-            "| other | 1 | 5.0 | 5 | 0.5000 | - | 0.3000 | 0.50 |", table
-        )
-
-    def test_method_bindings_reach_only_their_method(self):
-        flags.FLAGS.mark_as_parsed()
-        with flagsaver.flagsaver(
-            method_bindings=["free_at=run.epochs = 1"], epochs=4
-        ):
-            self.assertIn("run.epochs = 1", benchmark._bindings_for("free_at"))
-            self.assertNotIn("run.epochs = 1", benchmark._bindings_for("mart"))
-
-    def test_bindings_parse_with_every_method_file(self):
-        # The bindings benchmark.py passes use the current gin vocabulary.
-        flags.FLAGS.mark_as_parsed()
-        with flagsaver.flagsaver(
-            epochs=2,
-            train_examples=512,
-            eval_examples=100,
-            run_seed=3,
-            bindings=["make_datasets.batch_size = 64"],
-        ):
-            for method in ("standard", "pgd_at", "free_at", "yopo"):
-                bindings = benchmark._bindings_for(method)
-                self.assertIn("run.seed = 3", bindings)
-                self.assertIn("make_datasets.train_examples = 512", bindings)
-                gin.clear_config()
-                train.parse_gin([f"{method}.gin"], bindings)
-
-    def _parsed_command(self, method):
-        cmd = benchmark.command(method, "/nonexistent")
-        bindings = [
-            arg.partition("=")[2]
-            for arg in cmd
-            if arg.startswith("--gin_bindings=")
-        ]
-        gin.clear_config()
-        train.parse_gin([benchmark.gin_file(method)], bindings)
-        return bindings
-
-    def test_schedules_scale_to_the_benchmark_epochs(self):
-        flags.FLAGS.mark_as_parsed()
-        # pgd_at.gin: 10 epochs, boundaries [8, 9]; yopo.gin: 3 epochs,
-        # boundaries [2.2, 2.6], layer 0's [1, 2].
-        with flagsaver.flagsaver(epochs=5):
-            self._parsed_command("pgd_at")
-            self.assertEqual(
-                gin.query_parameter("piecewise_constant.boundaries"),
-                [4.0, 4.5],
-            )
-            self._parsed_command("yopo")
-            self.assertEqual(
-                gin.query_parameter("piecewise_constant.boundaries"),
-                [3.6667, 4.3333],
-            )
-            self.assertEqual(
-                gin.query_parameter("YOPO.first_layer_lr_boundaries"),
-                [1.6667, 3.3333],
-            )
-            self.assertEqual(gin.query_parameter("run.epochs"), 5)
-
-    def test_own_epochs_keep_the_file_schedule(self):
-        flags.FLAGS.mark_as_parsed()
-        with flagsaver.flagsaver(setting="full", epochs=None):
-            bindings = self._parsed_command("pgd_at")
-        self.assertFalse([b for b in bindings if "boundaries" in b])
-        with flagsaver.flagsaver(epochs=3):
-            bindings = self._parsed_command("yopo")
-        self.assertFalse([b for b in bindings if "boundaries" in b])
-
-    def test_the_users_boundaries_win(self):
-        flags.FLAGS.mark_as_parsed()
-        with flagsaver.flagsaver(
-            epochs=5,
-            bindings=["piecewise_constant.boundaries = [1]"],
-            method_bindings=["yopo=YOPO.first_layer_lr_boundaries = [3]"],
-        ):
-            self._parsed_command("yopo")
-            self.assertEqual(
-                gin.query_parameter("piecewise_constant.boundaries"), [1]
-            )
-            self.assertEqual(
-                gin.query_parameter("YOPO.first_layer_lr_boundaries"), [3]
-            )
-
-    def test_malformed_method_binding(self):
-        flags.FLAGS.mark_as_parsed()
-        with (
-            flagsaver.flagsaver(method_bindings=["free_at"]),
-            self.assertRaisesRegex(app.UsageError, "method=binding"),
-        ):
-            benchmark._bindings_for("free_at")
+def _plan(**kwargs):
+    return settings.make_plan(kwargs.pop("setting", "small_cnn"), **kwargs)
 
 
-class TimeToTargetTest(tf.test.TestCase):
-    def _with_history(self, robust, seconds):
-        result = _result(seconds[-1], len(seconds), 0.8, {"pgd20": robust[-1]})
-        result["history"] = {
-            "val_robust_accuracy": robust,
-            "time/cumulative_train_seconds": seconds,
-        }
-        return result
-
-    def test_first_epoch_at_the_target(self):
-        result = self._with_history([0.3, 0.62, 0.7], [10.0, 20.0, 30.0])
-        self.assertEqual(benchmark.time_to_target(result, 0.6), 20.0)
-        self.assertEqual(benchmark.time_to_target(result, 0.3), 10.0)
-        self.assertIsNone(benchmark.time_to_target(result, 0.9))
-
-    def test_target_is_the_reference_final_less_1_5_points(self):
-        # The final epoch counts, not the best one.
-        results = {
-            "pgd_at": self._with_history([0.5, 0.8, 0.7], [1.0, 2.0, 3.0]),
-            "fast": self._with_history([0.6, 0.69], [0.5, 1.0]),
-        }
-        self.assertAllClose(benchmark.default_target(results), 0.685)
-        self.assertIsNone(benchmark.default_target({"fast": results["fast"]}))
-        no_history = {"pgd_at": _result(1.0, 1, 0.8, {"pgd20": 0.5})}
-        self.assertIsNone(benchmark.default_target(no_history))
-
-    def test_reached_within_and_not_reached(self):
-        results = {
-            "pgd_at": self._with_history([0.40, 0.55, 0.60], [10, 20, 30]),
-            # 0.586 is within 1.5 points of 0.60: reached at 8 s.
-            "within": self._with_history([0.50, 0.586], [4.0, 8.0]),
-            # 0.584 is 1.6 points short: never reached.
-            "short": self._with_history([0.55, 0.584], [3.0, 6.0]),
-            # Reached early, then lost: the first epoch counts.
-            "early": self._with_history([0.59, 0.30], [5.0, 10.0]),
-        }
-        target = benchmark.default_target(results)
-        self.assertAllClose(target, 0.585)
-        summary = benchmark.time_to_accuracy(results, target)
-        self.assertEqual(summary["pgd_at"]["seconds"], 30)
-        self.assertEqual(summary["within"]["seconds"], 8.0)
-        self.assertAllClose(summary["within"]["ratio_to_reference"], 8 / 30)
-        self.assertFalse(summary["short"]["reached"])
-        self.assertIsNone(summary["short"]["seconds"])
-        self.assertIsNone(summary["short"]["ratio_to_reference"])
-        self.assertEqual(summary["early"]["seconds"], 5.0)
-        table = benchmark.make_table(results, target)
-        self.assertIn("time to 0.585", table.splitlines()[0])
-        self.assertIn("| short | 2 | 3.0 | 6 | not reached | 0.8000 |", table)
-        self.assertIn("| within | 2 | 4.0 | 8 | 8 | 0.8000 |", table)
-
-    def test_the_reference_reaches_its_own_target(self):
-        results = {"pgd_at": self._with_history([0.2, 0.6], [1.0, 2.0])}
-        target = benchmark.default_target(results)
-        self.assertEqual(benchmark.time_to_target(results["pgd_at"], target), 2)
-
-    def test_suite_column(self):
-        result = _result(10.0, 1, 0.5, {"pgd20": 0.4})
-        result["suite"] = {"name": "standard", "robust_accuracy": 0.35}
-        table = benchmark.make_table({"pgd_at": result})
-        self.assertIn("standard suite", table.splitlines()[0])
-        self.assertIn("| 0.4000 | 0.3500 | 1.00 |", table)
-
-
-class ParetoTest(tf.test.TestCase):
-    def test_front_on_hand_made_points(self):
-        points = {
-            "pgd_at": (100.0, 0.70),
-            "fgsm_rs": (30.0, 0.65),
-            # Slower than FGSM-RS and no more robust: dominated.
-            "slow_weak": (50.0, 0.65),
-            "slower_weaker": (120.0, 0.60),
-            "fastest": (10.0, 0.10),
-            # Ties FGSM-RS's time, more robust: FGSM-RS stays (it is not
-            # strictly worse in time) only if it is not less robust.
-            "best_at_30": (30.0, 0.66),
-        }
-        front = benchmark.pareto_front(points)
-        self.assertEqual(front, {"pgd_at", "fastest", "best_at_30"})
-
-    def test_identical_points_are_both_on_the_front(self):
-        front = benchmark.pareto_front({"a": (1.0, 0.5), "b": (1.0, 0.5)})
-        self.assertEqual(front, {"a", "b"})
-
-    def test_final_points_come_from_the_curve(self):
-        result = _result(9.0, 2, 0.8, {"pgd20": 0.4})
-        result["history"] = {
-            "val_robust_accuracy": [0.3, 0.45],
-            "time/cumulative_train_seconds": [4.0, 9.0],
-        }
-        bare = _result(5.0, 1, 0.8, {"pgd20": 0.2})
-        points = benchmark.final_points({"a": result, "b": bare})
-        self.assertEqual(points, {"a": (9.0, 0.45), "b": (5.0, 0.2)})
-
-    def test_table_and_plot_mark_the_front(self):
-        def run(robust, seconds):
-            result = _result(seconds[-1], len(seconds), 0.8, {"pgd20": 0.5})
-            result["history"] = {
-                "val_robust_accuracy": robust,
-                "time/cumulative_train_seconds": seconds,
-            }
-            return result
-
-        results = {
-            "pgd_at": run([0.5, 0.6], [10.0, 20.0]),
-            "fgsm_rs": run([0.55, 0.58], [3.0, 6.0]),
-            "slow": run([0.4, 0.5], [9.0, 18.0]),
-        }
-        front = benchmark.pareto_front(benchmark.final_points(results))
-        table = benchmark.make_table(results, 0.585, front)
-        self.assertIn("| slow |", table)
-        self.assertTrue(
-            [line for line in table.splitlines() if "| slow |" in line][
-                0
-            ].endswith("| 0.5000 | dominated |")
-        )
-        path = os.path.join(self.get_temp_dir(), "plot.png")
-        if benchmark.plot(results, path, 0.585):
-            with open(path, "rb") as f:
-                self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+def _parse(plan, method, bindings):
+    gin.clear_config()
+    train.parse_gin([plan.gin_file(method)], bindings)
 
 
 class SettingsTest(tf.test.TestCase, parameterized.TestCase):
@@ -299,36 +88,316 @@ class SettingsTest(tf.test.TestCase, parameterized.TestCase):
             if name.endswith(".gin")
         }
         # pgd_at_l2 is attacked under L2: not comparable on one plot.
-        self.assertEqual(shipped - {"pgd_at_l2"}, set(benchmark.METHODS))
+        self.assertEqual(shipped - {"pgd_at_l2"}, set(settings.METHODS))
+        self.assertEqual(settings.SETTINGS["ranking"].methods, settings.METHODS)
 
-    def test_free_at_trains_epochs_over_replays(self):
-        flags.FLAGS.mark_as_parsed()
-        with flagsaver.flagsaver(epochs=6):
-            self.assertIn("run.epochs = 2", benchmark._bindings_for("free_at"))
-            self.assertIn("run.epochs = 6", benchmark._bindings_for("pgd_at"))
+    def test_flags_replace_the_settings_defaults(self):
+        plan = _plan(
+            setting="ranking",
+            seeds=(3, 4),
+            epochs=2,
+            bindings=["make_datasets.batch_size = 64"],
+            method_bindings=["yopo=YOPO.m = 3"],
+        )
+        self.assertEqual(plan.seeds, (3, 4))
+        self.assertEqual(plan.epochs, 2)
+        self.assertEqual(plan.front_seeds, 3)  # the setting's
+        self.assertEqual(plan.train_examples, 15000)
+        self.assertEqual(plan.method_bindings, (("yopo", "YOPO.m = 3"),))
+        self.assertIn("make_datasets.batch_size = 64", plan.bindings)
 
-    @parameterized.parameters("resnet_narrow", "small_cnn")
+    @parameterized.parameters("free_at", "free_at=", "=run.epochs = 1")
+    def test_malformed_method_binding(self, entry):
+        with self.assertRaisesRegex(ValueError, "method=binding"):
+            _plan(method_bindings=[entry])
+
+    def test_free_at_trains_epochs_over_its_configured_replays(self):
+        plan = _plan(epochs=6)
+        self.assertEqual(settings.epochs_for(plan, "free_at"), 2)  # m = 4
+        self.assertEqual(settings.epochs_for(plan, "pgd_at"), 6)
+        # The replays come from the parsed configuration, not a constant.
+        more = _plan(epochs=6, bindings=["REPLAYS = 6"])
+        self.assertEqual(settings.epochs_for(more, "free_at"), 1)
+        self.assertIsNone(settings.epochs_for(_plan(setting="full"), "yopo"))
+
+    @parameterized.parameters("resnet_narrow", "small_cnn", "ranking")
     def test_setting_bindings_parse(self, name):
-        flags.FLAGS.mark_as_parsed()
-        with flagsaver.flagsaver(setting=name):
-            for method in ("pgd_at", "yopo", "free_at"):
-                gin.clear_config()
-                train.parse_gin(
-                    [benchmark.gin_file(method)],
-                    benchmark._bindings_for(method),
-                )
-            if name == "resnet_narrow":
-                self.assertEqual(
-                    gin.query_parameter("preact_resnet18.width"),
-                    benchmark.NARROW_WIDTH,
-                )
+        plan = _plan(setting=name)
+        for method in ("pgd_at", "yopo", "free_at", "fgsm_pgi"):
+            _parse(plan, method, runs.bindings(plan, method, 0))
+        if name == "resnet_narrow":
+            self.assertEqual(
+                gin.query_parameter("preact_resnet18.width"),
+                settings.NARROW_WIDTH,
+            )
 
     def test_full_setting_names_existing_files(self):
         folder = os.path.join(os.path.dirname(train.__file__), "gin_configs")
-        full = benchmark.SETTINGS["full"]
+        full = settings.SETTINGS["full"]
         self.assertEqual(set(full.gin_files), set(full.methods))
         for path in full.gin_files.values():
             self.assertTrue(os.path.exists(os.path.join(folder, path)), path)
+
+
+class RunBindingsTest(tf.test.TestCase):
+    def test_one_seed_seeds_the_run(self):
+        plan = _plan(epochs=2, train_examples=512, eval_examples=100)
+        for method in ("standard", "pgd_at", "free_at", "yopo"):
+            bindings = runs.bindings(plan, method, 3)
+            self.assertIn("run.seed = 3", bindings)
+            self.assertIn("make_datasets.train_examples = 512", bindings)
+            self.assertFalse([b for b in bindings if "shuffle_seed" in b])
+            _parse(plan, method, bindings)
+            self.assertEqual(gin.query_parameter("run.seed"), 3)
+
+    def test_method_bindings_reach_only_their_method(self):
+        plan = _plan(epochs=4, method_bindings=["free_at=run.epochs = 1"])
+        self.assertIn("run.epochs = 1", runs.bindings(plan, "free_at", 0))
+        self.assertNotIn("run.epochs = 1", runs.bindings(plan, "mart", 0))
+
+    def test_epoch_parameters_scale_to_the_benchmark_epochs(self):
+        # pgd_at.gin: 10 epochs, boundaries [8, 9]; yopo.gin: 3 epochs,
+        # boundaries [2.2, 2.6], layer 0's [1, 2]; fgsm_pgi.gin: 10 epochs,
+        # buffers reset every 4.
+        plan = _plan(epochs=5)
+        _parse(plan, "pgd_at", runs.bindings(plan, "pgd_at", 0))
+        self.assertEqual(
+            gin.query_parameter("piecewise_constant.boundaries"), [4.0, 4.5]
+        )
+        _parse(plan, "yopo", runs.bindings(plan, "yopo", 0))
+        self.assertEqual(
+            gin.query_parameter("piecewise_constant.boundaries"),
+            [3.6667, 4.3333],
+        )
+        self.assertEqual(
+            gin.query_parameter("YOPO.first_layer_lr_boundaries"),
+            [1.6667, 3.3333],
+        )
+        self.assertEqual(gin.query_parameter("run.epochs"), 5)
+        _parse(plan, "fgsm_pgi", runs.bindings(plan, "fgsm_pgi", 0))
+        self.assertEqual(gin.query_parameter("FGSMPGI.reset_period"), 2)
+
+    def test_own_epochs_keep_the_file_schedule(self):
+        for plan, method in (
+            (_plan(setting="full"), "pgd_at"),
+            (_plan(epochs=3), "yopo"),
+            (_plan(setting="ranking"), "pgd_at"),
+        ):
+            bindings = runs.bindings(plan, method, 0)
+            self.assertFalse([b for b in bindings if "boundaries" in b])
+
+    def test_the_users_values_win(self):
+        plan = _plan(
+            epochs=5,
+            bindings=["piecewise_constant.boundaries = [1]"],
+            method_bindings=["yopo=YOPO.first_layer_lr_boundaries = [3]"],
+        )
+        _parse(plan, "yopo", runs.bindings(plan, "yopo", 0))
+        self.assertEqual(
+            gin.query_parameter("piecewise_constant.boundaries"), [1]
+        )
+        self.assertEqual(
+            gin.query_parameter("YOPO.first_layer_lr_boundaries"), [3]
+        )
+
+    def test_command_names_the_file_and_the_folder(self):
+        plan = _plan(setting="full")
+        cmd = runs.command(plan, "yopo", 1, "/x/yopo/seed_1")
+        self.assertEqual(cmd[1:3], ["-m", "tfadv.train"])
+        self.assertIn("--gin_file=experiments/cifar10_preact_yopo_5_3.gin", cmd)
+        self.assertIn("--logdir=/x/yopo/seed_1", cmd)
+        self.assertIn("--gin_bindings=run.seed = 1", cmd)
+
+
+class FolderTest(tf.test.TestCase):
+    def test_finished_runs_by_method_and_seed(self):
+        out = tempfile.mkdtemp()
+        for method, seed in (("pgd_at", 0), ("pgd_at", 2), ("yopo", 1)):
+            folder = runs.seed_folder(out, method, seed)
+            os.makedirs(folder)
+            with open(os.path.join(folder, "results.json"), "w") as f:
+                json.dump({"seed": seed}, f)
+        os.makedirs(runs.seed_folder(out, "yopo", 5))  # unfinished
+        os.makedirs(os.path.join(out, "pgd_at", "notes"))
+        found = runs.finished_runs(out)
+        self.assertEqual(
+            {m: sorted(r) for m, r in found.items()},
+            {"pgd_at": [0, 2], "yopo": [1]},
+        )
+        self.assertEqual(found["pgd_at"][2], {"seed": 2})
+
+    def test_a_folder_keeps_its_training_choices(self):
+        out = os.path.join(tempfile.mkdtemp(), "bench")
+        runs.check_plan(_plan(epochs=3, seeds=(0,)), out)
+        # More seeds and other methods may join...
+        runs.check_plan(_plan(epochs=3, seeds=(1, 2), methods=["yopo"]), out)
+        with open(os.path.join(out, runs.PLAN_FILE)) as f:
+            before = f.read()
+        # ...runs trained otherwise may not.
+        with self.assertRaises(runs.Refusal) as cm:
+            runs.check_plan(_plan(epochs=4), out)
+        message = str(cm.exception)
+        self.assertNotIn("\n", message)
+        self.assertRegex(message, r"epochs: folder 3, now 4.*Nothing was")
+        with open(os.path.join(out, runs.PLAN_FILE)) as f:
+            self.assertEqual(f.read(), before)
+
+
+class AnalysisTest(tf.test.TestCase):
+    def test_time_to_target_on_either_clock(self):
+        result = _run([0.3, 0.62, 0.7], [10.0, 20.0, 30.0], cpu=[5, 9, 30])
+        self.assertEqual(analysis.time_to_target(result, 0.6), 20.0)
+        self.assertEqual(analysis.time_to_target(result, 0.6, "cpu"), 9.0)
+        self.assertEqual(analysis.time_to_target(result, 0.3), 10.0)
+        self.assertIsNone(analysis.time_to_target(result, 0.9))
+
+    def test_target_is_the_references_mean_final_less_1_5_points(self):
+        # The final epoch counts, not the best; the mean over seeds.
+        found = {
+            "pgd_at": {
+                0: _run([0.5, 0.8, 0.7], [1.0, 2.0, 3.0]),
+                1: _run([0.5, 0.72], [1.0, 2.0]),
+            },
+            "fast": {0: _run([0.6, 0.69], [0.5, 1.0])},
+        }
+        self.assertAllClose(analysis.default_target(found), 0.71 - 0.015)
+        self.assertIsNone(analysis.default_target({"fast": found["fast"]}))
+
+    def test_estimate_mean_spread_and_floor(self):
+        e = analysis.estimate([0.60, 0.64, 0.62])
+        self.assertAllClose(e.mean, 0.62)
+        self.assertAllClose(e.sd, 0.02)
+        self.assertAllClose(e.se, 0.02 / math.sqrt(3))
+        # One seed: the floor (a binomial error) stands in for the spread.
+        one = analysis.estimate([0.6], floor=analysis.binomial_se(0.6, 2500))
+        self.assertAllClose(one.se, math.sqrt(0.24 / 2500))
+        self.assertEqual(one.sd, 0.0)
+        self.assertIsNone(analysis.estimate([None]))
+
+    def test_differs_only_beyond_two_standard_errors(self):
+        a = analysis.Estimate(0.60, 0.0, 0.01, 1)
+        self.assertFalse(a.differs_from(analysis.Estimate(0.62, 0, 0.01, 1)))
+        self.assertTrue(a.differs_from(analysis.Estimate(0.63, 0, 0.01, 1)))
+
+    def _found(self):
+        return {
+            "pgd_at": {
+                0: _run([0.6, 0.70], [50.0, 100.0], test=0.70),
+                1: _run([0.6, 0.71], [52.0, 104.0], test=0.71),
+            },
+            # As robust as PGD-AT inside the noise, 4x faster.
+            "fgsm_rs": {
+                0: _run([0.66, 0.698], [12.0, 25.0], test=0.698),
+                1: _run([0.66, 0.70], [13.0, 26.0], test=0.70),
+            },
+            # Slower than FGSM-RS, a hair less robust: a tie.
+            "close": {0: _run([0.6, 0.697], [14.0, 27.0], test=0.697)},
+            # Slower than FGSM-RS and clearly less robust: dominated.
+            "weak": {0: _run([0.5, 0.60], [20.0, 40.0], test=0.60)},
+            "standard": {0: _run([0.1, 0.05], [5.0, 10.0], test=0.05)},
+        }
+
+    def test_front_ties_and_dominated(self):
+        found = self._found()
+        stats = analysis.summarise(found, validation_examples=2500)
+        self.assertEqual(stats["pgd_at"].seeds, (0, 1))
+        self.assertAllClose(stats["pgd_at"].robust.mean, 0.705)
+        self.assertAllClose(stats["pgd_at"].seconds.mean, 102.0)
+        place = analysis.standing(stats)
+        self.assertEqual(
+            place,
+            {
+                "pgd_at": "front",
+                "fgsm_rs": "front",
+                "standard": "front",
+                "close": "tie",
+                "weak": "dominated",
+            },
+        )
+        self.assertEqual(
+            analysis.near_front(stats),
+            ["pgd_at", "fgsm_rs", "close", "standard"],
+        )
+        self.assertAllClose(analysis.front_gap(stats)["weak"], 0.099)
+
+    def test_recommendations_say_ties(self):
+        found = self._found()
+        target = analysis.default_target(found)  # 0.705 - 0.015 = 0.69
+        stats = analysis.with_time_to_target(
+            analysis.summarise(found, validation_examples=2500),
+            found,
+            target,
+        )
+        self.assertEqual(stats["fgsm_rs"].reached, 2)
+        self.assertAllClose(stats["fgsm_rs"].time_to_target.mean, 25.5)
+        self.assertEqual(stats["weak"].reached, 0)
+        self.assertIsNone(stats["weak"].time_to_target)
+        answers = analysis.recommendations(stats)
+        fastest = answers["fastest_to_reference"]
+        self.assertEqual(fastest["method"], "fgsm_rs")
+        self.assertEqual(fastest["ties"], ["close"])  # 27 s: within noise
+        most = answers["most_robust"]
+        self.assertEqual(most["method"], "pgd_at")
+        self.assertEqual(sorted(most["ties"]), ["close", "fgsm_rs"])
+        per_minute = answers["most_robust_per_minute"]
+        self.assertEqual(per_minute["method"], "fgsm_rs")
+        # (0.699 - 0.05) points over 25.5 s: 1.527 per minute; "close"
+        # (1.438) is inside the propagated error, PGD-AT (0.38) is not.
+        self.assertAllClose(per_minute["value"], 0.649 / (25.5 / 60))
+        self.assertEqual(per_minute["ties"], ["close"])
+
+
+class ReportTest(tf.test.TestCase):
+    def test_table_shows_means_spreads_and_places(self):
+        found = AnalysisTest()._found()
+        target = analysis.default_target(found)
+        stats = analysis.with_time_to_target(
+            analysis.summarise(found, validation_examples=2500),
+            found,
+            target,
+        )
+        table = report.make_table(stats, target, analysis.standing(stats))
+        lines = table.splitlines()
+        self.assertIn("time to 0.690", lines[0])
+        row = next(line for line in lines if line.startswith("| pgd_at |"))
+        # 2 seeds, 2 epochs, 102 ± 3 s, reached by both at 100 and 104 s.
+        self.assertIn("| pgd_at | 2 | 2 | 102 ± 3 | 102 ± 3 | 2/2 |", row)
+        self.assertIn("| 0.705 ± 0.007 |", row)
+        self.assertTrue(row.endswith("| 1.00 | front |"))
+        weak = next(line for line in lines if line.startswith("| weak |"))
+        self.assertIn("| not reached | 0/1 |", weak)
+        self.assertTrue(weak.endswith("| dominated |"))
+
+    def test_write_makes_every_file(self):
+        found = AnalysisTest()._found()
+        found["pgd_at"][0]["provenance"] = {
+            "git": {"commit": "0123456789abcdef", "dirty": False},
+            "devices": {"cpu": "Some CPU", "cpu_cores": 2},
+        }
+        found["pgd_at"][0]["benchmark_run"] = {
+            "load_average_at_start": [1.5, 1, 1],
+            "load_average_at_end": [2.0, 1, 1],
+        }
+        out = tempfile.mkdtemp()
+        stats = analysis.summarise(found)
+        report.write(out, stats, found, None, "cpu", "Header.")
+        with open(os.path.join(out, "benchmark.md")) as f:
+            text = f.read()
+        self.assertIn(
+            "| pgd_at | 0 | 0123456789 | Some CPU, 2 cores | 1.5, 2.0 |", text
+        )
+        self.assertIn("Most robust overall", text)
+        with open(os.path.join(out, "benchmark.json")) as f:
+            summary = json.load(f)
+        self.assertEqual(summary["clock"], "cpu")
+        self.assertEqual(summary["methods"]["weak"]["standing"], "dominated")
+        self.assertAllClose(
+            summary["methods"]["pgd_at"]["robust_accuracy"]["mean"], 0.705
+        )
+        path = os.path.join(out, "benchmark.png")
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
 
 
 class OverheadArithmeticTest(tf.test.TestCase):
@@ -469,6 +538,29 @@ class ReferenceStepTest(tf.test.TestCase, parameterized.TestCase):
             trainer = overhead.make_trainer(cls, _tiny("cnn"), seed=0, **extra)
             step = tf.function(trainer.train_step, autograph=False)
             step((tf.constant(x), tf.constant(y)))
+
+
+class ArtPeerTest(tf.test.TestCase):
+    def test_art_trainer_trains_the_same_model_adversarially(self):
+        try:
+            import art  # noqa: F401
+        except ImportError:
+            self.skipTest("IBM ART is not installed (an optional peer).")
+        keras.utils.set_random_seed(0)
+        classifier = models.small_cnn(input_shape=(28, 28, 1), num_classes=10)
+        before = [w.numpy().copy() for w in classifier.trainable_weights]
+        rng = np.random.default_rng(0)
+        x = tf.constant(rng.uniform(size=(8, 28, 28, 1)), tf.float32)
+        y = tf.constant(rng.integers(0, 10, size=8), tf.int32)
+        run = overhead.art_madry_pgd(classifier, x, y, 2, 10, seed=0)
+        run()
+        after = [w.numpy() for w in classifier.trainable_weights]
+        self.assertTrue(
+            any(
+                not np.allclose(a, b)
+                for a, b in zip(after, before, strict=True)
+            )
+        )
 
 
 @pytest.mark.slow

@@ -774,6 +774,17 @@ class BenchmarkCatalogueTest(tf.test.TestCase, parameterized.TestCase):
         ("target_negative", -0.1, r"--target_robust=-0\.1 .*\[0, 1\]"),
         ("zero_rounds", dict(rounds=0), r"--rounds=0: .*>= 1"),
         ("negative_warmup", dict(warmup=-1), r"--warmup=-1: .*>= 0"),
+        ("seeds_not_integers", dict(seeds=["0", "x"]), r"--seeds=0,x: .*int"),
+        (
+            "negative_front_seeds",
+            dict(front_seeds=-1),
+            r"--front_seeds=-1: .*>= 0",
+        ),
+        (
+            "method_binding_without_method",
+            dict(method_bindings=["yopo"]),
+            r"'method=binding'; got 'yopo'.*Nothing was trained",
+        ),
         ("out_is_a_file", "file", r"--out=.*bench is a file.*new folder"),
         (
             "unknown_suite_attack",
@@ -812,7 +823,7 @@ class BenchmarkCatalogueTest(tf.test.TestCase, parameterized.TestCase):
 
         cmd = [sys.executable, "-m", "tfadv.train", "--gin_file=nope.gin"]
         with self.assertRaises(SystemExit) as cm:
-            benchmark_test.benchmark.run_child(cmd)
+            benchmark_test.runs.run_child(cmd)
         message = str(cm.exception.code)
         self.assertNotIn("\n", message)
         self.assertRegex(
@@ -820,7 +831,7 @@ class BenchmarkCatalogueTest(tf.test.TestCase, parameterized.TestCase):
         )
         cmd = [sys.executable, "-c", "raise SystemExit(3)"]
         with self.assertRaisesRegex(SystemExit, "exited with status 3"):
-            benchmark_test.benchmark.run_child(cmd)
+            benchmark_test.runs.run_child(cmd)
 
 
 class LibraryCatalogueTest(tf.test.TestCase, parameterized.TestCase):

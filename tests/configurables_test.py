@@ -88,6 +88,40 @@ class ConfigurablesTest(tf.test.TestCase):
             "configurables.REGISTERING_MODULES",
         )
 
+    def test_epoch_parameters_name_registered_arguments(self):
+        import gin
+
+        declared = configurables.epoch_parameters()
+        for parameter in (
+            "piecewise_constant.boundaries",
+            "YOPO.first_layer_lr_boundaries",
+            "FGSMPGI.reset_period",
+        ):
+            self.assertIn(parameter, declared)
+        for parameter in declared:
+            name, _, argument = parameter.rpartition(".")
+            # Binding it parses only if `name` is registered and takes it.
+            gin.clear_config()
+            gin.parse_config(f"{name}.{argument} = 1")
+            gin.clear_config()
+
+    def test_minibatch_replays_come_from_the_parsed_method(self):
+        import gin
+
+        from tfadv import gin_files
+
+        for files, bindings, replays in (
+            (["pgd_at.gin"], [], 1),
+            (["free_at.gin"], [], 4),
+            (["free_at.gin"], ["REPLAYS = 6"], 6),
+            (["free_at.gin"], ["train/ProjectedGradient.num_steps = 3"], 3),
+        ):
+            gin.clear_config()
+            gin_files.parse(files, bindings)
+            self.assertEqual(configurables.minibatch_replays(), replays)
+        gin.clear_config()
+        self.assertEqual(configurables.minibatch_replays(), 1)
+
     def test_every_listed_module_exists_and_declares_names(self):
         sources = dict(_sources())
         self.assertLen(

@@ -143,6 +143,26 @@ class MakeDatasetsIDXTest(fx.TinyDatasetTestCase):
         )
         self.assertIsNone(ds.validation)
 
+    def test_evaluation_only_builds_no_training_pipeline(self):
+        # A batch size the 50 training examples could not fill is no error:
+        # nothing is trained on; the log says what was built.
+        with self.assertLogs(level="INFO") as logs:
+            ds = data.make_datasets(
+                name=self.tmp,
+                batch_size=64,
+                eval_examples=7,
+                validation_examples=0,
+                training=False,
+            )
+        self.assertIsNone(ds.train)
+        self.assertEqual(ds.steps_per_epoch, 0)
+        self.assertEqual(sum(len(b[1]) for b in ds.test), 7)
+        said = "\n".join(logs.output)
+        self.assertIn("7 test examples (for evaluation only", said)
+        self.assertNotIn("train examples", said)
+        with self.assertRaisesRegex(ValueError, "training='no'; expected"):
+            data.make_datasets(name=self.tmp, training="no")
+
     def test_train_examples_subset_and_stats(self):
         ds = data.make_datasets(name=self.tmp, batch_size=4, train_examples=20)
         self.assertEqual(ds.info.num_train, 20)
@@ -155,9 +175,7 @@ class MakeDatasetsIDXTest(fx.TinyDatasetTestCase):
 
     def test_seeded_shuffling(self):
         def first_epoch(seed):
-            ds = data.make_datasets(
-                name=self.tmp, batch_size=8, shuffle_seed=seed
-            )
+            ds = data.make_datasets(name=self.tmp, batch_size=8, seed=seed)
             return np.concatenate(fx.ids(ds.train))
 
         same = first_epoch(3)
@@ -185,10 +203,10 @@ class MakeDatasetsIDXTest(fx.TinyDatasetTestCase):
 
     def test_forced_augmentation_keeps_range(self):
         ds = data.make_datasets(
-            name=self.tmp, batch_size=8, augment=True, shuffle_seed=1
+            name=self.tmp, batch_size=8, augment=True, seed=1
         )
         plain = data.make_datasets(
-            name=self.tmp, batch_size=8, augment=False, shuffle_seed=1
+            name=self.tmp, batch_size=8, augment=False, seed=1
         )
         (x_aug, y_aug), (x, y) = next(iter(ds.train)), next(iter(plain.train))
         self.assertAllEqual(y_aug, y)  # Same shuffle order.

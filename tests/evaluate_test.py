@@ -120,6 +120,35 @@ class EvaluateCommandTest(_RunFolderTestCase):
         self.assert_error("never overwrites", model=run, suite="cw5")
 
 
+class EvaluateLogTest(_RunFolderTestCase):
+    def test_each_finding_is_said_once_and_no_training_data_is_logged(self):
+        # A saturated softmax (logits scaled by 1e4): every correct point
+        # has an all-zero cross-entropy input gradient. The table says so
+        # once; neither the checks' log nor the data's log repeats it, and
+        # the data is logged as what it is, test examples only.
+        run = os.path.join(self.create_tempdir().full_path, "saturated")
+        os.makedirs(run)
+        shutil.copy(os.path.join(self.run_dir, "results.json"), run)
+        model = fx.linear_model((8, 8, 1), 10)
+        weights, bias = model.layers[-1].get_weights()
+        model.layers[-1].set_weights([weights * 1e4, bias])
+        model.save(os.path.join(run, "model.keras"))
+        with self.assertLogs(level="INFO") as logs:
+            out = self.main(model=run, suite="pgd5")
+        said = out + "\n".join(logs.output)
+        self.assertEqual(said.count("all-zero cross-entropy"), 1, said)
+        self.assertIn("  warning: ", out)
+        self.assertNotIn("train examples", said)
+        self.assertIn(
+            "8 test examples (for evaluation only: no training pipeline)",
+            said,
+        )
+        with open(os.path.join(run, "eval.json")) as f:
+            report = json.load(f)["gradient_masking"]
+        self.assertTrue(report["checks"]["zero_gradient_points"]["warned"])
+        self.assertLen(report["warnings"], 1)
+
+
 class NormAndCurveTest(_RunFolderTestCase):
     """--norm and --epsilons."""
 

@@ -2,6 +2,8 @@
 
 import ast
 import inspect
+import math
+from fractions import Fraction
 
 import keras
 import numpy as np
@@ -11,6 +13,8 @@ import tensorflow as tf
 from tests import evaluation_fixtures as fx
 from tfadv import attacks
 from tfadv import evaluation
+from tfadv.evaluation import checks
+from tfadv.evaluation import margins
 from tfadv.evaluation import masking
 
 
@@ -52,31 +56,45 @@ class MaskingTest(tf.test.TestCase):
             suite,
             clean=clean,
             broken=broken,
-            accuracy={"pgd5": 0.5, "pgd20": 0.6},
             sequential=False,
-            extra={},
+            extra=(),
             zero_gradients=0,
-            tolerance=0.002,
             zero_gradient_threshold=0.05,
         )
         self.assertTrue(report["possible"])
         self.assertIn("rises with attack strength", report["messages"][0])
+        # Ten points pgd20 left robust that pgd5 broke, none the other way:
+        # a sign test gives 2**-10 < 0.001.
+        (row,) = report["checks"]["accuracy_rises_with_strength"]["comparisons"]
+        self.assertEqual(
+            (row["only_weaker_broke"], row["only_stronger_broke"]), (10, 0)
+        )
+        self.assertEqual(row["threshold"], 9)
+        self.assertEqual(
+            (row["weaker_accuracy"], row["stronger_accuracy"]), (0.5, 0.6)
+        )
 
     def test_names_no_concrete_attack_class(self):
         # The checks read attacks only through the Attack interface.
-        source = inspect.getsource(masking)
-        for name in ("ProjectedGradient", "APGD", "BPDA", "EOT", "Square"):
-            self.assertNotIn(name, source)
-        imported = set()
-        for node in ast.walk(ast.parse(source)):
-            if isinstance(node, ast.ImportFrom):
-                imported |= {f"{node.module}.{a.name}" for a in node.names}
-            elif isinstance(node, ast.Import):
-                imported |= {a.name for a in node.names}
-        tfadv_imports = {m for m in imported if m.startswith("tfadv")}
-        self.assertEqual(
-            tfadv_imports, {"tfadv.attacks.base", "tfadv.evaluation.suites"}
-        )
+        expected = {
+            masking: {
+                "tfadv.attacks.base",
+                "tfadv.evaluation.checks",
+                "tfadv.evaluation.options",
+                "tfadv.evaluation.suites",
+            },
+            checks: {
+                "tfadv.evaluation.margins",
+                "tfadv.evaluation.options",
+                "tfadv.evaluation.suites",
+            },
+            margins: set(),
+        }
+        for module, allowed in expected.items():
+            source = inspect.getsource(module)
+            for name in ("ProjectedGradient", "APGD", "BPDA", "EOT", "Square"):
+                self.assertNotIn(name, source, module.__name__)
+            self.assertEqual(_tfadv_imports(source), allowed, module.__name__)
 
     def test_strength_pairs_through_bpda(self):
         # Wrapped attacks are one family when the wrappers agree and the
@@ -183,6 +201,17 @@ class MaskingTest(tf.test.TestCase):
         )
 
 
+def _tfadv_imports(source):
+    """The tfadv modules `source` imports (`from a import b` as a.b)."""
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom):
+            imported |= {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            imported |= {a.name for a in node.names}
+    return {m for m in imported if m.startswith("tfadv")}
+
+
 class ApproximationCheckTest(tf.test.TestCase):
     def report(self, broken):
         suite = evaluation.make_suite("pgd20", epsilon=0.1)
@@ -192,11 +221,7 @@ class ApproximationCheckTest(tf.test.TestCase):
             suite.attacks,
             clean=np.ones(100, bool),
             broken={n: broken.get(n, np.zeros(100, bool)) for n in names},
-            accuracy={
-                n: 1.0 - broken.get(n, np.zeros(1)).mean() for n in names
-            },
             sequential=False,
-            extra={},
             zero_gradients=0,
         )
 
@@ -226,32 +251,57 @@ def report_for(broken_free, broken_grad, *, n, sequential):
         suite,
         clean=np.ones(n, bool),
         broken=broken,
-        accuracy={k: 1.0 - v.mean() for k, v in broken.items()},
         sequential=sequential,
-        extra={},
         zero_gradients=0,
     )
 
 
-class GradientFreeMarginTest(tf.test.TestCase):
-    def test_threshold(self):
-        # Sequential: AutoAttack's 0.2 % (and more than one point);
-        # independent: 5 % of the examples plus 3.09 binomial deviations.
-        self.assertEqual(
-            masking.gradient_free_threshold(1000, independent_tolerance=None),
-            2.0,
-        )
-        self.assertEqual(
-            masking.gradient_free_threshold(100, independent_tolerance=None),
-            1.0,
-        )
-        expected = 25 + 3.09 * np.sqrt(500 * 0.05 * 0.95)
-        self.assertAllClose(masking.gradient_free_threshold(500), expected)
+def exact_tail(count, n, rate):
+    """P(X > count), X ~ Binomial(n, rate), in exact rational arithmetic."""
+    rate = Fraction(rate)
+    below = sum(
+        math.comb(n, k) * rate**k * (1 - rate) ** (n - k)
+        for k in range(count + 1)
+    )
+    return 1 - below
 
+
+class BinomialLimitTest(tf.test.TestCase):
+    def test_is_the_smallest_count_with_a_small_enough_tail(self):
+        alpha = Fraction(1, 1000)
+        for n, rate, expected in (
+            (100, Fraction(1, 20), 13),
+            (500, Fraction(1, 20), 41),
+            (1000, Fraction(1, 20), 73),
+            (64, Fraction(1, 20), 10),
+            (10, Fraction(1, 2), 9),
+            (2, Fraction(1, 2), 2),
+            (3, Fraction(1, 20), 2),
+        ):
+            limit = evaluation.binomial_limit(n, float(rate), 0.001)
+            self.assertEqual(limit, expected, (n, rate))
+            self.assertLessEqual(exact_tail(limit, n, rate), alpha)
+            self.assertGreater(exact_tail(limit - 1, n, rate), alpha)
+        self.assertEqual(margins.binomial_limit(0, 0.5, 0.001), 0)
+        self.assertEqual(margins.binomial_limit(50, 0.0, 0.001), 0)
+        self.assertAllClose(
+            margins.binomial_tail(13, 100, 0.05),
+            float(exact_tail(13, 100, Fraction(1, 20))),
+        )
+        # Large n neither overflows nor underflows; the limit grows like
+        # the mean plus about 3.1 deviations.
+        limit = margins.binomial_limit(100_000, 0.05, 0.001)
+        self.assertBetween(limit, 5000 + 3.0 * 68.9, 5000 + 3.3 * 68.9)
+
+
+class GradientFreeMarginTest(tf.test.TestCase):
     def test_ordinary_weakness_is_not_masking(self):
         # 18 of 500 points only square broke (3.6 %, what square did to
-        # pgd20 on a small PGD-AT model) flags nothing independently, but
-        # does after AutoAttack's strong attacks (sequential mode).
+        # pgd20 on a small PGD-AT model) flags nothing independently (the
+        # null: a Binomial(500, 5 %) count, which exceeds 41 with
+        # probability below 0.001). Run sequentially, where the gradient
+        # attacks are strong, the same 18 are every breakable point, all
+        # missed by the gradient attack: flagged.
         n = 500
         free = np.arange(n) < 18
         grad = np.zeros(n, bool)
@@ -259,15 +309,17 @@ class GradientFreeMarginTest(tf.test.TestCase):
         check = quiet["checks"]["gradient_free_beats_gradient"]
         self.assertFalse(check["flagged"])
         self.assertEqual((check["count"], check["reverse_count"]), (18, 0))
+        self.assertEqual((check["threshold"], check["null_points"]), (41, n))
+        self.assertEqual(check["independent_tolerance"], 0.05)
         self.assertFalse(quiet["possible"])
         loud = report_for(free, grad, n=n, sequential=True)
-        self.assertTrue(
-            loud["checks"]["gradient_free_beats_gradient"]["flagged"]
-        )
+        check = loud["checks"]["gradient_free_beats_gradient"]
+        self.assertTrue(check["flagged"])
+        self.assertEqual((check["null_points"], check["miss_rate"]), (18, 0.05))
         # Masking: the gradient attack misses a large share of the points.
         masked = report_for(np.arange(n) < 60, grad, n=n, sequential=False)
         self.assertTrue(masked["possible"])
-        self.assertIn("the check allows 40.1", masked["messages"][0])
+        self.assertIn("the check allows 41 of 500", masked["messages"][0])
 
 
 def _pgd5_report(model, data_model=None):
@@ -379,3 +431,269 @@ class TrainedModelTest(tf.test.TestCase):
             result["robust_accuracy"]["pgd20"],
             healthy["robust_accuracy"]["pgd20"] + 0.1,
         )
+
+
+def standard_report(counts, *, n=1000, correct=850, **kwargs):
+    """masking_report of the standard suite from per-attack break counts.
+
+    Sequential mode: each attack breaks the next `counts[name]` of the
+    correctly classified points still robust, in the suite's order.
+    """
+    attacks = evaluation.make_suite("standard", epsilon=0.1).attacks
+    clean = np.arange(n) < correct
+    broken, start = {}, 0
+    for name in attacks:
+        broken[name] = (np.arange(n) >= start) & (
+            np.arange(n) < start + counts.get(name, 0)
+        )
+        start += counts.get(name, 0)
+    return evaluation.masking_report(
+        attacks, clean=clean, broken=broken, sequential=True, **kwargs
+    )
+
+
+class HealthyModelsAreNotFlaggedTest(tf.test.TestCase):
+    def test_square_breaking_a_few_points_after_the_standard_suite(self):
+        # The shipped PGD-AT model on 1,000 points: APGD-CE, APGD-T and
+        # FAB-T broke about 100 of the 850 correct points, and Square 3 or
+        # 4 more. AutoAttack's absolute rule (more than 0.2 % of the
+        # examples, 2 points) fired; under the null (the gradient attacks
+        # miss each breakable point with probability 5 %) 4 of about 100
+        # is ordinary, and the check allows 13.
+        for extra in (3, 4):
+            counts = {"apgd_ce": 90, "apgd_t": 5, "fab_t": 1, "square": extra}
+            report = standard_report(counts)
+            check = report["checks"]["gradient_free_beats_gradient"]
+            self.assertEqual(check["count"], extra)
+            self.assertGreater(check["count"], 0.002 * 1000)  # the old rule
+            self.assertEqual(check["null_points"], 96 + extra)
+            self.assertEqual(check["threshold"], 13)
+            self.assertEqual(check["miss_rate"], 0.05)
+            self.assertEqual(check["false_alarm_rate"], 0.001)
+            self.assertFalse(check["flagged"])
+            self.assertFalse(report["possible"], report["messages"])
+            self.assertNotIn("reverse_count", check)  # sequential
+
+    def test_a_masked_models_gradient_attacks_miss_most_points(self):
+        # The same 100 breakable points, but the gradient attacks found 30.
+        counts = {"apgd_ce": 25, "apgd_t": 4, "fab_t": 1, "square": 70}
+        report = standard_report(counts)
+        check = report["checks"]["gradient_free_beats_gradient"]
+        self.assertTrue(check["flagged"])
+        self.assertEqual((check["count"], check["threshold"]), (70, 13))
+        self.assertIn(
+            "square (gradient-free) broke 70 of 1000 points that the "
+            "gradient attacks (apgd_ce, apgd_t, fab_t) left robust (the "
+            "check allows 13 of the 100 points some attack broke, a 5% "
+            "miss rate, at false-alarm rate 0.001)",
+            report["messages"],
+        )
+        # 14 of 100 is beyond the limit already; a stricter false-alarm
+        # rate moves the limit up.
+        counts = {"apgd_ce": 86, "square": 14}
+        self.assertTrue(standard_report(counts)["possible"])
+        strict = standard_report(counts, false_alarm_rate=1e-6)
+        check = strict["checks"]["gradient_free_beats_gradient"]
+        self.assertFalse(check["flagged"])
+        self.assertEqual(
+            check["threshold"], margins.binomial_limit(100, 0.05, 1e-6)
+        )
+
+    def test_two_points_of_noise_between_strengths(self):
+        # 500 points: pgd50x10 left robust 2 of the 100 points pgd20
+        # broke (a random restart's miss). Robust accuracy rose by 0.4 %,
+        # above the old 0.2 %; a sign test on 2 discordant points cannot
+        # reach 0.001.
+        n = 500
+        suite = evaluation.make_suite("pgd20,pgd50x10", epsilon=0.1).attacks
+        weak = np.arange(n) < 100
+        strong = np.arange(n) < 98
+
+        def report(strong):
+            return evaluation.masking_report(
+                suite,
+                clean=np.ones(n, bool),
+                broken={"pgd20": weak, "pgd50x10": strong},
+                sequential=False,
+            )
+
+        quiet = report(strong)
+        check = quiet["checks"]["accuracy_rises_with_strength"]
+        (row,) = check["comparisons"]
+        self.assertEqual(
+            (row["only_weaker_broke"], row["only_stronger_broke"]), (2, 0)
+        )
+        self.assertAllClose(
+            row["stronger_accuracy"] - row["weaker_accuracy"], 0.004
+        )
+        self.assertEqual(row["threshold"], 2)
+        self.assertFalse(check["flagged"])
+        self.assertFalse(quiet["possible"])
+        # Masked: the stronger attack leaves robust 40 points it should
+        # break, and breaks 3 the weaker one missed.
+        masked = (np.arange(n) < 60) | (
+            (np.arange(n) >= 200) & (np.arange(n) < 203)
+        )
+        loud = report(masked)
+        (row,) = loud["checks"]["accuracy_rises_with_strength"]["comparisons"]
+        self.assertEqual(
+            (row["only_weaker_broke"], row["only_stronger_broke"]), (40, 3)
+        )
+        self.assertEqual(
+            row["threshold"], margins.binomial_limit(43, 0.5, 1e-3)
+        )
+        self.assertTrue(loud["possible"])
+        self.assertIn(
+            "pgd50x10 left robust 40 points pgd20 broke", loud["messages"][0]
+        )
+
+    def test_the_false_alarm_rate_is_split_over_the_comparisons(self):
+        # Three pairs (pgd5 < pgd20 < pgd50): each gets 0.001 / 3. Ten
+        # discordant points all one way reach 2**-10 < 0.001, but not
+        # 0.001 / 3.
+        n = 100
+        suite = evaluation.make_suite("pgd5,pgd20,pgd50", epsilon=0.1).attacks
+        first = np.arange(n) < 50
+        broken = {"pgd5": first, "pgd20": np.arange(n) < 40, "pgd50": first}
+        report = evaluation.masking_report(
+            suite, clean=np.ones(n, bool), broken=broken, sequential=False
+        )
+        rows = {
+            (r["weaker"], r["stronger"]): r
+            for r in report["checks"]["accuracy_rises_with_strength"][
+                "comparisons"
+            ]
+        }
+        self.assertLen(rows, 3)
+        row = rows[("pgd5", "pgd20")]
+        self.assertEqual(row["only_weaker_broke"], 10)
+        self.assertEqual(row["threshold"], 10)
+        self.assertEqual(margins.binomial_limit(10, 0.5, 0.001), 9)
+        self.assertFalse(report["possible"])
+
+
+def soft_quantized_model():
+    """A steep soft quantiser (temperature 2000) and points near its
+    threshold: the true input gradient is exactly zero, an epsilon of 0.1
+    crosses the threshold (as in evaluation_suites_test)."""
+    from tfadv import layers
+
+    model = keras.Sequential(
+        [
+            keras.Input((4, 4, 1)),
+            layers.SoftQuantization(temperature=2000.0, name="sq"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(2),
+        ]
+    )
+    rng = np.random.default_rng(0)
+    side = rng.choice([-1.0, 1.0], size=(32, 4, 4, 1))
+    x = (0.5 + side * rng.uniform(0.05, 0.08, size=side.shape)).astype(
+        "float32"
+    )
+    y = np.argmax(model(x), -1).astype("int32")
+    return model, fx.as_dataset(x, y)
+
+
+class MaskedModelsAreFlaggedTest(tf.test.TestCase):
+    """Masked models are still flagged under the binomial margins."""
+
+    def test_soft_quantization_at_a_high_temperature(self):
+        # Sequential, like the standard suite; no BPDA added, so only the
+        # statistical checks can tell.
+        model, data = soft_quantized_model()
+        result = evaluation.evaluate_suite(
+            model,
+            data,
+            suite="pgd5,square50",
+            epsilon=0.1,
+            sequential=True,
+            masking_layers=(),
+        )
+        report = result["gradient_masking"]
+        check = report["checks"]["gradient_free_beats_gradient"]
+        self.assertTrue(check["flagged"], check)
+        self.assertGreater(check["count"], check["threshold"])
+        self.assertEqual(
+            check["null_points"],
+            32 - round(32 * result["suite_robust_accuracy"]),
+        )
+        self.assertTrue(report["checks"]["zero_gradients"]["flagged"])
+        self.assertTrue(report["possible"])
+
+
+# A randomised model is flagged end to end by
+# OutputChecksTest.test_randomised_model_is_flagged_and_told_to_use_eot.
+
+
+class ZeroGradientsAreReportedOnceTest(tf.test.TestCase):
+    def test_a_flat_model_is_flagged_once_and_not_warned(self):
+        # A hard quantiser: the margin and the cross-entropy gradients are
+        # zero at every point. One finding says so (the flag, with both
+        # counts); the warning about the cross-entropy gradient stays
+        # quiet, and the finding is logged once.
+        model = fx.linear_model((8, 8, 1), 3, quantize=8)
+        x, y = fx.interior_data(model, (8, 8, 1), n=32)
+        with self.assertLogs(level="WARNING") as logs:
+            result = evaluation.evaluate_suite(
+                model, fx.as_dataset(x, y), suite="pgd5", epsilon=0.1
+            )
+        report = result["gradient_masking"]
+        correct = round(32 * result["clean_accuracy"])
+        self.assertTrue(report["checks"]["zero_gradients"]["flagged"])
+        points = report["checks"]["zero_gradient_points"]
+        self.assertEqual((points["count"], points["warned"]), (correct, False))
+        self.assertEqual(report["warnings"], [])
+        said = [m for m in report["messages"] if "all-zero" in m]
+        self.assertEqual(
+            said,
+            [
+                f"{correct} of {correct} correctly classified points (100.0%) "
+                "have an all-zero input gradient of the margin loss "
+                f"({correct} of the cross-entropy): a gradient attack "
+                "cannot start on them"
+            ],
+        )
+        logged = [line for line in logs.output if "all-zero" in line]
+        self.assertLen(logged, 1)
+        text = evaluation.format_report(result)
+        self.assertEqual(text.count("all-zero"), 1)
+
+    def test_findings_are_not_logged_when_the_options_say_so(self):
+        quiet = evaluation.EvalOptions(log_findings=False)
+        logits = np.full((4, 3), 1.0 / 3.0)  # probabilities: flagged
+        n = 100
+        with self.assertNoLogs(level="WARNING"):
+            outputs = masking.output_checks(logits, logits, options=quiet)
+            report = evaluation.masking_report(
+                evaluation.make_suite("pgd20,square", epsilon=0.1).attacks,
+                clean=np.ones(n, bool),
+                broken={
+                    "pgd20": np.zeros(n, bool),
+                    "square": np.arange(n) < 50,
+                },
+                sequential=True,
+                zero_gradients=30,
+                zero_ce_gradients=40,
+                findings=outputs["findings"],
+                options=quiet,
+            )
+        self.assertEqual(
+            [k for k, c in report["checks"].items() if c.get("flagged")],
+            [
+                "probability_outputs",
+                "gradient_free_beats_gradient",
+                "zero_gradients",
+            ],
+        )
+        self.assertLen(report["messages"], 3)
+        with self.assertLogs(level="WARNING") as logs:
+            evaluation.masking_report(
+                evaluation.make_suite("pgd20", epsilon=0.1).attacks,
+                clean=np.ones(n, bool),
+                broken={"pgd20": np.zeros(n, bool)},
+                sequential=False,
+                zero_gradients=30,
+            )
+        self.assertLen(logs.output, 1)
+        self.assertIn("30 of 100 correctly classified", logs.output[0])

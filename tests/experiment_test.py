@@ -18,9 +18,12 @@ import tfadv
 from tests import cli_fixtures
 from tests import harness
 from tfadv import attacks
+from tfadv import data
+from tfadv import evaluation
 from tfadv import experiment
 from tfadv import methods
 from tfadv import run_folder
+from tfadv import seeds
 from tfadv import train
 
 
@@ -156,10 +159,25 @@ class RunTest(_RunTestCase):
         mine = attacks.ProjectedGradient(
             epsilon=0.1, step_size=0.05, num_steps=2, name="mine"
         )
-        _parse("standard.gin", "testing/tiny.gin")
-        results = experiment.run(logdir=logdir, final_suite=[mine, "fgsm"])
+        _parse("standard.gin", "testing/tiny.gin", bindings=["run.seed = 3"])
+        with mock.patch.object(
+            evaluation, "run_suite", wraps=evaluation.run_suite
+        ) as run_suite:
+            results = experiment.run(logdir=logdir, final_suite=[mine, "fgsm"])
         with open(run_folder.path(logdir, run_folder.RESULTS_FILE)) as f:
             self.assertEqual(json.load(f), results)
+        # run.seed is the root of every seed, each recorded.
+        self.assertEqual(
+            results["seeds"],
+            {
+                "run": 3,
+                "weights": 3,
+                "data_order": 3,
+                "method": seeds.derive(3, "method"),
+                "attacks": 3,
+            },
+        )
+        self.assertEqual(run_suite.call_args.kwargs["seed"], 3)
         self.assertEqual(results["method"], "Standard")
         self.assertEqual(results["dataset"], "fashion_mnist")
         self.assertEqual(results["epsilon"], 0.1)
@@ -197,6 +215,60 @@ class RunTest(_RunTestCase):
         self.assertTrue(
             os.path.isfile(run_folder.path(logdir, run_folder.MODEL_FILE))
         )
+
+    def _dry_build(self, *gin_files, bindings=(), **run_args):
+        """What `build` made in a dry run of `gin_files`."""
+        built = []
+        real_build = experiment.build
+
+        def build(**kwargs):
+            built.append(real_build(**kwargs))
+            return built[-1]
+
+        _parse(*gin_files, "testing/tiny.gin", bindings=bindings)
+        with mock.patch.object(experiment, "build", side_effect=build):
+            experiment.run(logdir=self.logdir(), dry_run=True, **run_args)
+        (made,) = built
+        return made
+
+    def test_run_seed_is_handed_to_the_data_the_weights_and_the_method(self):
+        with mock.patch.object(
+            keras.utils, "set_random_seed", wraps=keras.utils.set_random_seed
+        ) as set_random_seed:
+            built = self._dry_build("pgd_at.gin", bindings=["run.seed = 5"])
+        set_random_seed.assert_called_once_with(5)
+        # The method's generator has a seed of its own, derived from 5.
+        self.assertEqual(built.method.seed, seeds.derive(5, "method"))
+        self.assertNotEqual(built.method.seed, 5)
+        # The data order is exactly make_datasets(seed=run.seed)'s.
+
+        def labels(seed):
+            made = data.make_datasets(
+                train_examples=256,
+                batch_size=64,
+                validation_examples=0,
+                eval_examples=64,
+                seed=seed,
+            )
+            return np.concatenate([y for _, y in made.train])
+
+        order = np.concatenate([y for _, y in built.datasets.train])
+        self.assertAllEqual(order, labels(5))
+        self.assertNotAllEqual(order, labels(6))
+
+    def test_a_dataset_fn_without_a_seed_is_called_without_one(self):
+        calls = []
+
+        def my_data(*, data_dir=None):
+            calls.append(data_dir)
+            return data.make_datasets(
+                train_examples=128, batch_size=64, eval_examples=64
+            )
+
+        built = self._dry_build("standard.gin", dataset_fn=my_data)
+        self.assertEqual(calls, [None])
+        self.assertEqual(built.datasets.info.num_train, 128)
+        self.assertIsNone(seeds.RunSeeds.of(0, dataset_fn=my_data).data_order)
 
     def test_method_hooks_callbacks_and_results_info(self):
         logdir = self.logdir()

@@ -233,6 +233,34 @@ class StrictTest(tf.test.TestCase, parameterized.TestCase):
         message = self._error(["pgd_at.gin"], ["run.epochs = = 3"])
         self.assertIn("a --gin_bindings value, line 1", message)
 
+    @parameterized.parameters(
+        "make_datasets.seed = 3",
+        "make_datasets.shuffle_seed = 3",  # its name before run.seed
+        "PGDAT.seed = 3",
+        "TRADES.seed = 3",
+    )
+    def test_a_seed_the_run_hands_out_is_refused_naming_run_seed(self, binding):
+        message = self._error(["pgd_at.gin"], [binding])
+        name = binding.split(" =")[0]
+        self.assertStartsWith(message, f"{name} cannot be set in gin")
+        self.assertIn("Bind run.seed instead", message)
+
+    def test_a_seed_in_a_file_is_refused_too(self):
+        path = self.create_tempfile(
+            "mine.gin", "include 'pgd_at.gin'\nmake_datasets.seed = 1\n"
+        ).full_path
+        message = self._error([path], [])
+        self.assertIn("make_datasets.seed cannot be set in gin", message)
+
+    @parameterized.parameters(
+        "run.seed = 3",
+        "keep_best.seed = 3",  # a scoring attack's own fixed seed
+        "GAAT.guard_seed = 3",
+    )
+    def test_seeds_the_run_does_not_hand_out_are_accepted(self, binding):
+        gin_files.parse(["pgd_at.gin"], [binding])
+        self.assertEqual(gin.query_parameter(binding.split(" =")[0]), 3)
+
     def test_unclosed_bracket(self):
         message = self._error(["pgd_at.gin"], ["run.final_suite = ['pgd20'"])
         self.assertIn("never closed", message)

@@ -819,3 +819,16 @@ def numpy_yopo_gradients(
         g0 += u.astype(np.float64).T @ (costate * act_h)  # Hamiltonian
         gb0 += (costate * act_h).sum(0)
     return [g0, gb0, g1, gb1], eta, loss
+
+
+def event_tensors(log_dir):
+    """Tag -> [(step, value)] of every tensor summary under `log_dir`."""
+    found = {}
+    for name in sorted(os.listdir(log_dir)):
+        if "tfevents" not in name:
+            continue
+        path = os.path.join(log_dir, name)
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                found.setdefault(value.tag, []).append((event.step, value))
+    return found

@@ -32,6 +32,7 @@ from tfadv import data
 from tfadv import experiment
 from tfadv import methods
 from tfadv import models
+from tfadv import seeds
 from tfadv.data import example_ids
 from tfadv.methods import fgsm_pgi
 
@@ -557,7 +558,7 @@ def build(dataset_fn):
         jit_compile=False,
         steps_per_execution=1,
         mixed_precision=None,
-        seed=0,
+        seeds=seeds.RunSeeds.of(0, dataset_fn=dataset_fn, method_cls=TinyPGI),
     )
 
 

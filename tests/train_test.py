@@ -12,12 +12,14 @@ import io
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
 import traceback
 from unittest import mock
 
+import gin
 import keras
 import numpy as np
 import tensorflow as tf
@@ -482,6 +484,28 @@ class BadInputTest(tf.test.TestCase, parameterized.TestCase):
         fit.assert_not_called()
         self.assertNotIn("\n", exit_.code)
         self.assertFalse(os.path.exists(logdir))
+
+    def test_every_argument_of_the_table_is_refused_naming_its_flag(self):
+        # One table (experiment.SET_BY_ENTRY_POINT) is run's denylist and
+        # the source of the flag each refusal names.
+        configurable = gin.config._REGISTRY.get_match("run")
+        self.assertCountEqual(
+            configurable.denylist, experiment.SET_BY_ENTRY_POINT
+        )
+        flag_names = set(flags.FLAGS)
+        for name, flag in experiment.SET_BY_ENTRY_POINT.items():
+            for word in re.findall(r"--(\w+)", flag):
+                self.assertIn(word, flag_names, msg=name)
+            gin.clear_config()
+            with (
+                self.subTest(name=name),
+                self.assertRaisesRegex(
+                    ValueError,
+                    rf"^run\.{name} cannot be set in gin.*"
+                    rf"Use {re.escape(flag)} instead",
+                ),
+            ):
+                train.parse_gin(["standard.gin"], [f"run.{name} = None"])
 
     def test_binding_set_by_the_entry_point_is_refused_in_a_file(self):
         gin_file = os.path.join(self.create_tempdir().full_path, "mine.gin")

@@ -70,3 +70,35 @@ for _schedule in (
     keras.optimizers.schedules.CosineDecay,
 ):
     gin.external_configurable(_schedule, module="keras.optimizers.schedules")
+
+
+def epoch_parameters() -> tuple:
+    """Every gin parameter whose value is written in epochs.
+
+    Each registering module declares its own (`EPOCH_PARAMETERS` beside
+    the configurable: learning-rate boundaries, FGSM-PGI's reset period,
+    AWP's warm-up, ...), so a tool that trains a gin file's method for
+    another number of epochs (tools/benchmark.py) scales every one of them
+    without a list of its own.
+    """
+    found = []
+    for module in REGISTERING_MODULES:
+        loaded = importlib.import_module(module)
+        found += getattr(loaded, "EPOCH_PARAMETERS", ())
+    return tuple(found)
+
+
+def minibatch_replays() -> int:
+    """Updates per minibatch of the parsed configuration's method.
+
+    1, unless `run.method_cls` declares `replays_in_config` (Free-AT, which
+    replays every minibatch m times): a tool that trains methods at equal
+    updates gives such a method 1/m of the epochs.
+    """
+    try:
+        method = gin.query_parameter("run.method_cls")
+    except ValueError:  # not bound
+        return 1
+    cls = getattr(method, "configurable", None)
+    replays = getattr(getattr(cls, "wrapped", None), "replays_in_config", None)
+    return int(replays()) if replays else 1

@@ -290,7 +290,9 @@ def main(argv):
     try:
         model_file, folder, epsilon, norm, epsilons, dataset, num = _inputs()
         gin_files.parse(_GIN_FILE.value, _GIN_BINDINGS.value)
-        options = dict(epsilon=epsilon, seed=_SEED.value)
+        # The table printed below carries every finding of the masking
+        # checks: logging them as well would say each twice.
+        options = dict(epsilon=epsilon, seed=_SEED.value, log_findings=False)
         if norm is not None:  # else gin's evaluate_suite.norm or linf
             options["norm"] = norm
         if _SUITE.value is not None:
@@ -322,7 +324,7 @@ def main(argv):
         datasets = gin.get_configurable(data.make_datasets)(
             name=dataset,
             data_dir=_DATA_DIR.value,
-            batch_size=1,  # no training here
+            training=False,  # test examples only: no training pipeline
             eval_batch_size=_BATCH_SIZE.value,
             eval_examples=num,
             validation_examples=0,

@@ -29,6 +29,8 @@ from tfadv import gin_files
 from tfadv import models
 from tfadv import provenance
 from tfadv import run_folder
+from tfadv import run_logs
+from tfadv import seeds as seeds_lib
 from tfadv import validation
 from tfadv.attacks import base as attack_base
 from tfadv.attacks import threat_models
@@ -36,16 +38,17 @@ from tfadv.methods import base as methods_base
 from tfadv.methods.weight_perturbations import WeightPerturbation
 from tfadv.recipes import selection as selection_lib
 
-# Arguments of `run` that the entry point sets from its flags; gin refuses
-# bindings of them.
-SET_BY_ENTRY_POINT = (
-    "logdir",
-    "strategy",
-    "data_dir",
-    "dry_run",
-    "allow_config_change",
-    "progress",
-)
+# The arguments of `run` that the entry point (`tfadv.train`) sets from its
+# flags, each with the flags that set it: gin refuses bindings of them
+# (`run`'s denylist), and `tfadv.train` names the flag in its refusal.
+SET_BY_ENTRY_POINT = {
+    "logdir": "--logdir",
+    "strategy": "--strategy and --devices",
+    "data_dir": "--data_dir (or TFADV_DATA_DIR)",
+    "dry_run": "--dry_run",
+    "allow_config_change": "--allow_config_change",
+    "progress": "--progress",
+}
 PROGRESS = ("auto", "bar", "epoch", "none")
 MIXED_PRECISION_POLICIES = (None, "mixed_float16", "mixed_bfloat16")
 
@@ -256,27 +259,36 @@ def build(
     jit_compile,
     steps_per_execution,
     mixed_precision,
-    seed,
+    seeds: seeds_lib.RunSeeds,
     norm="linf",
     weight_perturbation=None,
 ) -> Built:
     """Builds the data, and under `strategy.scope()` the variables.
 
+    Each random part gets its seed from `seeds` (`tfadv.seeds`): the data
+    order (`dataset_fn(seed=...)`, when it takes one), the weights and the
+    method's generator (`method_cls(..., seed=...)`, when it takes one).
     A method whose batches carry example ids (`uses_example_ids`, e.g.
     FGSM-PGI) gets them from `dataset_fn(example_ids=True)` and the
     training set's size as `num_examples`; data without them is refused.
     """
-    method_kwargs = {}
+    method_kwargs, data_kwargs = {}, {}
+    if seeds.data_order is not None:
+        data_kwargs["seed"] = seeds.data_order
+    if seeds.method is not None:
+        method_kwargs["seed"] = seeds.method
     if _uses_example_ids(method_cls):
-        datasets = dataset_fn(data_dir=data_dir, example_ids=True)
+        datasets = dataset_fn(
+            data_dir=data_dir, example_ids=True, **data_kwargs
+        )
         data.example_ids.require(
             datasets.train, who=getattr(method_cls, "__name__", "The method")
         )
         method_kwargs["num_examples"] = datasets.info.num_train
     else:
-        datasets = dataset_fn(data_dir=data_dir)
+        datasets = dataset_fn(data_dir=data_dir, **data_kwargs)
     info = datasets.info
-    keras.utils.set_random_seed(seed)
+    keras.utils.set_random_seed(seeds.weights)
     previous_policy = keras.mixed_precision.dtype_policy()
     if mixed_precision:
         keras.mixed_precision.set_dtype_policy(mixed_precision)
@@ -350,7 +362,7 @@ def fit(
     norm: str = "linf",
     seed: int = 0,
     identity: dict | None = None,
-) -> tuple[dict, list, callbacks_lib.WallClockLogger]:
+) -> tuple[dict, list, run_logs.WallClockLogger]:
     """Trains with the run's callbacks and the method's own.
 
     Returns:
@@ -361,7 +373,7 @@ def fit(
         TrainingDivergedError: the loss became NaN or infinite.
     """
     datasets = built.datasets
-    wall_clock = callbacks_lib.WallClockLogger(
+    wall_clock = run_logs.WallClockLogger(
         datasets.steps_per_epoch * _batch_size(datasets),
         run_folder.path(logdir, run_folder.TIMING_FILE),
     )
@@ -370,7 +382,7 @@ def fit(
         logdir, identity, states=built.recipes(), guard=guard
     )
     info = datasets.info
-    hparams = callbacks_lib.HParamsLogger(
+    hparams = run_logs.HParamsLogger(
         logdir,
         {
             "dataset": info.name,
@@ -443,10 +455,10 @@ def finish(
     logdir: str,
     epsilon: float,
     suite: evaluation.Suite,
-    seed: int,
+    seeds: seeds_lib.RunSeeds,
     history,
     callbacks: list,
-    wall_clock: callbacks_lib.WallClockLogger,
+    wall_clock: run_logs.WallClockLogger,
 ) -> dict:
     """Exports the classifier, evaluates it and writes results.json.
 
@@ -483,7 +495,7 @@ def finish(
     for label in reversed(states):  # the exported state last: it stays
         built.classifier.set_weights(states[label])
         evaluations[label] = evaluation.run_suite(
-            built.classifier, built.datasets.test, suite, seed=seed
+            built.classifier, built.datasets.test, suite, seed=seeds.attacks
         )
     scores = evaluations[exported]
     results = {
@@ -506,6 +518,7 @@ def finish(
         "eval_seconds": scores["attack_seconds"],
         "gradient_masking": scores["gradient_masking"],
         "data_source": built.datasets.info.source,
+        "seeds": seeds.record(),
         "history": history,
         "provenance": provenance.record(),
     }
@@ -533,7 +546,7 @@ def finish(
         if info is not None:
             results.update(info())
     for callback in callbacks:
-        if isinstance(callback, callbacks_lib.HParamsLogger):
+        if isinstance(callback, run_logs.HParamsLogger):
             callback.write_final(
                 {
                     "clean_accuracy": results["clean_accuracy"],
@@ -591,7 +604,9 @@ def run(
             an interrupted one resumes from its checkpoint.
         strategy: the distribution strategy (default: the current one).
         method_cls: the method class, called as
-            `method_cls(classifier, eval_attack=eval_attack)`; its own
+            `method_cls(classifier, eval_attack=eval_attack, seed=...)`
+            (`seed` derived from `seed` below, left out for a callable
+            without that parameter); its own
             hyperparameters, training attack included, come from gin. Its
             training epsilon must equal `epsilon`. A method that declares
             `uses_example_ids` (FGSM-PGI) also gets `num_examples`, and
@@ -604,7 +619,11 @@ def run(
         norm: the threat model of the named final attacks, "linf" or "l2"
             (give the training and validation attacks the same `norm`).
         epochs: training epochs.
-        dataset_fn: returns a `tfadv.data.Datasets`; called with `data_dir`.
+        dataset_fn: returns a `tfadv.data.Datasets`; called with
+            `data_dir`, and with `seed` (the data order's, `seed` below)
+            when it has a `seed` parameter or `**kwargs`; one without
+            orders its data itself, and results.json records no data-order
+            seed.
         data_dir: an explicit data directory (the `--data_dir` flag).
         model_fn: builds the classifier from `input_shape`, `num_classes`,
             `mean` and `std`.
@@ -638,7 +657,12 @@ def run(
         jit_compile: compile the train and test steps with XLA.
         steps_per_execution: Keras `steps_per_execution`.
         mixed_precision: None, "mixed_float16" or "mixed_bfloat16".
-        seed: seed of weight initialisation and of the method's randomness.
+        seed: the run's one seed, handed to each random part: the
+            weights', the data order's and augmentation's (as
+            `dataset_fn(seed=seed)`, when it takes a seed), the method's
+            generator's (a seed derived from it) and the final attacks'.
+            results.json records each under `seeds` (`tfadv.seeds`); gin
+            refuses seeds bound elsewhere (`make_datasets.seed`).
         dry_run: build everything, then return without training.
         allow_config_change: resume an interrupted run although the gin
             configuration differs from the one it started with (else that
@@ -658,6 +682,9 @@ def run(
             not refused input; `raised_in_training` tells them apart.
     """
     validation.choice("progress", progress, PROGRESS)
+    seeds = seeds_lib.RunSeeds.of(
+        seed, dataset_fn=dataset_fn, method_cls=method_cls
+    )
     epsilon, suite = check_config(
         epsilon=epsilon,
         epochs=epochs,
@@ -714,7 +741,7 @@ def run(
                 jit_compile=jit_compile,
                 steps_per_execution=steps_per_execution,
                 mixed_precision=mixed_precision,
-                seed=seed,
+                seeds=seeds,
                 norm=norm,
                 weight_perturbation=weight_perturbation,
             )
@@ -789,7 +816,7 @@ def run(
                 logdir=logdir,
                 epsilon=epsilon,
                 suite=suite,
-                seed=seed,
+                seeds=seeds,
                 history=history,
                 callbacks=callbacks,
                 wall_clock=wall_clock,

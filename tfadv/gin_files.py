@@ -16,6 +16,8 @@
   the closest configurable names when it names an unknown configurable;
 - refuses a binding under a scope that nothing in the config uses
   (`trian/ProjectedGradient.num_steps = 0` would be silently ignored);
+- refuses a binding of a value the run hands out itself (`RUN_LEVEL`: the
+  seeds that `run.seed` gives, `tfadv.seeds`), naming the binding to use;
 - after the run has built everything, `check_unused_bindings` refuses
   bindings that nothing used (`TRADES.beta` in a PGD-AT run).
 
@@ -36,6 +38,17 @@ from gin import config_parser
 # Shipped inside the package, so a wheel install has them too (the
 # repository's top-level gin_configs/ is a link to this folder).
 GIN_DIR = os.path.join(os.path.dirname(__file__), "gin_configs")
+
+
+# Values the run hands to the objects that use them (`tfadv.seeds`), so a
+# binding on the object would be replaced: (configurable, parameter) -> the
+# binding to write instead. A former name is listed too, to get this
+# refusal rather than "no parameter". Every method's `seed` is one as well
+# (`_run_level`).
+RUN_LEVEL = {
+    ("make_datasets", "seed"): "run.seed",
+    ("make_datasets", "shuffle_seed"): "run.seed",
+}
 
 
 # The shipped files the last `parse` read, for `check_unused_bindings`.
@@ -123,6 +136,61 @@ def _syntax_message(e: SyntaxError) -> str:
     )
 
 
+def _is_method(selector: str) -> bool:
+    """Whether the configurable `selector` is a tfadv training method."""
+    from tfadv.methods import base
+
+    try:
+        wrapped = gin_config._REGISTRY.get_match(selector).wrapped
+    except Exception:  # noqa: BLE001  (not a registered name: not a method)
+        return False
+    return isinstance(wrapped, type) and issubclass(
+        wrapped, base.AdversarialTrainer
+    )
+
+
+def _run_level(selector: str, parameter: str) -> str | None:
+    """The binding that sets `selector.parameter` for a run, if the run does.
+
+    None for a value gin may bind where it is used.
+    """
+    name = selector.split(".")[-1]
+    owner = RUN_LEVEL.get((name, parameter))
+    if owner is None and parameter == "seed" and _is_method(selector):
+        owner = "run.seed"
+    return owner
+
+
+def _run_level_message(binding: str, owner: str) -> str:
+    return (
+        f"{binding} cannot be set in gin: the run hands that value out "
+        f"itself, from {owner}, so the binding would be replaced (or would "
+        f"fork the run's randomness). Bind {owner} instead: it is the one "
+        "seed of a training run, handed to the weights, the data order and "
+        "augmentation, the method's randomness and the final attacks, each "
+        "recorded under `seeds` in results.json."
+    )
+
+
+def check_run_level() -> None:
+    """Refuses a binding of a value the run hands out (`RUN_LEVEL`).
+
+    Raises:
+        ValueError: naming the binding and the one to write instead.
+    """
+    for (scope, selector), values in gin_config._CONFIG.items():
+        if selector in ("gin.macro", "gin.constant"):
+            continue
+        for parameter in values:
+            owner = _run_level(selector, parameter)
+            if owner is not None:
+                name = selector.split(".")[-1]
+                binding = f"{scope}/{name}" if scope else name
+                raise ValueError(
+                    _run_level_message(f"{binding}.{parameter}", owner)
+                )
+
+
 def _unknown_parameter(message: str) -> str | None:
     match = re.search(
         r"Configurable '([\w.]+)' doesn't have a parameter named '(\w+)'",
@@ -131,6 +199,9 @@ def _unknown_parameter(message: str) -> str | None:
     if not match:
         return None
     name, parameter = match[1], match[2]
+    owner = _run_level(name, parameter)
+    if owner is not None:
+        return _run_level_message(f"{name}.{parameter}", owner)
     try:
         configurable = gin_config._REGISTRY.get_match(name)
         denied = set(configurable.denylist or ())
@@ -268,8 +339,9 @@ def parse(gin_files, gin_bindings) -> None:
         gin_bindings: binding strings, applied after the files.
 
     Raises:
-        ValueError: malformed gin, an unknown name or parameter, or a binding
-            under a scope nothing uses; one paragraph each.
+        ValueError: malformed gin, an unknown name or parameter, a binding
+            under a scope nothing uses, or of a value the run hands out
+            (`RUN_LEVEL`); one paragraph each.
     """
     from tfadv import configurables  # noqa: F401  (registers every name)
 
@@ -323,6 +395,7 @@ def parse(gin_files, gin_bindings) -> None:
             friendly += f" ({where})"
         raise ValueError(friendly) from None
     check_scopes()
+    check_run_level()
 
 
 def _shipped_bindings() -> set:

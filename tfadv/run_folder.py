@@ -29,6 +29,9 @@ time: a run holds the folder's lock (`lock`) while it trains, and a second
 run on the folder is refused while the first lives. A start refused before
 training removes what it created (`removed_on_error`), decided under its
 lock: never a folder that another run holds.
+
+The writers of the training logs that go into the folder (the timing file,
+the hyperparameters) are in `tfadv.run_logs`, beside this module.
 """
 
 import contextlib
@@ -140,7 +143,7 @@ def check(logdir: str) -> bool:
             # A kill during an atomic write leaves its ".tmp" file (the
             # results' too: that run resumes, trains no more and finishes).
             and not _temporary_of_an_atomic_write(name)
-            # The hparams summary (tfadv.callbacks.HParamsLogger).
+            # The hparams summary (tfadv.run_logs.HParamsLogger).
             and not name.startswith(HPARAMS_EVENTS_PREFIX)
         )
         checkpoint = os.path.isdir(path(logdir, CHECKPOINT_DIR))

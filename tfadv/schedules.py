@@ -19,6 +19,11 @@ import numpy as np
 
 from tfadv import validation
 
+# Parameters written in epochs (`tfadv.configurables.epoch_parameters`): a
+# run that trains a file's method for more or fewer epochs than the file
+# scales them with it (tools/benchmark.py does).
+EPOCH_PARAMETERS = ("piecewise_constant.boundaries",)
+
 
 @keras.saving.register_keras_serializable(package="tfadv")
 class PiecewiseLinear(keras.optimizers.schedules.LearningRateSchedule):

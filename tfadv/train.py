@@ -60,17 +60,6 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
 )
 
 
-# The flag that sets each argument of `run` that gin may not bind.
-_FLAG_OF = {
-    "logdir": "--logdir",
-    "strategy": "--strategy and --devices",
-    "data_dir": "--data_dir (or TFADV_DATA_DIR)",
-    "dry_run": "--dry_run",
-    "allow_config_change": "--allow_config_change",
-    "progress": "--progress",
-}
-
-
 def parse_gin(gin_files_, gin_bindings) -> None:
     """Parses gin files (searched in gin_configs/) and bindings, strictly.
 
@@ -85,11 +74,14 @@ def parse_gin(gin_files_, gin_bindings) -> None:
         match = re.search(r"'run' has denylisted kwarg '(\w+)'", str(e))
         if not match:
             raise
+        from tfadv import experiment
+
         name = match[1]
+        flag = experiment.SET_BY_ENTRY_POINT[name]
         raise ValueError(
             f"run.{name} cannot be set in gin: the command line sets it, "
-            f"and a binding would be ignored. Use {_FLAG_OF[name]} instead "
-            "and remove the binding."
+            f"and a binding would be ignored. Use {flag} instead and remove "
+            "the binding."
         ) from None
 
 

@@ -22,7 +22,16 @@ Contenders:
 - the profile: `PGDAT.train_step` with one of its extras switched off in
   a subclass (`no_input_checks`, `no_clean_forward`, `no_metrics`,
   `fixed_seed`) and with all of them off and no minibatch counter
-  (`bare`); the difference to `tfadv_step` is what that extra costs.
+  (`bare`); the difference to `tfadv_step` is what that extra costs;
+- `art_madry_pgd`, only when IBM's Adversarial Robustness Toolbox is
+  installed (it is not a dependency of tfadv): ART's
+  `AdversarialTrainerMadryPGD` on a `TensorFlowV2Classifier` of the same
+  model (the same initial weights, batch and PGD-10 attack: ε = 0.1, steps
+  of 0.025, one uniform random start; SGD(0.05, momentum 0.9) without the
+  weight decay, which ART's classifier does not apply), one `fit` epoch
+  over `steps` copies of the batch. ART computes every attack step through
+  NumPy arrays; the ratio to the hand-written step is what a user of that
+  library pays.
 """
 
 import json
@@ -61,6 +70,8 @@ STEPS = (
     "fixed_seed",
     "bare",
 )
+# Peers, timed when their library is installed (not dependencies of tfadv).
+PEERS = ("art_madry_pgd",)
 
 
 # The arithmetic (tested in tests/benchmark_test.py).
@@ -202,7 +213,7 @@ def _batch(batch_size, seed):
         train_examples=batch_size,
         validation_examples=0,
         eval_examples=batch_size,
-        shuffle_seed=seed,
+        seed=seed,
     )
     x, y = next(iter(datasets.train.take(1)))
     return tf.identity(x), tf.cast(y, tf.int32), datasets.info
@@ -279,7 +290,51 @@ def _contenders(model, batch_size, steps, steps_per_execution, seed):
         else:
             step = tf.function(trainer.train_step, autograph=False)
             runs[name] = repeat(lambda step=step: step((x, y)))
+    art = art_madry_pgd(classifier(), x, y, steps, info.num_classes, seed)
+    if art is not None:
+        runs["art_madry_pgd"] = art
     return runs
+
+
+def art_madry_pgd(classifier, x, y, steps, num_classes, seed):
+    """ART's Madry PGD trainer on `steps` copies of the batch, or None.
+
+    None when the Adversarial Robustness Toolbox is not installed. A call
+    trains one epoch of `steps` minibatches (ART shuffles the copies,
+    which are the same batch).
+    """
+    try:
+        from art.defences.trainer import AdversarialTrainerMadryPGD
+        from art.estimators.classification import TensorFlowV2Classifier
+    except ImportError:
+        return None
+    estimator = TensorFlowV2Classifier(
+        model=classifier,
+        nb_classes=num_classes,
+        input_shape=tuple(x.shape[1:]),
+        loss_object=keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True
+        ),
+        optimizer=keras.optimizers.SGD(LEARNING_RATE, momentum=MOMENTUM),
+        clip_values=(0.0, 1.0),
+    )
+    trainer = AdversarialTrainerMadryPGD(
+        estimator,
+        nb_epochs=1,
+        batch_size=int(x.shape[0]),
+        eps=EPSILON,
+        eps_step=STEP_SIZE,
+        max_iter=NUM_STEPS,
+        num_random_init=1,
+    )
+    images = np.concatenate([np.asarray(x)] * steps)
+    labels = np.concatenate([np.asarray(y)] * steps)
+    np.random.seed(seed)
+
+    def run():
+        trainer.fit(images, labels, nb_epochs=1, batch_size=int(x.shape[0]))
+
+    return run
 
 
 class _BatchClock(keras.callbacks.Callback):
@@ -325,7 +380,11 @@ def measure(runs: dict, *, rounds: int, warmup: int, steps: int) -> dict:
 def summarise(times: dict) -> dict:
     """Ratios to the hand-written attack and step, with their spread."""
     ratios = per_round_ratios(times, ATTACK_REFERENCE, ATTACKS)
-    ratios.update(per_round_ratios(times, STEP_REFERENCE, STEPS))
+    ratios.update(
+        per_round_ratios(
+            times, STEP_REFERENCE, [n for n in STEPS + PEERS if n in times]
+        )
+    )
     summary = {
         "seconds_per_step": {n: spread(t) for n, t in times.items()},
         "ratio": {n: spread(r) for n, r in ratios.items()},

@@ -320,6 +320,9 @@ class APGDTargeted(APGD):
         **kwargs: `rho`, `momentum`, `initial_step`, as for `APGD`.
     """
 
+    # The targeted DLR loss reads the four largest logits.
+    min_classes = 4
+
     def __init__(
         self,
         *,

@@ -27,6 +27,10 @@ Every attack also:
   replaces the attack's own start);
 - says whether it needs the model's gradients (`uses_gradients`; Square
   does not), which the evaluation's gradient-masking checks read;
+- says how many classes the classifier must have (`min_classes`; APGD-T
+  needs 4) and builds, in `prepare(model)`, anything it needs per
+  classifier before its first call (BPDA's straight-through copy), so the
+  evaluation asks the attack instead of testing its class;
 - describes itself with `get_config()` (its constructor arguments) and
   gives a copy with other settings with `replace(num_steps=5, ...)`;
 - is a registered Keras serializable (package "tfadv" for tfadv's own
@@ -259,6 +263,9 @@ class Attack:
         uses_gradients: whether the attack differentiates the model.
         training_only: whether it is a training perturbation, whose output
             may leave the threat set (never an evaluation attack).
+        min_classes: the fewest classes (logits) the classifier must have
+            for the attack to run; the evaluation refuses a classifier
+            with fewer before any attack runs.
     """
 
     name: str = "attack"
@@ -267,6 +274,7 @@ class Attack:
     # A training perturbation (`tfadv.attacks.perturbations`) may leave the
     # threat set; it is never used to measure robustness.
     training_only: bool = False
+    min_classes: int = 1
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -289,6 +297,15 @@ class Attack:
     def from_config(cls, config: dict) -> "Attack":
         """Rebuilds an attack from `get_config()` or its serialized form."""
         return cls(**deserialize_config(config))
+
+    def prepare(self, model: keras.Model) -> None:
+        """Builds, eagerly, what calls on `model` will need; nothing here.
+
+        The evaluation calls it once per attack and classifier before any
+        batch, so a bad setting fails before attacking and nothing is
+        built inside a trace (BPDA builds its straight-through copy).
+        """
+        del model
 
     def replace(self, **changes) -> "Attack":
         """A copy with some constructor arguments changed.

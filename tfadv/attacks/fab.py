@@ -281,6 +281,9 @@ class FABTargeted(base.Attack):
         name: the report name; defaults to "fab_t".
     """
 
+    # A target class besides the true one.
+    min_classes = 2
+
     def __init__(
         self,
         *,

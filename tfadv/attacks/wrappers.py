@@ -71,9 +71,10 @@ class _StraightThrough(keras.layers.Layer):
 class Wrapper(base.Attack):
     """An attack that runs another attack on a changed view of the model.
 
-    It takes the inner attack's threat model and `uses_gradients`, and
-    `replace` hands the changes that are not the wrapper's own to the inner
-    attack (`bpda.replace(num_steps=5)` shortens the wrapped PGD).
+    It takes the inner attack's threat model, `uses_gradients` and
+    `min_classes`, prepares it in `prepare`, and `replace` hands the
+    changes that are not the wrapper's own to the inner attack
+    (`bpda.replace(num_steps=5)` shortens the wrapped PGD).
 
     Args:
         attack: the inner attack.
@@ -89,8 +90,12 @@ class Wrapper(base.Attack):
         self.attack = attack
         self.threat_model = attack.threat_model
         self.uses_gradients = attack.uses_gradients
+        self.min_classes = attack.min_classes
         self._given_name = name
         self.name = name or f"{prefix}_{attack.name}"
+
+    def prepare(self, model):
+        self.attack.prepare(model)
 
     def replace(self, **changes):
         """A copy; changes that are not the wrapper's go to the inner attack."""
@@ -170,6 +175,15 @@ class BPDA(Wrapper):
         if callable(self.layers):
             return bool(self.layers(layer))
         return layer.name in self.layers
+
+    def prepare(self, model):
+        """Builds the straight-through copy of `model`, then the inner's.
+
+        Raises:
+            ValueError: no layer of `model` matches `layers`, or the model
+                cannot be rebuilt.
+        """
+        self.attack.prepare(self.surrogate(model))
 
     def surrogate(self, model) -> keras.Model:
         """The classifier with the selected layers made straight-through."""

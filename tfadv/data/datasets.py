@@ -111,7 +111,8 @@ class Datasets:
         train: shuffled (a new order each epoch, a function of the seed
             and the epoch number), batched with `drop_remainder=True`,
             augmented if requested, prefetched; with `example_ids`, its
-            inputs are `{"image": images, "example_id": ids}`.
+            inputs are `{"image": images, "example_id": ids}`. None when
+            built for evaluation only (`training=False`).
         validation: the first `validation_examples` examples of the test
             split in stored order, batched without `drop_remainder`; None
             when `validation_examples == 0`. It overlaps `test`: it is a
@@ -128,7 +129,7 @@ class Datasets:
             sees them: they choose between epochs (`tfadv.recipes`).
     """
 
-    train: tf.data.Dataset
+    train: tf.data.Dataset | None
     validation: tf.data.Dataset | None
     test: tf.data.Dataset
     info: DatasetInfo
@@ -385,9 +386,10 @@ def make_datasets(
     validation_examples: int = 1000,
     eval_examples: int | None = None,
     augment: bool | None = None,
-    shuffle_seed: int = 0,
+    seed: int = 0,
     example_ids: bool = False,
     holdout_examples: int = 0,
+    training: bool = True,
 ) -> Datasets:
     """Builds the train, validation and test pipelines of a named dataset.
 
@@ -415,7 +417,10 @@ def make_datasets(
             padding) and horizontal flip for 32x32x3 images, without the
             flip for SVHN; nothing otherwise. True forces crop+flip (no
             flip for digit datasets: mnist, svhn); False disables it.
-        shuffle_seed: seed of the training order and of the augmentation.
+        seed: seed of the training order and of the augmentation
+            (`_training_pipeline`). In a training run it is `run.seed`,
+            which `tfadv.train` hands here; gin refuses
+            `make_datasets.seed` (bind `run.seed`).
         example_ids: the training batches carry each example's index in
             the training set, as inputs `{"image": images, "example_id":
             ids}` (`tfadv.data.example_ids`), for methods that keep state
@@ -427,6 +432,9 @@ def make_datasets(
             first `train_examples` of the others. 0 holds out nothing;
             otherwise at least `MIN_HOLDOUT_EXAMPLES`, and fewer than the
             split holds.
+        training: False for evaluation only (`tfadv.evaluate`): no
+            training pipeline (`train` is None, `steps_per_epoch` 0), and
+            the log names only the test examples.
 
     Returns:
         A `Datasets`.
@@ -451,6 +459,8 @@ def make_datasets(
         raise ValueError(
             f"example_ids={example_ids!r}; expected True or False."
         )
+    if training not in (True, False):
+        raise ValueError(f"training={training!r}; expected True or False.")
     eval_batch_size = eval_batch_size or batch_size
 
     raw = sources.load_splits(name, data_dir=data_dir)
@@ -482,8 +492,8 @@ def make_datasets(
     num_validation = _clamp(
         "validation_examples", validation_examples, len(test_images), "test"
     )
-    steps_per_epoch = num_train // batch_size
-    if steps_per_epoch == 0:
+    steps_per_epoch = num_train // batch_size if training else 0
+    if training and steps_per_epoch == 0:
         raise ValueError(
             f"batch_size={batch_size} exceeds the {num_train} training "
             f"examples of {raw.name!r}; expected batch_size <= {num_train} "
@@ -510,23 +520,25 @@ def make_datasets(
 
     autotune = tf.data.AUTOTUNE
     order = EpochOrder()
-    train = _training_pipeline(
-        train_x,
-        train_y,
-        order,
-        batch_size=batch_size,
-        steps=steps_per_epoch,
-        seed=shuffle_seed,
-        augment_fn=(
-            functools.partial(
-                augment_lib.random_crop_flip, pad=_CROP_PADDING, flip=flip
-            )
-            if augment
-            else None
-        ),
-        with_ids=bool(example_ids),
-    )
-    train = train.prefetch(autotune).with_options(_SHARD_BY_DATA)
+    train = None
+    if training:
+        train = _training_pipeline(
+            train_x,
+            train_y,
+            order,
+            batch_size=batch_size,
+            steps=steps_per_epoch,
+            seed=seed,
+            augment_fn=(
+                functools.partial(
+                    augment_lib.random_crop_flip, pad=_CROP_PADDING, flip=flip
+                )
+                if augment
+                else None
+            ),
+            with_ids=bool(example_ids),
+        )
+        train = train.prefetch(autotune).with_options(_SHARD_BY_DATA)
 
     def ordered(count):
         return (
@@ -571,24 +583,35 @@ def make_datasets(
             test_labels[: max(num_test, num_validation)],
         ),
     )
-    logging.info(
-        "Dataset %s from %s: %d train examples (%d steps of %d), %d held "
-        "out, %d validation, %d test, %d classes, shape %s, augmentation: "
-        "%s.",
-        info.name,
-        info.source,
-        num_train,
-        steps_per_epoch,
-        batch_size,
-        num_holdout,
-        num_validation,
-        num_test,
-        num_classes,
-        image_shape,
-        ("random crop and flip" if flip else "random crop")
-        if augment
-        else "none",
-    )
+    if not training:
+        logging.info(
+            "Dataset %s from %s: %d test examples (for evaluation only: no "
+            "training pipeline), %d classes, shape %s.",
+            info.name,
+            info.source,
+            num_test,
+            num_classes,
+            image_shape,
+        )
+    else:
+        logging.info(
+            "Dataset %s from %s: %d train examples (%d steps of %d), %d held "
+            "out, %d validation, %d test, %d classes, shape %s, augmentation: "
+            "%s.",
+            info.name,
+            info.source,
+            num_train,
+            steps_per_epoch,
+            batch_size,
+            num_holdout,
+            num_validation,
+            num_test,
+            num_classes,
+            image_shape,
+            ("random crop and flip" if flip else "random crop")
+            if augment
+            else "none",
+        )
     return Datasets(
         train=train,
         validation=validation,

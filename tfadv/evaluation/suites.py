@@ -27,6 +27,7 @@ grammar's weaker attack.
 
 import dataclasses
 import re
+from collections.abc import Mapping
 from collections.abc import Sequence
 
 from tfadv.attacks import apgd
@@ -149,8 +150,35 @@ MASKING_GRADIENT_ATTACK = "pgd20"
 MASKING_GRADIENT_FREE_ATTACK = "square"
 
 
+def named_attacks(attacks: Mapping | Sequence) -> dict:
+    """Attacks keyed by report name, from a mapping or a sequence.
+
+    A sequence is keyed by each attack's `name`.
+
+    Raises:
+        TypeError: an attack is not a tfadv attack (`Attack` declares
+            what the evaluation asks of it).
+        ValueError: two attacks of the sequence share a name.
+    """
+    items = attacks.values() if isinstance(attacks, Mapping) else attacks
+    for attack in items:
+        if not isinstance(attack, attack_base.Attack):
+            raise TypeError(f"Expected a tfadv attack; got {attack!r}.")
+    if isinstance(attacks, Mapping):
+        return dict(attacks)
+    named = {}
+    for attack in attacks:
+        if attack.name in named:
+            raise ValueError(
+                f"Two attacks share the name {attack.name!r}; give them "
+                "distinct `name=` arguments."
+            )
+        named[attack.name] = attack
+    return named
+
+
 # What the masking check for a randomised classifier advises
-# (`masking.output_checks`).
+# (`checks.randomized_model`).
 RANDOMIZED_MODEL_REMEDY = (
     "attack it through tfadv.attacks.EOT, which averages each gradient over "
     "random draws (e.g. EOT(pgd, num_samples=20); in gin, "

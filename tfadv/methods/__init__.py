@@ -5,8 +5,9 @@ Every method subclasses `AdversarialTrainer` and follows its contract
 `results_info()` and `callbacks()`; the trainer's plumbing sits beside it
 (`batches`, `classifiers`, `user_metrics`, `step_counts`,
 `training_attack`, `keras_internals`; `weight_perturbations`, the hook
-of AWP). Shared pieces live in modules of their own: `replay` (the
-replay loop of Free-AT and DEAT), `controllers`
+of AWP; `costs`, the passes a minibatch makes, which every method
+declares in `passes()`). Shared pieces live in modules of their own:
+`replay` (the replay loop of Free-AT and DEAT), `controllers`
 (step controllers: M+, DEAT-d, DEAT-p), `per_example` (buffers with a row
 per training example, for FGSM-PGI), `taylor` (Taylor expansions of
 the loss, for GAAT and noisy training), `layer_lr` (a per-layer learning
@@ -17,6 +18,7 @@ gradient through a conv layer 0, written out) and `trades_family` (the
 
 from tfadv.methods import base
 from tfadv.methods import controllers
+from tfadv.methods import costs
 from tfadv.methods import layer0_gradient
 from tfadv.methods import layer_lr
 from tfadv.methods import replay

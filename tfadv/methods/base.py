@@ -58,6 +58,7 @@ from tfadv.attacks import objectives
 from tfadv.methods import batches
 from tfadv.methods import classifiers
 from tfadv.methods import controllers
+from tfadv.methods import costs
 from tfadv.methods import keras_internals
 from tfadv.methods import step_counts
 from tfadv.methods import training_attack
@@ -84,6 +85,7 @@ class AdversarialTrainer(
     user_metrics.SavedCompileMetrics,
     weight_perturbations.WeightPerturbationHooks,
     step_counts.MethodCallbacks,
+    costs.DeclaresPasses,
     keras.Model,
 ):
     """A Keras model that trains a wrapped classifier with one method.

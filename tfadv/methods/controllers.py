@@ -39,6 +39,11 @@ MEASURES = (UPDATE, LAST_ATTACK_STEP)
 # How M+'s attack step follows the count (`MPlus.step_rule`).
 STEP_RULES = ("max", "fixed")
 
+# Parameters written in epochs (`tfadv.configurables.epoch_parameters`): a
+# run that trains a file's method for more or fewer epochs than the file
+# scales them with it (tools/benchmark.py does).
+EPOCH_PARAMETERS = ("LinearGrowth.every",)
+
 
 class StepController(keras.layers.Layer):
     """Base class: a rule that sets a step count between epochs.

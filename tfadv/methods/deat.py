@@ -5,6 +5,7 @@ import gin
 from tfadv.attacks import pgd
 from tfadv.methods import base
 from tfadv.methods import controllers
+from tfadv.methods import costs
 from tfadv.methods import replay
 
 # The reference's CIFAR-10 setting: r_max = 8, alpha = 10/255 at 8/255.
@@ -120,6 +121,14 @@ class DEAT(base.AdversarialTrainer):
         """δ's steps this epoch: the attack with the step `max(ε / r, α)`."""
         return self.train_attack.replace(
             step_size=self.step_controller.step_size(self.replays)
+        )
+
+    def passes(self):
+        # r replays (this epoch's), each one pass and one update; the clean
+        # forward feeds clean_accuracy.
+        r = self.replays
+        return costs.Passes(
+            weight_input_passes=r, updates=r, inference_forwards=1
         )
 
     def minibatch_update(self, x, y):

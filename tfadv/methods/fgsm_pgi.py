@@ -14,6 +14,7 @@ from tfadv.data import example_ids
 from tfadv.methods import base
 from tfadv.methods import batches
 from tfadv.methods import classifiers
+from tfadv.methods import costs
 from tfadv.methods import per_example
 
 PRIOR_NAME = "fgsm_pgi_prior"
@@ -23,6 +24,11 @@ MSE_WEIGHT = 10.0  # --lamda, :41
 MOMENTUM_DECAY = 0.3  # --momentum_decay, :42
 RESET_PERIOD = 40  # --epochs_reset, :22 (epochs)
 LABEL_SMOOTHING_FACTOR = 0.6  # --factor, :40 (the true class's target)
+
+# Parameters written in epochs (`tfadv.configurables.epoch_parameters`): a
+# run that trains a file's method for more or fewer epochs than the file
+# scales them with it (tools/benchmark.py does).
+EPOCH_PARAMETERS = ("FGSMPGI.reset_period",)
 
 
 def smoothed_targets(y: tf.Tensor, num_classes: int, factor: float):
@@ -377,6 +383,18 @@ class FGSMPGI(base.AdversarialTrainer):
         next_prior = threat.project(x, threat.step(start, next_momentum, alpha))
         x_adv = threat.project(x, threat.step(start, grad, alpha))
         return x_adv, next_prior - x, next_momentum
+
+    def passes(self):
+        # The prior's forward and input backward, the update at x + δ and,
+        # when the MSE joins them, the weight backward through the prior's
+        # forward; the clean forward feeds clean_accuracy.
+        return costs.Passes(
+            input_gradients=1,
+            weight_passes=1,
+            updates=1,
+            weight_backwards=int(bool(self.mse_weight)),
+            inference_forwards=1,
+        )
 
     def minibatch_update(self, x, y):
         x = tf.cast(x, tf.float32)

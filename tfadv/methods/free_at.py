@@ -9,6 +9,7 @@ from tfadv import validation
 from tfadv.attacks import pgd
 from tfadv.methods import base
 from tfadv.methods import classifiers
+from tfadv.methods import costs
 from tfadv.methods import replay
 
 DELTA_NAME = "free_at_delta"
@@ -124,6 +125,26 @@ class FreeAT(base.AdversarialTrainer):
         """m, the replays of each minibatch: the attack's `num_steps`."""
         return self.train_attack.num_steps
 
+    @classmethod
+    def replays_in_config(cls) -> int:
+        """The replays m as the parsed gin configuration sets, unbuilt.
+
+        The `num_steps` bound to the attack that `FreeAT.train_attack`
+        references (with its scope, e.g. `train/ProjectedGradient`), or the
+        default m when none is bound. Tools that compare methods at equal
+        updates read it (Free-AT makes m updates per minibatch).
+        """
+        try:
+            attack = gin.query_parameter("FreeAT.train_attack")
+            steps = gin.query_parameter(
+                "/".join([*attack.scopes, attack.selector]) + ".num_steps"
+            )
+        except (ValueError, AttributeError):  # not bound
+            return DEFAULT_REPLAYS
+        if isinstance(steps, gin.config.ConfigurableReference):
+            steps = steps.scoped_configurable_fn()  # a macro: %REPLAYS
+        return int(steps)
+
     def default_train_attack(self, epsilon):
         return pgd.ProjectedGradient(
             epsilon=epsilon,
@@ -157,6 +178,14 @@ class FreeAT(base.AdversarialTrainer):
             with tf.control_dependencies([check]):
                 stored = tf.identity(stored)
         return stored
+
+    def passes(self):
+        # m replays, each one pass and one update; the clean forward feeds
+        # clean_accuracy.
+        m = self.replays
+        return costs.Passes(
+            weight_input_passes=m, updates=m, inference_forwards=1
+        )
 
     def minibatch_update(self, x, y):
         x = tf.cast(x, self.delta.dtype)

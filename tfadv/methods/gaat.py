@@ -13,6 +13,7 @@ from tfadv.attacks import objectives
 from tfadv.attacks import pgd
 from tfadv.methods import base
 from tfadv.methods import classifiers
+from tfadv.methods import costs
 from tfadv.methods import taylor
 
 ORDERS = taylor.ORDERS
@@ -318,6 +319,25 @@ class GAAT(base.AdversarialTrainer):
         self.apply_gradients(tape, scaled_loss)
         return self.step_logs(
             x, y, loss=loss, clean_logits=terms.aux, adv_logits=adv_logits
+        )
+
+    def passes(self):
+        """The passes of this epoch's phase (see the class docstring).
+
+        The surrogate: the attack making δ (order 2's FGSM step, or
+        `perturbation_attack`), the expansion as `order` second-order
+        passes (order 2's forward-over-backward Hessian-vector product
+        counted as a second one) and the inference forward at x + δ; the
+        exact phase is PGD-AT's.
+        """
+        if self.step_count(PHASE) == EXACT:
+            return super().passes()
+        attack = self.perturbation_attack or self._fgsm
+        passes = costs.Passes(inference_forwards=1)
+        if attack is not None:
+            passes += costs.attack_passes(attack) + costs.target_passes(attack)
+        return passes + costs.update(
+            self, weight_passes=0, second_order=self.order
         )
 
     def minibatch_update(self, x, y):

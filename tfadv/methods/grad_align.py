@@ -9,6 +9,7 @@ from tfadv.attacks import objectives
 from tfadv.attacks import pgd
 from tfadv.methods import base
 from tfadv.methods import batches
+from tfadv.methods import costs
 from tfadv.methods import taylor
 
 # The reference's FGSM step, as a multiple of epsilon (`--fgsm_alpha`);
@@ -232,6 +233,17 @@ class GradAlign(base.AdversarialTrainer):
             "align_weight": self.align_weight,
             "clip_noisy_input": self.clip_noisy_input,
         }
+
+    def passes(self):
+        # The regulariser is a second-order pass on the update's tape; the
+        # clean forward feeds clean_accuracy.
+        attack = self.current_train_attack()
+        return (
+            costs.attack_passes(attack)
+            + costs.target_passes(attack)
+            + costs.update(self, second_order=int(bool(self.align_weight)))
+            + costs.Passes(inference_forwards=1)
+        )
 
     def fgsm(self, x, y):
         """The training examples and g1, the gradient of the first step.

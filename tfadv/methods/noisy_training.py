@@ -6,6 +6,7 @@ import tensorflow as tf
 from tfadv import validation
 from tfadv.attacks import objectives
 from tfadv.methods import base
+from tfadv.methods import costs
 from tfadv.methods import taylor
 
 NOISES = ("gaussian", "uniform")
@@ -120,6 +121,15 @@ class NoisyTraining(base.AdversarialTrainer):
                 tf.shape(x), seed, -1.0, 1.0, dtype=x.dtype
             )
         return tf.clip_by_value(x + scale * n, 0.0, 1.0)
+
+    def passes(self):
+        # With the penalty, the update is one double backpropagation; the
+        # clean forward feeds clean_accuracy.
+        if self.gradient_penalty:
+            update = costs.update(self, weight_passes=0, second_order=1)
+        else:
+            update = costs.update(self)
+        return update + costs.Passes(inference_forwards=1)
 
     def compute_adversarial_loss(self, x, y, x_adv):
         if not self.gradient_penalty:

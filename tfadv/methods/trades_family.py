@@ -12,6 +12,7 @@ overrides it.
 from tfadv import validation
 from tfadv.attacks import objectives
 from tfadv.methods import base
+from tfadv.methods import costs
 
 
 class KLRegularizedTrainer(base.AdversarialTrainer):
@@ -39,6 +40,11 @@ class KLRegularizedTrainer(base.AdversarialTrainer):
 
     def compute_adversarial_loss(self, x, y, x_adv):
         return trades_loss(self, x, y, x_adv, beta=self.beta)
+
+    def passes(self):
+        # The update's loss runs f(x) and f(x') in training mode, and its
+        # clean logits feed clean_accuracy.
+        return costs.attack_and_update(self, weight_passes=2)
 
 
 def trades_loss(trainer: base.AdversarialTrainer, x, y, x_adv, *, beta):

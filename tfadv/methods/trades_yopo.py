@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from tfadv import validation
 from tfadv.attacks import pgd
+from tfadv.methods import costs
 from tfadv.methods import trades_family
 from tfadv.methods import yopo
 from tfadv.models import common
@@ -106,6 +107,16 @@ class TRADESYOPO(yopo.YOPOBase):
     def get_config(self):
         """The constructor arguments, for serialisation."""
         return {**super().get_config(), "beta": self.beta}
+
+    def passes(self):
+        # The clean distribution; m costates and m·n inner steps; the
+        # TRADES update on two forwards.
+        m, n = self.m, self.n
+        return costs.Passes(
+            inference_forwards=1,
+            costate_passes=m,
+            layer0_input_gradients=m * n,
+        ) + costs.update(self, weight_passes=2)
 
     def perturb(self, x, y):
         """YOPO-m-n on the summed KL, in the attack mode."""

@@ -12,11 +12,17 @@ from tfadv.attacks import base as attack_base
 from tfadv.attacks import objectives
 from tfadv.attacks import pgd
 from tfadv.methods import base
+from tfadv.methods import costs
 from tfadv.methods import layer0_gradient as layer0_gradient_lib
 from tfadv.methods import layer_lr
 from tfadv.models import common
 
 FIRST_LAYER_GRADS = ("reference", "hamiltonian_only")
+
+# Parameters written in epochs (`tfadv.configurables.epoch_parameters`): a
+# run that trains a file's method for more or fewer epochs than the file
+# scales them with it (tools/benchmark.py does).
+EPOCH_PARAMETERS = ("YOPO.first_layer_lr_boundaries",)
 
 
 def split_classifier(
@@ -549,6 +555,18 @@ class YOPO(YOPOBase):
             eta=eta,
             loss=loss,
             logits=logits,
+        )
+
+    def passes(self):
+        # m outer passes, m·n inner and m Hamiltonian layer-0 passes, one
+        # update, the clean forward for clean_accuracy.
+        m, n = self.m, self.n
+        return costs.Passes(
+            weight_passes=m,
+            updates=1,
+            layer0_input_gradients=m * n,
+            layer0_weight_gradients=m,
+            inference_forwards=1,
         )
 
     def minibatch_update(self, x, y):

@@ -10,6 +10,11 @@ from tfadv.methods import weight_perturbations
 # The reference's guard against a zero gradient (utils_awp.py EPS).
 NORM_GUARD = 1e-20
 
+# Parameters written in epochs (`tfadv.configurables.epoch_parameters`): a
+# run that trains a file's method for more or fewer epochs than the file
+# scales them with it (tools/benchmark.py does).
+EPOCH_PARAMETERS = ("AdversarialWeightPerturbation.warmup_epochs",)
+
 
 @gin.register
 class AdversarialWeightPerturbation(weight_perturbations.WeightPerturbation):

@@ -45,6 +45,11 @@ FINAL = ("best", "last")
 # Log names; "val_" puts them in TensorBoard's validation run.
 HOLDOUT_PREFIX = "val_holdout_"
 AVERAGE_HOLDOUT_PREFIX = "val_average_holdout_"
+
+# Parameters written in epochs (`tfadv.configurables.epoch_parameters`): a
+# run that trains a file's method for more or fewer epochs than the file
+# scales them with it (tools/benchmark.py does).
+EPOCH_PARAMETERS = ("KeepBest.start_epoch", "keep_best.start_epoch")
 BEST_EPOCH_LOG = "selection/best_epoch"
 # The selection attack: PGD-10 with step ε/4 (2/255 at 8/255 in both
 # references), one uniform random start.
