@@ -412,8 +412,10 @@ def unit_contenders(classifier, x, y, steps) -> dict:
         "update": update,
         "input_gradient": input_gradient,
         "costate_pass": costate_pass,
-        "layer0_input_gradient": lambda: yopo.hamiltonian_gradient(
-            x, eta, costate, wrt_input=True
+        # As the inner steps compute it (the written-out formulation where
+        # layer 0 allows one), with its once-per-outer-pass set-up.
+        "layer0_input_gradient": lambda: yopo.layer0_input_gradient(x, costate)(
+            eta
         ),
         "layer0_weight_gradient": lambda: yopo.hamiltonian_gradient(
             x, eta, costate, wrt_input=False

@@ -250,6 +250,31 @@ class YOPOBase(base.AdversarialTrainer):
             z, sources, output_gradients=tf.cast(costate, z.dtype)
         )
 
+    def layer0_input_gradient(self, x, costate):
+        """The function `η -> J_f0(clip(x + η))ᵀ G` the inner steps call.
+
+        Written out for a convolutional layer 0 (`layer0_gradient`, the
+        formulation chosen at construction), else the tape of
+        `hamiltonian_gradient`. Whatever depends only on `x` and `G` (a
+        stem's back-projection) is computed here, once per outer pass.
+        """
+        if self.layer0_formulation == "tape":
+
+            def gradient(eta):
+                return self.hamiltonian_gradient(
+                    x, eta, costate, wrt_input=True
+                )
+
+            return gradient
+        return layer0_gradient_lib.bind(
+            self._layer0_structure,
+            self.layer0_formulation,
+            self.layer0,
+            x,
+            costate,
+            training=self.attack_training_mode,
+        )
+
     def inner_steps(self, x, eta, costate):
         """The n steps on η through layer 0, the costate frozen.
 
@@ -270,23 +295,7 @@ class YOPOBase(base.AdversarialTrainer):
         """
         costate = tf.stop_gradient(costate)
         threat_model = self.threat_model
-        formulation = self.layer0_formulation
-        if formulation == "tape":
-
-            def gradient(eta):
-                return self.hamiltonian_gradient(
-                    x, eta, costate, wrt_input=True
-                )
-
-        else:
-            gradient = layer0_gradient_lib.bind(
-                self._layer0_structure,
-                formulation,
-                self.layer0,
-                x,
-                costate,
-                training=self.attack_training_mode,
-            )
+        gradient = self.layer0_input_gradient(x, costate)
 
         def step(eta):
             grad = gradient(eta)
