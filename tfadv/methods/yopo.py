@@ -169,7 +169,10 @@ class YOPOBase(base.AdversarialTrainer):
         )
         if problem:
             raise ValueError(f"{method}: {problem}")
-        self._layer0_structure = structure
+        # Not tracked by Keras: its layers are the classifier's, which the
+        # trainer tracks already (tracked here too, layer 0 would be listed
+        # again in `layers` and in `summary`, as `_split`'s are not).
+        object.__setattr__(self, "_layer0_structure", structure)
 
     @property
     def layer0(self) -> keras.Model:
