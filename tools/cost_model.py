@@ -511,14 +511,7 @@ def main(
     builder, kwargs = model
 
     def make_classifier():
-        keras.utils.set_random_seed(seed)
-        return getattr(models, builder)(
-            input_shape=tuple(info.image_shape),
-            num_classes=info.num_classes,
-            mean=info.mean,
-            std=info.std,
-            **kwargs,
-        )
+        return overhead.make_classifier(model, info, seed)
 
     runs = unit_contenders(make_classifier(), x, y, steps)
     method_runs, declared = method_contenders(

@@ -219,20 +219,28 @@ def _batch(batch_size, seed):
     return tf.identity(x), tf.cast(y, tf.int32), datasets.info
 
 
+def make_classifier(model, info, seed):
+    """The `(builder, kwargs)` model for the data `info`, seeded alike.
+
+    Every call gives the same initial weights for the same seed.
+    """
+    builder, kwargs = model
+    keras.utils.set_random_seed(seed)
+    return getattr(models, builder)(
+        input_shape=tuple(info.image_shape),
+        num_classes=info.num_classes,
+        mean=info.mean,
+        std=info.std,
+        **kwargs,
+    )
+
+
 def _contenders(model, batch_size, steps, steps_per_execution, seed):
     """`{name: run}`; `run()` does `steps` steps and waits for them."""
     x, y, info = _batch(batch_size, seed)
-    builder, kwargs = model
 
     def classifier():
-        keras.utils.set_random_seed(seed)
-        return getattr(models, builder)(
-            input_shape=tuple(info.image_shape),
-            num_classes=info.num_classes,
-            mean=info.mean,
-            std=info.std,
-            **kwargs,
-        )
+        return make_classifier(model, info, seed)
 
     runs = {}
     seed_tensor = tf.constant([seed, 0], tf.int32)
